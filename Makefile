@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.camnet-installed
+HVD    := $(VENV)/.horovod-installed
+RUFF_OPTS := --line-length 110 --select E,F,W,I,UP,B,SIM --target-version py311
+
+.PHONY: venv horovod test lint typecheck demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	$(BIN)/pip install -q -e '.[cpu,ml,dev]'
+	@touch $@
+
+# Horovod compiles against the installed TensorFlow (about 150 s once; pip caches the wheel).
+# It needs OpenMPI, cmake and g++ from the system: apt-get install libopenmpi-dev openmpi-bin cmake g++
+horovod: $(HVD)
+
+$(HVD): $(STAMP)
+	HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 \
+	HOROVOD_WITHOUT_MXNET=1 $(BIN)/pip install -q --no-build-isolation horovod==0.28.1
+	@touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(RUFF_OPTS) layer1_patches layer2_training layer3_inference tests bench
+	$(BIN)/mypy layer1_patches layer2_training layer3_inference bench
+	$(BIN)/hadolint containers/Dockerfile
+
+test: $(STAMP) $(HVD) lint
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m layer1_patches demo --out demo_out
+
+bench: $(STAMP)
+	$(BIN)/python bench/layer1_extract.py
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,291 @@
+"""The HDF5 patch store: the one file per WSI (and shard) that Layer 1 writes.
+
+Layers 2 and 3 import this module; it is the schema's single definition.
+
+Layout (schema version 1):
+  /patches          (N, H, W, 3) uint8 RGB, one patch per chunk; or, with codec "jpeg",
+                    (N,) variable-length JPEG bytes that `PatchStore.read` decodes
+  /coords           (N, 2) int64 level-0 top-left x, y; attrs patch_size, patch_level, downsample
+                    (CLAM/TRIDENT/WSInfer layout: the patch covers patch_size * downsample
+                    level-0 pixels)
+  /labels           (N,) uint8: 1 tumour, 0 normal
+  /tumour_fraction  (N,) float32: tumour share of the patch's area (from the annotation)
+  /tissue_fraction  (N,) float32: tissue share of the patch's area (from the tissue mask)
+  /masks/tissue, /masks/tumour   small uint8 thumbnails (255 = inside)
+  file attrs        see `SlideMeta`, plus `complete` (the completion marker, set last),
+                    `rejects` and `counts` (JSON), `config` (resolved config, JSON)
+
+A file is finished only if it sits at its final name *and* carries `complete = True`:
+writers fill `.<name>.partial` and rename it when done, so a killed run leaves at most a
+`.partial` file that no reader accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from layer1_patches.errors import CamnetError
+
+SCHEMA_VERSION = 1
+CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
+GROW = 256  # rows added when a dataset fills up
+
+
+@dataclass(frozen=True)
+class SlideMeta:
+    """Per-file attributes; everything downstream needs to know where patches came from."""
+
+    slide_name: str
+    slide_path: str
+    patient: str = ""
+    node: str = ""
+    centre: str = ""
+    vendor: str = ""
+    mpp: float = 0.0  # level-0 micrometres per pixel
+    working_mpp: float = 0.0  # micrometres per pixel of the stored patches
+    magnification: float = 0.0  # objective power of the stored patches (0 when unknown)
+    level: int = 0  # slide level the patches were read from
+    downsample: float = 1.0  # working downsample relative to level 0
+    patch_size: int = 0
+    stride: int = 0  # working pixels; 0 for random sampling
+    sampling_mode: str = ""
+    seed: int = 0
+    shard: str = ""  # "i/K" for a dense shard, "" for a whole slide
+    package_version: str = ""
+    config_hash: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _require_lz4() -> Any:
+    try:
+        import hdf5plugin
+    except ImportError:  # pragma: no cover - hdf5plugin is a declared dependency
+        raise CamnetError("codec 'lz4' needs the hdf5plugin package (pip install hdf5plugin)") from None
+    return hdf5plugin
+
+
+def _compression(codec: str, gzip_level: int) -> dict[str, Any]:
+    if codec == "lz4":
+        return dict(_require_lz4().LZ4())
+    if codec == "gzip":
+        return {"compression": "gzip", "compression_opts": gzip_level}
+    if codec == "lzf":
+        return {"compression": "lzf"}
+    return {}
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def is_complete(path: Path) -> bool:
+    """True only for a finished store at its final name; never raises."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False))
+    except (OSError, ValueError):
+        return False
+
+
+class PatchWriter:
+    """Appends patches to `.<name>.partial`; `finish` marks complete and renames atomically.
+
+    One process writes a file; leaving the `with` block without `finish` deletes the partial.
+    """
+
+    def __init__(self, final: Path, patch_size: int, codec: str = "lz4", gzip_level: int = 4,
+                 jpeg_quality: int = 90) -> None:
+        if codec not in CODECS:
+            raise CamnetError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+        self.final = Path(final)
+        self.tmp = partial_path(self.final)
+        self.codec = codec
+        self.jpeg_quality = jpeg_quality
+        self.n = 0
+        self.tmp.unlink(missing_ok=True)
+        try:
+            self._f = h5py.File(self.tmp, "w")
+        except OSError as err:
+            raise CamnetError(f"cannot write {self.tmp}: {err}") from None
+        size = patch_size
+        if codec == "jpeg":
+            self._patches = self._f.create_dataset(
+                "patches", shape=(0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8), chunks=(64,))
+        else:
+            self._patches = self._f.create_dataset(
+                "patches", shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
+                chunks=(1, size, size, 3), **_compression(codec, gzip_level))
+        self._patches.attrs["codec"] = codec
+        self._patches.attrs["patch_size"] = size
+        self._coords = self._f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64,
+                                              chunks=(1024, 2))
+        self._labels = self._f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                              chunks=(4096,))
+        self._tumour = self._f.create_dataset("tumour_fraction", shape=(0,), maxshape=(None,),
+                                              dtype=np.float32, chunks=(4096,))
+        self._tissue = self._f.create_dataset("tissue_fraction", shape=(0,), maxshape=(None,),
+                                              dtype=np.float32, chunks=(4096,))
+
+    def __enter__(self) -> PatchWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._f.id.valid:
+            self._f.close()
+            self.tmp.unlink(missing_ok=True)
+
+    def _encode(self, patch: np.ndarray) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(patch).save(buf, format="JPEG", quality=self.jpeg_quality)
+        return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+    def append(self, patches: np.ndarray, coords: np.ndarray, labels: np.ndarray,
+               tumour_fraction: np.ndarray, tissue_fraction: np.ndarray) -> None:
+        k = len(patches)
+        if k == 0:
+            return
+        end = self.n + k
+        for ds in (self._patches, self._coords, self._labels, self._tumour, self._tissue):
+            if ds.shape[0] < end:
+                ds.resize(max(end, ds.shape[0] + GROW), axis=0)
+        if self.codec == "jpeg":
+            for i, patch in enumerate(patches):
+                self._patches[self.n + i] = self._encode(patch)
+        else:
+            self._patches[self.n:end] = patches
+        self._coords[self.n:end] = coords
+        self._labels[self.n:end] = labels
+        self._tumour[self.n:end] = tumour_fraction
+        self._tissue[self.n:end] = tissue_fraction
+        self.n = end
+
+    def finish(self, meta: SlideMeta, coords_attrs: dict[str, Any], extra_attrs: dict[str, Any],
+               masks: dict[str, np.ndarray]) -> Path:
+        for ds in (self._patches, self._coords, self._labels, self._tumour, self._tissue):
+            ds.resize(self.n, axis=0)
+        for key, value in coords_attrs.items():
+            self._coords.attrs[key] = value
+        group = self._f.create_group("masks")
+        for name, mask in masks.items():
+            group.create_dataset(name, data=mask, compression="gzip")
+        attrs = self._f.attrs
+        attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in asdict(meta).items():
+            attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+        for key, value in extra_attrs.items():
+            attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        attrs["n_patches"] = self.n
+        attrs["complete"] = True  # last: a crash before here leaves an unmarked file
+        self._f.flush()
+        self._f.close()
+        os.replace(self.tmp, self.final)
+        return self.final
+
+
+class PatchStore:
+    """Read-only view of a finished store. Refuses unfinished or foreign files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CamnetError(f"patch store {self.path}: no such file")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CamnetError(f"patch store {self.path}: not a readable HDF5 file ({err})") from None
+        if not bool(self._f.attrs.get("complete", False)):
+            self._f.close()
+            raise CamnetError(f"patch store {self.path}: incomplete (no completion marker); rerun extraction")
+        version = int(self._f.attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            self._f.close()
+            raise CamnetError(f"patch store {self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+        self.codec = str(self._f["patches"].attrs["codec"])
+        if self.codec == "lz4":
+            _require_lz4()
+        self.coords = self._f["coords"][:]
+        self.labels = self._f["labels"][:]
+        self.tumour_fraction = self._f["tumour_fraction"][:]
+        self.tissue_fraction = self._f["tissue_fraction"][:]
+
+    def __enter__(self) -> PatchStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self._f["patches"].attrs["patch_size"])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self._f.attrs.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, np.generic):
+                value = value.item()
+            if key in ("rejects", "counts", "config", "extra") and isinstance(value, str):
+                value = json.loads(value)
+            out[key] = value
+        return out
+
+    @property
+    def coords_attrs(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._f["coords"].attrs.items()}
+
+    def mask(self, name: str) -> np.ndarray:
+        return np.asarray(self._f["masks"][name][:])
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Patches at `indices` (any order, repeats allowed) as (k, H, W, 3) uint8 RGB."""
+        idx = np.asarray(indices, dtype=np.int64)
+        size = self.patch_size
+        out = np.empty((len(idx), size, size, 3), dtype=np.uint8)
+        if len(idx) == 0:
+            return out
+        if idx.min() < 0 or idx.max() >= len(self):
+            raise CamnetError(f"patch store {self.path}: index out of range 0..{len(self) - 1}")
+        ds = self._f["patches"]
+        if self.codec == "jpeg":
+            import io
+
+            from PIL import Image
+
+            for j, i in enumerate(idx):
+                out[j] = np.asarray(Image.open(io.BytesIO(ds[int(i)].tobytes())).convert("RGB"))
+            return out
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        uniq, inverse = np.unique(sorted_idx, return_inverse=True)
+        block = ds[uniq] if len(uniq) > 1 else ds[int(uniq[0])][None]
+        out[order] = block[inverse]
+        return out
+
+    def iter_batches(self, batch: int = 256) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), batch):
+            yield self.read(np.arange(start, min(start + batch, len(self))))

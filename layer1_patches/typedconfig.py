@@ -1,0 +1,203 @@
+"""Typed configs: frozen dataclasses validated against their own type hints on load.
+
+Every layer declares its config as nested dataclasses; `load_config` turns YAML plus
+`--set key=value` overrides into an instance, or raises `ConfigError` naming the key path.
+Ranges live in field metadata (`min`, `max`, `min_exclusive`) so the schema is the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from layer1_patches.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def bounded(default: Any, *, min: float | None = None, max: float | None = None,
+            min_exclusive: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with a numeric range checked on load."""
+    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"config key '{path}': must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"config key '{path}': {value!r} is not one of {_describe(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"config key '{path}': {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}': expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping, got {value!r}")
+        kt, vt = get_args(tp)
+        return {_convert(k, kt, path): _convert(v, vt, _key(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}': expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a schema bug, not user input
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, lo_ex = meta.get("min"), meta.get("max"), meta.get("min_exclusive")
+    if lo is not None and value < lo:
+        raise ConfigError(f"config key '{path}': {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config key '{path}': {value!r} is above the maximum {hi}")
+    if lo_ex is not None and value <= lo_ex:
+        raise ConfigError(f"config key '{path}': {value!r} must be greater than {lo_ex}")
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"config key '{path}'" if path else "config"
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"config key '{_key(path, unknown[0])}': unknown key (known: {known})")
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in data:
+            continue
+        key = _key(path, name)
+        value = _convert(data[name], hints[name], key)
+        _check_range(value, field.metadata, key)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(path)
+    return obj
+
+
+def from_mapping(cls: type[T], data: Any) -> T:
+    """Build and validate `cls` from plain data (as parsed from YAML)."""
+    return typing.cast(T, _build(cls, data, ""))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: config key '{part}' is not a mapping")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from None
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, turning every failure into one error line naming the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}:{where} invalid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def load_config(cls: type[T], path: Path | None, overrides: list[str] | None = None) -> T:
+    """Read YAML (or start from defaults when `path` is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides or [])
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data form of a config, for writing the resolved config next to outputs."""
+    return typing.cast(dict[str, Any], dataclasses.asdict(obj))
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a resolved config: equal configs give equal hashes."""
+    canonical = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
