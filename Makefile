@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
-RUFF_OPTS := --line-length 110 --select E,F,W,I,UP,B,SIM --target-version py311
+RUFF_OPTS := --line-length 120 --select E,F,W,I,UP,B,SIM --target-version py311
 
 .PHONY: venv horovod test lint typecheck demo bench clean
 

@@ -37,7 +37,7 @@ class TissueConfig:
     downsample: float = bounded(32.0, min=1, doc="mask level: the level nearest this downsample")
     external_mask_dir: str | None = None
     closing_radius: int = bounded(2, min=0, doc="mask pixels")
-    opening_radius: int = bounded(1, min=0, doc="mask pixels")
+    opening_radius: int = bounded(0, min=0, doc="mask pixels")
     min_region_px: int = bounded(16, min=0, doc="mask pixels; smaller components are dropped")
     fill_holes: bool = True
 
@@ -48,7 +48,7 @@ class TissueConfig:
 
 @dataclass(frozen=True)
 class AnnotationConfig:
-    tumour_groups: list[str] = bounded(["Tumor", "_0", "_1"])
+    tumour_groups: list[str] = bounded(["Tumor", "Tumour", "_0", "_1"])
     exclude_groups: list[str] = bounded(["_2", "Exclusion"])
     downsample: float = bounded(16.0, min=1, doc="resolution the tumour mask is rasterised at")
 

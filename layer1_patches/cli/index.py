@@ -1,0 +1,47 @@
+"""`index`: list finished patch stores with counts and a patient- or centre-level split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.index import build_index
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("index", help="build the dataset index Layer 2 reads")
+    p.add_argument("--inputs", nargs="+", type=Path, required=True, help="folders of .h5 stores, or files")
+    p.add_argument("--out", type=Path, required=True, help="index JSON to write")
+    p.add_argument("--split-by", choices=("patient", "centre"), default="patient")
+    p.add_argument("--fractions", default="train=0.7,val=0.15,test=0.15",
+                   help="patient split shares, e.g. train=0.7,val=0.15,test=0.15")
+    p.add_argument("--centres", nargs="*", default=[], metavar="SPLIT=C1,C2",
+                   help="centre split, e.g. train=0,1,2 val=3 test=4")
+    p.add_argument("--seed", type=int, default=0, help="patient shuffle seed")
+    p.set_defaults(func=run)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise CamnetError(f"{what} {item!r}: expected SPLIT=VALUE")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    fractions: dict[str, float] = {}
+    for key, value in _pairs(args.fractions.split(","), "--fractions").items():
+        try:
+            fractions[key] = float(value)
+        except ValueError:
+            raise CamnetError(f"--fractions {key}={value}: not a number") from None
+    centres = {k: v.split(",") for k, v in _pairs(args.centres, "--centres").items()}
+    index = build_index(args.inputs, args.out, args.split_by, fractions, centres or None, args.seed)
+    print(json.dumps({"index": str(args.out), "split_by": index.split_by, "splits": index.splits()}, indent=1))
+    return 0

@@ -1,0 +1,247 @@
+"""One slide (or one dense shard of it) to one HDF5 patch store: the unit a SLURM array task runs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from layer1_patches import __version__
+from layer1_patches.annotations import check_inside, load_annotations, tumour_mask
+from layer1_patches.config import Layer1Config, MetadataConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
+from layer1_patches.masks import masker_from_config
+from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
+from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
+from layer1_patches.tiler import (
+    CandidateStream,
+    DenseTiler,
+    RandomTiler,
+    SlideField,
+    Tiler,
+    label_patches,
+    shard,
+)
+from layer1_patches.typedconfig import config_hash, to_dict
+
+log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ExtractRequest:
+    slide: Path
+    out_dir: Path
+    config: Layer1Config
+    annotation: Path | None = None
+    shard: tuple[int, int] | None = None  # (index, count) of a dense shard
+    overwrite: bool = False
+    task_seed: int = 0  # added to sampling.seed (SLURM array tasks pass their id)
+
+    @property
+    def output(self) -> Path:
+        return output_path(self.out_dir, self.slide, self.shard)
+
+
+@dataclass
+class ExtractResult:
+    slide: str
+    output: str
+    status: str  # "done", "skipped" or "failed"
+    counts: dict[str, int] = field(default_factory=dict)  # accepted patches by class
+    requested: dict[str, int] = field(default_factory=dict)
+    rejects: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def output_path(out_dir: Path, slide: Path, shard_spec: tuple[int, int] | None) -> Path:
+    stem = Path(slide).stem
+    if shard_spec is None:
+        return Path(out_dir) / f"{stem}.h5"
+    i, k = shard_spec
+    return Path(out_dir) / f"{stem}.shard-{i:03d}-of-{k:03d}.h5"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise CamnetError(f"--shard {text!r}: expected i/K with 0 <= i < K, e.g. 0/4")
+    return int(match.group(1)), int(match.group(2))
+
+
+def slide_identity(stem: str, cfg: MetadataConfig) -> dict[str, str]:
+    """Patient, node and centre from the file name (Camelyon17: patient_XXX_node_Y)."""
+    match = re.search(cfg.name_regex, stem)
+    found = {k: v for k, v in (match.groupdict() if match else {}).items() if v is not None}
+    patient = found.get("patient", "")
+    centre = found.get("centre", "")
+    if not centre and patient.isdigit() and cfg.patients_per_centre:
+        centre = str(int(patient) // cfg.patients_per_centre)
+    return {"patient": patient, "node": found.get("node", ""), "centre": centre}
+
+
+def make_tiler(cfg: Layer1Config, seed: int) -> Tiler:
+    if cfg.sampling.mode == "dense":
+        dense = cfg.sampling.dense
+        stride = dense.stride if dense.stride is not None else cfg.patch_size - dense.overlap
+        return DenseTiler(stride)
+    return RandomTiler(cfg.sampling.random, seed)
+
+
+def extract_slide(req: ExtractRequest) -> ExtractResult:
+    """Run one extraction; raises `CamnetError` on bad input, leaving no file under the final name."""
+    start = time.monotonic()
+    cfg = req.config
+    out = req.output
+    digest = config_hash(cfg)
+    if req.shard is not None and cfg.sampling.mode != "dense":
+        raise CamnetError("--shard needs sampling.mode: dense (random sampling is not split)")
+    if not req.overwrite and is_complete(out):
+        with PatchStore(out) as done:
+            if done.attrs.get("config_hash") != digest:
+                raise CamnetError(f"{out}: finished with a different config; pass --overwrite to redo it")
+        return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
+    try:
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CamnetError(f"output directory {req.out_dir}: cannot create ({err.strerror})") from None
+    seed = cfg.sampling.seed + req.task_seed
+    with Slide(req.slide, cfg.resolution.assume_mpp) as slide:
+        res = resolve_resolution(slide, cfg.resolution)
+        tissue = masker_from_config(cfg.tissue)(slide)
+        if not tissue.array.any():
+            raise CamnetError(f"slide {req.slide}: no tissue found (tissue.method {cfg.tissue.method})")
+        tumour = None
+        if req.annotation is not None:
+            polygons = load_annotations(req.annotation)
+            check_inside(polygons, req.annotation, slide.dimensions)
+            tumour = tumour_mask(polygons, cfg.annotation, slide.dimensions)
+        field_ = SlideField(slide.dimensions, res.footprint(cfg.patch_size), res.downsample, tissue, tumour,
+                            cfg.filters.min_tissue_fraction, cfg.labels)
+        tiler = make_tiler(cfg, seed)
+        streams = tiler.plan(field_)
+        if req.shard is not None:
+            streams = [shard(s, *req.shard) for s in streams]
+        who = slide_identity(slide.name, cfg.metadata)
+        meta = SlideMeta(
+            slide_name=slide.name, slide_path=str(Path(req.slide).resolve()), patient=who["patient"],
+            node=who["node"], centre=who["centre"], vendor=slide.vendor, mpp=float(slide.mpp or 0.0),
+            working_mpp=res.mpp, magnification=res.magnification, level=res.level, downsample=res.downsample,
+            patch_size=cfg.patch_size, stride=tiler.stride if isinstance(tiler, DenseTiler) else 0,
+            sampling_mode=cfg.sampling.mode, seed=seed,
+            shard=f"{req.shard[0]}/{req.shard[1]}" if req.shard else "", package_version=__version__,
+            config_hash=digest)
+        result = ExtractResult(slide.name, str(out), "done")
+        with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
+                         cfg.output.jpeg_quality) as writer:
+            reader = PatchReader(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
+            for stream in streams:
+                _run_stream(stream, field_, reader, writer, cfg, result)
+            result.seconds = time.monotonic() - start
+            writer.finish(
+                meta,
+                {"patch_size": cfg.patch_size, "patch_level": res.level, "downsample": res.downsample,
+                 "level_dim": list(slide.level_dimensions[res.level]), "name": slide.name},
+                {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
+                 "config": to_dict(cfg), "annotation": str(req.annotation or ""),
+                 "mpp_from_metadata": slide.mpp_from_metadata, "seconds": round(result.seconds, 3)},
+                {"tissue": tissue.thumbnail(cfg.output.thumbnail_size),
+                 **({"tumour": tumour.thumbnail(cfg.output.thumbnail_size)} if tumour is not None else {})})
+    total = sum(result.counts.values())
+    log.info("%s: %d patches %s, rejects %s, %.1f s", slide.name, total, result.counts, result.rejects,
+             result.seconds)
+    return result
+
+
+@dataclass(frozen=True)
+class PatchReader:
+    """Reads, resizes and filters one patch; safe to call from several threads."""
+
+    slide: Slide
+    res: WorkingResolution
+    patch_size: int
+    filters: list[PatchFilter]
+
+    def __call__(self, coord: np.ndarray) -> tuple[np.ndarray, str | None]:
+        n = self.res.read_size(self.patch_size)
+        patch = self.slide.read_rgb(int(coord[0]), int(coord[1]), self.res.level, n, n)
+        if n != self.patch_size:
+            patch = np.asarray(Image.fromarray(patch).resize((self.patch_size, self.patch_size),
+                                                             Image.Resampling.BOX))
+        return patch, first_reject(patch, self.filters)
+
+
+def ordered_map(fn: Callable[[np.ndarray], tuple[np.ndarray, str | None]], items: np.ndarray,
+                threads: int, ahead: int) -> Iterator[tuple[np.ndarray, str | None]]:
+    """`map` over threads that keeps at most `ahead` items in flight and yields in input order."""
+    if threads == 1:
+        yield from (fn(item) for item in items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[tuple[np.ndarray, str | None]]] = deque()
+        it = iter(items)
+        try:
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early (quota reached) or failed: drop what is queued
+            for fut in pending:
+                fut.cancel()
+
+
+def _run_stream(stream: CandidateStream, field_: SlideField, reader: PatchReader, writer: PatchWriter,
+                cfg: Layer1Config, result: ExtractResult) -> None:
+    for why, n in stream.prefiltered.items():
+        result.rejects[why] = result.rejects.get(why, 0) + n
+    coords = stream.coords
+    tissue_fraction = field_.tissue_fraction(coords)
+    tumour_fraction = field_.tumour_fraction(coords)
+    labels, _ = label_patches(tumour_fraction, cfg.labels)
+    if stream.quota is not None:
+        result.requested[stream.name] = stream.quota
+    batch = cfg.reader.batch
+    buf = np.empty((batch, cfg.patch_size, cfg.patch_size, 3), dtype=np.uint8)
+    keep: list[int] = []
+    accepted = 0
+    last_log = time.monotonic()
+
+    def flush() -> None:
+        idx = np.asarray(keep, dtype=np.int64)
+        writer.append(buf[:len(keep)], coords[idx], labels[idx], tumour_fraction[idx], tissue_fraction[idx])
+        for value, count in zip(*np.unique(labels[idx], return_counts=True), strict=True):
+            cls = "tumour" if value == 1 else "normal"
+            result.counts[cls] = result.counts.get(cls, 0) + int(count)
+        keep.clear()
+
+    result.counts.setdefault("tumour", 0)
+    result.counts.setdefault("normal", 0)
+    for i, (patch, reason) in enumerate(ordered_map(reader, coords, cfg.reader.threads, 4 * batch)):
+        if reason is not None:
+            result.rejects[reason] = result.rejects.get(reason, 0) + 1
+        else:
+            buf[len(keep)] = patch
+            keep.append(i)
+            accepted += 1
+            if len(keep) == batch:
+                flush()
+        if stream.quota is not None and accepted >= stream.quota:
+            break
+        if time.monotonic() - last_log > PROGRESS_SECONDS:
+            last_log = time.monotonic()
+            log.info("%s %s: %d/%d candidates tried, %d patches", reader.slide.name, stream.name, i + 1,
+                     len(coords), accepted)
+    if keep:
+        flush()

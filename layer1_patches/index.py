@@ -1,0 +1,184 @@
+"""The dataset index: one JSON file listing finished patch stores, their counts and their split.
+
+Layer 2 reads patches only through this index. Splits are by patient or by centre, so no
+patient's slides are in two splits (slides of one patient share tissue, stain and scanner).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.store import PatchStore, is_complete
+
+log = logging.getLogger(__name__)
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    path: str  # relative to the index file's folder when below it
+    slide_name: str
+    patient: str
+    node: str
+    centre: str
+    split: str
+    n_patches: int
+    n_tumour: int
+    n_normal: int
+    patch_size: int
+    level: int
+    working_mpp: float
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    root: Path  # folder of the index file; relative entry paths resolve against it
+    split_by: str
+    entries: tuple[IndexEntry, ...]
+
+    def resolve(self, entry: IndexEntry) -> Path:
+        path = Path(entry.path)
+        return path if path.is_absolute() else self.root / path
+
+    def split(self, name: str) -> list[IndexEntry]:
+        return [e for e in self.entries if e.split == name]
+
+    def splits(self) -> dict[str, dict[str, int]]:
+        """Per split: slides, patients, tumour and normal patch counts."""
+        out: dict[str, dict[str, int]] = {}
+        for name in sorted({e.split for e in self.entries}):
+            members = self.split(name)
+            out[name] = {"slides": len(members), "patients": len({e.patient or e.slide_name for e in members}),
+                         "tumour": sum(e.n_tumour for e in members), "normal": sum(e.n_normal for e in members)}
+        return out
+
+    def save(self, path: Path) -> Path:
+        data = {"index_version": INDEX_VERSION, "split_by": self.split_by,
+                "summary": self.splits(), "entries": [asdict(e) for e in self.entries]}
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> DatasetIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise CamnetError(f"dataset index {path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("index_version") != INDEX_VERSION:
+                raise CamnetError(f"dataset index {path}: version {data.get('index_version')!r}, "
+                                  f"expected {INDEX_VERSION}")
+            entries = tuple(IndexEntry(**e) for e in data["entries"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CamnetError(f"dataset index {path}: malformed ({err})") from None
+        if not entries:
+            raise CamnetError(f"dataset index {path}: lists no patch stores")
+        return cls(path.parent.resolve(), str(data.get("split_by", "")), entries)
+
+
+def read_entry(path: Path, root: Path) -> IndexEntry:
+    with PatchStore(path) as store:
+        attrs = store.attrs
+        labels = store.labels
+    resolved = path.resolve()
+    try:
+        shown = str(resolved.relative_to(root.resolve()))
+    except ValueError:
+        shown = str(resolved)
+    n_tumour = int((labels == 1).sum())
+    return IndexEntry(shown, str(attrs["slide_name"]), str(attrs.get("patient", "")), str(attrs.get("node", "")),
+                      str(attrs.get("centre", "")), "", len(labels), n_tumour, len(labels) - n_tumour,
+                      int(attrs["patch_size"]), int(attrs["level"]), float(attrs["working_mpp"]),
+                      str(attrs["config_hash"]))
+
+
+def assign_by_patient(entries: list[IndexEntry], fractions: dict[str, float], seed: int) -> list[IndexEntry]:
+    """Shuffle patients with `seed`, then cut the list by the split fractions (largest remainder)."""
+    if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
+        raise CamnetError(f"split fractions {fractions}: need non-negative values with a positive sum")
+    patients = sorted({e.patient or e.slide_name for e in entries})
+    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
+    total = sum(fractions.values())
+    exact = {k: v / total * len(order) for k, v in fractions.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[:len(order) - sum(counts.values())]:
+        counts[k] += 1
+    split_of: dict[str, str] = {}
+    start = 0
+    for name, n in counts.items():
+        for patient in order[start:start + n]:
+            split_of[patient] = name
+        start += n
+    return [_with_split(e, split_of[e.patient or e.slide_name]) for e in entries]
+
+
+def assign_by_centre(entries: list[IndexEntry], centres: dict[str, list[str]]) -> list[IndexEntry]:
+    split_of: dict[str, str] = {}
+    for name, members in centres.items():
+        for centre in members:
+            if centre in split_of:
+                raise CamnetError(f"centre {centre} is given to two splits: {split_of[centre]} and {name}")
+            split_of[centre] = name
+    out = []
+    for e in entries:
+        if e.centre not in split_of:
+            raise CamnetError(f"patch store {e.path}: centre {e.centre!r} is in no split "
+                              f"(splits: {centres})")
+        out.append(_with_split(e, split_of[e.centre]))
+    return out
+
+
+def _with_split(entry: IndexEntry, split: str) -> IndexEntry:
+    return IndexEntry(**{**asdict(entry), "split": split})
+
+
+def find_stores(inputs: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """(finished, unfinished) `.h5` files under the inputs; shard files are not slides."""
+    finished: list[Path] = []
+    unfinished: list[Path] = []
+    for item in inputs:
+        paths = sorted(Path(item).glob("*.h5")) if Path(item).is_dir() else [Path(item)]
+        for path in paths:
+            if ".shard-" in path.name:
+                continue
+            (finished if is_complete(path) else unfinished).append(path)
+    return finished, unfinished
+
+
+def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[str, float] | None = None,
+                centres: dict[str, list[str]] | None = None, seed: int = 0) -> DatasetIndex:
+    finished, unfinished = find_stores(inputs)
+    for path in unfinished:
+        log.warning("%s: not a finished patch store; left out of the index", path)
+    if not finished:
+        raise CamnetError(f"no finished patch stores (*.h5) in {', '.join(map(str, inputs))}")
+    root = out.parent
+    entries = [read_entry(p, root) for p in finished]
+    sizes = defaultdict(list)
+    for e in entries:
+        sizes[(e.patch_size, round(e.working_mpp, 4))].append(e.slide_name)
+    if len(sizes) > 1:
+        raise CamnetError(f"patch stores differ in patch size or mpp: {dict(sizes)}; index them separately")
+    if split_by == "patient":
+        entries = assign_by_patient(entries, fractions or {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
+    elif split_by == "centre":
+        if not centres:
+            raise CamnetError("split by centre needs --centres, e.g. train=0,1,2 val=3 test=4")
+        entries = assign_by_centre(entries, centres)
+    else:
+        raise CamnetError(f"--split-by {split_by!r}: expected 'patient' or 'centre'")
+    index = DatasetIndex(root.resolve(), split_by, tuple(entries))
+    index.save(out)
+    return index

@@ -1,0 +1,150 @@
+"""Tissue masks and per-patch area fractions.
+
+A `Mask` is a boolean image covering the whole slide at a known downsample. Patch fractions
+come from its integral image, interpolated bilinearly: for a piecewise-constant mask that is
+the exact area share of any level-0 rectangle, so a label never hinges on one pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage import color, filters, morphology
+
+from layer1_patches.config import TissueConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.slide import Slide
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Boolean (h, w) mask; one mask pixel spans `ds_x` x `ds_y` level-0 pixels."""
+
+    array: np.ndarray
+    ds_x: float
+    ds_y: float
+
+    def fractions(self, coords: np.ndarray, footprint: int) -> np.ndarray:
+        """Share of each level-0 square (x, y, footprint) that lies inside the mask."""
+        return area_fractions(self.integral(), coords, footprint, self.ds_x, self.ds_y)
+
+    def integral(self) -> np.ndarray:
+        integral = np.zeros((self.array.shape[0] + 1, self.array.shape[1] + 1), dtype=np.float64)
+        integral[1:, 1:] = self.array.astype(np.float64).cumsum(0).cumsum(1)
+        return integral
+
+    def thumbnail(self, size: int) -> np.ndarray:
+        """uint8 (255 inside) with the longest side at most `size`."""
+        image = Image.fromarray(self.array.astype(np.uint8) * 255)
+        image.thumbnail((size, size), Image.Resampling.NEAREST)
+        return np.asarray(image)
+
+
+def area_fractions(integral: np.ndarray, coords: np.ndarray, footprint: int, ds_x: float,
+                   ds_y: float) -> np.ndarray:
+    if len(coords) == 0:
+        return np.zeros(0, dtype=np.float32)
+    x0 = coords[:, 0] / ds_x
+    y0 = coords[:, 1] / ds_y
+    x1 = (coords[:, 0] + footprint) / ds_x
+    y1 = (coords[:, 1] + footprint) / ds_y
+    total = (_sample(integral, x1, y1) - _sample(integral, x0, y1) - _sample(integral, x1, y0)
+             + _sample(integral, x0, y0))
+    area = (x1 - x0) * (y1 - y0)
+    return np.clip(total / area, 0.0, 1.0).astype(np.float32)
+
+
+def _sample(integral: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear sample of the integral image at continuous mask coordinates (u = column)."""
+    h, w = integral.shape[0] - 1, integral.shape[1] - 1
+    u = np.clip(u, 0.0, w)
+    v = np.clip(v, 0.0, h)
+    i = np.minimum(np.floor(u).astype(np.int64), w - 1)
+    j = np.minimum(np.floor(v).astype(np.int64), h - 1)
+    fu, fv = u - i, v - j
+    return ((1 - fu) * (1 - fv) * integral[j, i] + fu * (1 - fv) * integral[j, i + 1]
+            + (1 - fu) * fv * integral[j + 1, i] + fu * fv * integral[j + 1, i + 1])
+
+
+class TissueMasker(Protocol):
+    """A strategy that finds tissue on a slide."""
+
+    def __call__(self, slide: Slide) -> Mask: ...
+
+
+@dataclass(frozen=True)
+class OtsuMasker:
+    """Otsu threshold on saturation of a low-resolution image, then morphological clean-up.
+
+    Saturation separates stained tissue from white glass and grey shadows better than
+    brightness, and does not depend on the stain's hue.
+    """
+
+    cfg: TissueConfig
+
+    def __call__(self, slide: Slide) -> Mask:
+        rgb, ds_x, ds_y = slide.read_downsampled(self.cfg.downsample)
+        return Mask(otsu_tissue(rgb, self.cfg), ds_x, ds_y)
+
+
+def otsu_tissue(rgb: np.ndarray, cfg: TissueConfig) -> np.ndarray:
+    saturation = color.rgb2hsv(rgb)[..., 1]
+    saturation = ndimage.median_filter(saturation, size=3)
+    if float(saturation.max() - saturation.min()) < 1e-3:
+        return np.zeros(saturation.shape, dtype=bool)  # uniform image: nothing to separate
+    threshold = filters.threshold_otsu(saturation)
+    # A slide that is nearly all glass has a meaningless Otsu split; demand real stain.
+    mask = saturation > max(threshold, 0.05)
+    return clean_mask(mask, cfg)
+
+
+def clean_mask(mask: np.ndarray, cfg: TissueConfig) -> np.ndarray:
+    if cfg.closing_radius:
+        # Pad first: closing erodes from an all-background border, which would strip tissue that
+        # touches the slide's edge.
+        r = cfg.closing_radius
+        padded = np.pad(mask, r, mode="edge")
+        mask = ndimage.binary_closing(padded, morphology.disk(r))[r:-r, r:-r]
+    if cfg.opening_radius:
+        mask = ndimage.binary_opening(mask, morphology.disk(cfg.opening_radius))
+    if cfg.min_region_px:
+        mask = morphology.remove_small_objects(mask, max_size=cfg.min_region_px)
+    if cfg.fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return np.asarray(mask, dtype=bool)
+
+
+@dataclass(frozen=True)
+class ExternalMasker:
+    """A mask image made elsewhere (e.g. HistoQC), `<dir>/<slide stem>.png`, covering the whole slide."""
+
+    directory: Path
+
+    def __call__(self, slide: Slide) -> Mask:
+        for suffix in MASK_SUFFIXES:
+            path = self.directory / f"{slide.name}{suffix}"
+            if path.is_file():
+                break
+        else:
+            raise CamnetError(f"tissue mask for slide {slide.name}: none of "
+                              f"{self.directory}/{slide.name}{{{','.join(MASK_SUFFIXES)}}} exists")
+        try:
+            array = np.asarray(Image.open(path).convert("L")) > 0
+        except OSError as err:
+            raise CamnetError(f"tissue mask {path}: cannot read ({err})") from None
+        w0, h0 = slide.dimensions
+        return Mask(array, w0 / array.shape[1], h0 / array.shape[0])
+
+
+def masker_from_config(cfg: TissueConfig) -> TissueMasker:
+    if cfg.method == "external":
+        assert cfg.external_mask_dir is not None  # validated by TissueConfig
+        return ExternalMasker(Path(cfg.external_mask_dir))
+    return OtsuMasker(cfg)

@@ -1,0 +1,112 @@
+"""Many slides on one machine: a process per slide, progress, and a per-slide summary.
+
+One bad slide never stops the others; it shows as `failed` with its error line.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import multiprocessing
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+from layer1_patches.annotations import find_annotation
+from layer1_patches.errors import CamnetError
+from layer1_patches.extract import ExtractRequest, ExtractResult, extract_slide
+
+log = logging.getLogger(__name__)
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+
+
+def discover_slides(patterns: Iterable[str]) -> list[Path]:
+    """Slides from folders (by known suffix), globs or plain paths, sorted and without repeats."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found += [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+        elif any(ch in pattern for ch in "*?["):
+            found += [Path(p) for p in sorted(glob.glob(pattern))]
+        else:
+            found.append(path)  # missing files fail per slide, with the file named
+    return list(dict.fromkeys(found))
+
+
+def pair_annotations(slides: list[Path], directory: Path | None) -> list[tuple[Path, Path | None]]:
+    if directory is not None and not directory.is_dir():
+        raise CamnetError(f"annotation folder {directory}: no such folder")
+    return [(s, find_annotation(s, directory) if directory else None) for s in slides]
+
+
+def _run_one(req: ExtractRequest) -> ExtractResult:
+    try:
+        return extract_slide(req)
+    except CamnetError as err:
+        return ExtractResult(req.slide.stem, str(req.output), "failed", error=str(err))
+    except Exception as err:  # a bug or an unforeseen library failure must not stop the cohort
+        log.exception("%s: unexpected failure", req.slide)
+        return ExtractResult(req.slide.stem, str(req.output), "failed", error=f"{type(err).__name__}: {err}")
+
+
+def _init_worker(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_many(base: ExtractRequest, slides: list[tuple[Path, Path | None]], workers: int) -> list[ExtractResult]:
+    requests = [replace(base, slide=s, annotation=a) for s, a in slides]
+    results: list[ExtractResult] = []
+    bar = _progress(len(requests))
+    start = time.monotonic()
+    if workers <= 1:
+        for req in requests:
+            results.append(_report(_run_one(req), len(results) + 1, len(requests), start, bar))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no inherited locks or open slide handles
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(logging.getLogger().level,)) as pool:
+            futures = [pool.submit(_run_one, r) for r in requests]
+            for fut in as_completed(futures):
+                results.append(_report(fut.result(), len(results) + 1, len(requests), start, bar))
+    if bar is not None:
+        bar.close()
+    order = {str(r.output): i for i, r in enumerate(requests)}
+    return sorted(results, key=lambda r: order.get(r.output, 0))
+
+
+def _progress(total: int):  # type: ignore[no-untyped-def]
+    if not sys.stderr.isatty():
+        return None  # SLURM logs get one plain line per slide instead of carriage returns
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slide", file=sys.stderr)
+
+
+def _report(result: ExtractResult, done: int, total: int, start: float, bar) -> ExtractResult:  # type: ignore[no-untyped-def]
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(f"{result.slide}: {result.status}")
+    else:
+        log.info("[%d/%d] %s %s (%.0f s elapsed)", done, total, result.slide, result.status,
+                 time.monotonic() - start)
+    if result.status == "failed":
+        log.error("%s", result.error)
+    return result
+
+
+def summary_table(results: list[ExtractResult]) -> str:
+    header = f"{'slide':32} {'status':8} {'tumour':>7} {'normal':>7} {'rejects':>8} {'seconds':>8}  note"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(f"{r.slide[:32]:32} {r.status:8} {r.counts.get('tumour', 0):>7} {r.counts.get('normal', 0):>7} "
+                     f"{sum(r.rejects.values()):>8} {r.seconds:>8.1f}  {r.error}")
+    done = [r for r in results if r.status != "failed"]
+    lines.append("-" * len(header))
+    tumour = sum(r.counts.get("tumour", 0) for r in done)
+    normal = sum(r.counts.get("normal", 0) for r in done)
+    lines.append(f"{len(done)}/{len(results)} slides ok; patches: tumour {tumour}, normal {normal}")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""Slide access through OpenSlide, and the choice of working resolution.
+
+Vocabulary used everywhere: `level` (pyramid index), `downsample` (relative to level 0),
+`mpp` (micrometres per pixel), `magnification` (objective power). Coordinates are level-0 (x, y).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from layer1_patches.config import ResolutionConfig
+from layer1_patches.errors import CamnetError
+
+# Objective power of a slide at a given level-0 mpp when the slide does not say: 10 um / mpp
+# is the usual microscope convention (0.25 um/px = 40x, 0.5 um/px = 20x).
+POWER_TIMES_MPP = 10.0
+
+
+@dataclass(frozen=True)
+class WorkingResolution:
+    """Where patches come from: read at `level`, resized by `level_downsample / downsample`."""
+
+    level: int
+    level_downsample: float
+    downsample: float  # working pixels -> level-0 pixels
+    mpp: float
+    magnification: float
+
+    def footprint(self, patch_size: int) -> int:
+        """Level-0 pixels covered by one patch side."""
+        return int(round(patch_size * self.downsample))
+
+    def read_size(self, patch_size: int) -> int:
+        """Pixels to read at `level` for one patch side."""
+        return max(1, int(round(patch_size * self.downsample / self.level_downsample)))
+
+
+class Slide:
+    """An open whole-slide image. Every OpenSlide failure becomes a `CamnetError` naming the file."""
+
+    def __init__(self, path: Path, assume_mpp: float | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CamnetError(f"slide {self.path}: no such file")
+        try:
+            self._osr = openslide.OpenSlide(str(self.path))
+        except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
+            raise CamnetError(f"slide {self.path}: cannot open ({err or 'unsupported format'})") from None
+        props = self._osr.properties
+        self.name = self.path.stem
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "") or ""
+        self.dimensions: tuple[int, int] = self._osr.dimensions
+        self.level_count: int = self._osr.level_count
+        self.level_downsamples: tuple[float, ...] = tuple(self._osr.level_downsamples)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
+        mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
+        self.mpp: float | None = float(mpp) if mpp else assume_mpp
+        self.mpp_from_metadata = bool(mpp)
+        power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        self.objective_power: float | None = float(power) if power else None
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_rgb(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3); transparent areas (outside the scanned region) are white."""
+        try:
+            rgba = np.asarray(self._osr.read_region((x, y), level, (width, height)))
+        except openslide.OpenSlideError as err:
+            raise CamnetError(f"slide {self.path}: cannot read region at x={x} y={y} level {level} ({err})") \
+                from None
+        return rgba_to_rgb(rgba)
+
+    def read_downsampled(self, downsample: float) -> tuple[np.ndarray, float, float]:
+        """The whole slide at about `downsample`, read from the best level in strips.
+
+        Returns the RGB image and the exact level-0 pixels per output pixel in x and y.
+        """
+        w0, h0 = self.dimensions
+        out_w, out_h = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
+        level = self._osr.get_best_level_for_downsample(downsample)
+        lds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        fy = lh / out_h  # level rows per output row
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        rows = max(1, int(4096 / max(fy, 1.0)))  # bounded memory: ~4096 level rows per strip
+        for r0 in range(0, out_h, rows):
+            r1 = min(out_h, r0 + rows)
+            y0 = math.floor(r0 * fy)
+            y1 = min(lh, math.ceil(r1 * fy))
+            strip = self.read_rgb(0, int(round(y0 * lds)), level, lw, max(1, y1 - y0))
+            image = Image.fromarray(strip)
+            box = (0.0, r0 * fy - y0, float(lw), r1 * fy - y0)
+            out[r0:r1] = np.asarray(image.resize((out_w, r1 - r0), Image.Resampling.BOX, box=box))
+        return out, w0 / out_w, h0 / out_h
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's premultiplied RGBA over white (alpha 0 = no data = background)."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    # Premultiplied: colour + (255 - alpha) gives the colour over a white background.
+    out = rgb.astype(np.uint16) + (255 - alpha[..., None]).astype(np.uint16)
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+def resolve_resolution(slide: Slide, cfg: ResolutionConfig) -> WorkingResolution:
+    """Pick the level to read and the resize factor for the configured level/magnification/mpp."""
+    if slide.mpp is None:
+        raise CamnetError(f"slide {slide.path}: no mpp in its metadata; set resolution.assume_mpp in the config")
+    mpp0 = slide.mpp
+    if cfg.level is not None:
+        if cfg.level >= slide.level_count:
+            raise CamnetError(f"slide {slide.path}: resolution.level {cfg.level} does not exist "
+                              f"(slide has {slide.level_count} levels)")
+        ds = slide.level_downsamples[cfg.level]
+        return WorkingResolution(cfg.level, ds, ds, mpp0 * ds, _power(slide, mpp0) / ds)
+    if cfg.mpp is not None:
+        target = cfg.mpp / mpp0
+        asked = f"resolution.mpp {cfg.mpp}"
+    else:
+        assert cfg.magnification is not None  # validated: exactly one of the three is set
+        target = _power(slide, mpp0) / cfg.magnification
+        asked = f"resolution.magnification {cfg.magnification}"
+    # A level within tolerance is read as is: no resampling for a rounding difference.
+    for level, ds in enumerate(slide.level_downsamples):
+        if abs(ds / target - 1.0) <= cfg.mpp_tolerance:
+            return WorkingResolution(level, ds, ds, mpp0 * ds, _power(slide, mpp0) / ds)
+    if target < 1.0:
+        raise CamnetError(f"slide {slide.path}: {asked} is finer than level 0 ({mpp0:g} um/px); "
+                          "refusing to upsample")
+    finer = [lv for lv, ds in enumerate(slide.level_downsamples) if ds <= target]
+    level = max(finer, key=lambda lv: slide.level_downsamples[lv])
+    return WorkingResolution(level, slide.level_downsamples[level], target, mpp0 * target,
+                             _power(slide, mpp0) / target)
+
+
+def _power(slide: Slide, mpp0: float) -> float:
+    return slide.objective_power if slide.objective_power else POWER_TIMES_MPP / mpp0

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from layer1_patches.config import TissueConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.masks import ExternalMasker, Mask, OtsuMasker, otsu_tissue
+from layer1_patches.slide import Slide
+
+from .conftest import CMU
+
+
+def test_cmu_mask_covers_tissue_not_background() -> None:
+    with Slide(CMU) as slide:
+        mask = OtsuMasker(TissueConfig())(slide)
+        rgb, _, _ = slide.read_downsampled(32)
+    assert mask.array.shape == rgb.shape[:2]
+    glass = rgb.min(axis=2) > 225  # bright in every channel: bare glass
+    stained = (rgb.max(axis=2).astype(int) - rgb.min(axis=2)) > 60  # strongly coloured: stained tissue
+    assert mask.array[glass].mean() < 0.05
+    assert mask.array[stained].mean() > 0.95
+    assert 0.2 < mask.array.mean() < 0.6  # the slide is roughly a third tissue
+
+
+def test_blank_image_has_no_tissue() -> None:
+    assert not otsu_tissue(np.full((64, 64, 3), 240, np.uint8), TissueConfig()).any()
+
+
+def test_small_regions_are_dropped() -> None:
+    rgb = np.full((100, 100, 3), 240, np.uint8)
+    rgb[10:40, 10:40] = (180, 60, 150)  # 900 px blob
+    rgb[70:72, 70:72] = (180, 60, 150)  # 4 px speck
+    mask = otsu_tissue(rgb, TissueConfig(closing_radius=0, min_region_px=16))
+    assert mask[20, 20] and not mask[71, 71]
+
+
+def test_area_fractions_equal_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.random((40, 50)) > 0.5
+    mask = Mask(array, 8.0, 8.0)
+    coords = rng.integers(0, 200, size=(200, 2))
+    full = np.kron(array, np.ones((8, 8), dtype=bool))  # the mask at level 0
+    expected = [full[y:y + 100, x:x + 100].mean() for x, y in coords]
+    np.testing.assert_allclose(mask.fractions(coords, 100), expected, atol=1e-5)
+
+
+def test_one_tumour_pixel_does_not_make_a_tumour_patch() -> None:
+    """Regression: the reference design's overlap check passed on a single pixel."""
+    array = np.zeros((64, 64), dtype=bool)
+    array[10, 10] = True
+    fraction = Mask(array, 4.0, 4.0).fractions(np.array([[0, 0]]), 224)
+    assert fraction[0] == pytest.approx(16 / 224**2)
+
+
+def test_external_mask(tmp_path: Path) -> None:
+    image = np.zeros((93, 69), np.uint8)
+    image[40:60, 20:40] = 255
+    Image.fromarray(image).save(tmp_path / "CMU-1-Small-Region.png")
+    with Slide(CMU) as slide:
+        mask = ExternalMasker(tmp_path)(slide)
+    assert mask.array.sum() == 400
+    assert mask.ds_x == pytest.approx(2220 / 69)
+
+
+def test_missing_external_mask_names_the_file(tmp_path: Path) -> None:
+    with Slide(CMU) as slide, pytest.raises(CamnetError, match=f"{tmp_path}/CMU-1-Small-Region"):
+        ExternalMasker(tmp_path)(slide)
+
+
+def test_closing_keeps_tissue_touching_the_slide_edge() -> None:
+    """Regression: closing eroded from the image border and dropped tissue on the slide's edge."""
+    rgb = np.full((60, 60, 3), 240, np.uint8)
+    rgb[40:, :] = (180, 60, 150)  # tissue running off the bottom edge
+    mask = otsu_tissue(rgb, TissueConfig(closing_radius=3))
+    assert mask[40:].all() and not mask[:38].any()

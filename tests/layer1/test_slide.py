@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from layer1_patches.config import ResolutionConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.slide import Slide, resolve_resolution, rgba_to_rgb
+
+from .conftest import CMU, DATA
+
+
+def test_cmu_metadata() -> None:
+    with Slide(CMU) as slide:
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.objective_power == 20
+        assert slide.vendor == "aperio"
+
+
+def test_level_mpp_and_magnification_choose_level_and_resize() -> None:
+    with Slide(CMU) as slide:
+        at_level = resolve_resolution(slide, ResolutionConfig(level=0))
+        assert (at_level.level, at_level.downsample) == (0, 1.0)
+        near = resolve_resolution(slide, ResolutionConfig(mpp=0.5))  # within tolerance of 0.499
+        assert (near.level, near.downsample) == (0, 1.0)
+        half = resolve_resolution(slide, ResolutionConfig(magnification=10))
+        assert half.level == 0 and half.downsample == pytest.approx(2.0)
+        assert half.read_size(224) == 448 and half.footprint(224) == 448
+        assert half.mpp == pytest.approx(0.998)
+        coarse = resolve_resolution(slide, ResolutionConfig(mpp=2.0))
+        assert coarse.downsample == pytest.approx(2.0 / 0.499)
+
+
+def test_upsampling_is_refused() -> None:
+    with Slide(CMU) as slide, pytest.raises(CamnetError, match="finer than level 0"):
+        resolve_resolution(slide, ResolutionConfig(magnification=40))
+
+
+def test_missing_level_is_an_error() -> None:
+    with Slide(CMU) as slide, pytest.raises(CamnetError, match="resolution.level 3 does not exist"):
+        resolve_resolution(slide, ResolutionConfig(level=3))
+
+
+def test_pyramid_level_is_read_directly() -> None:
+    with Slide(DATA / "boxes.tiff") as slide:
+        assert slide.level_count == 4
+        res = resolve_resolution(slide, ResolutionConfig(level=1))
+        assert res.level == 1 and res.level_downsample == res.downsample == 2.0
+
+
+def _tiff_without_resolution(path: Path) -> Path:
+    tifffile.imwrite(path, np.full((256, 256, 3), 200, np.uint8), tile=(128, 128), photometric="rgb",
+                     compression="jpeg")
+    return path
+
+
+def test_slide_without_mpp_needs_assume_mpp(tmp_path: Path) -> None:
+    path = _tiff_without_resolution(tmp_path / "nompp.tif")
+    with Slide(path) as slide:
+        assert slide.mpp is None
+        with pytest.raises(CamnetError, match="no mpp in its metadata; set resolution.assume_mpp"):
+            resolve_resolution(slide, ResolutionConfig(level=0))
+    with Slide(path, assume_mpp=0.25) as slide:
+        assert resolve_resolution(slide, ResolutionConfig(mpp=0.5)).downsample == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("nope.svs", "no such file"), ("unopenable.tiff", "cannot open (Unsupported TIFF compression")],
+)
+def test_bad_slides_name_the_file(name: str, message: str) -> None:
+    with pytest.raises(CamnetError) as err:
+        Slide(DATA / name)
+    assert str(DATA / name) in str(err.value) and message in str(err.value)
+
+
+def test_unreadable_tiles_name_the_region() -> None:
+    with Slide(DATA / "unreadable.svs") as slide, pytest.raises(CamnetError, match="cannot read region at x=0 y=0"):
+        slide.read_rgb(0, 0, 0, 16, 16)
+
+
+def test_transparent_pixels_become_white_not_black() -> None:
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)
+    rgb = rgba_to_rgb(rgba)
+    assert rgb[0, 0].tolist() == [10, 20, 30]
+    assert rgb[1, 1].tolist() == [255, 255, 255]
+
+
+def test_read_is_rgb_not_bgr(tmp_path: Path) -> None:
+    """Regression: the reference design mixed BGR and RGB; a red slide must read back red."""
+    path = tmp_path / "red.tif"
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[..., 0] = 220
+    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", resolution=(20000, 20000),
+                     resolutionunit="CENTIMETER")
+    with Slide(path) as slide:
+        patch = slide.read_rgb(0, 0, 0, 64, 64)
+    assert patch[..., 0].min() > 200 and patch[..., 2].max() < 20
