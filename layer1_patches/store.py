@@ -38,6 +38,7 @@ from layer1_patches.errors import CamnetError
 SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
 GROW = 256  # rows added when a dataset fills up
+JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class PatchStore:
                 value = value.decode()
             if isinstance(value, np.generic):
                 value = value.item()
-            if key in ("rejects", "counts", "config", "extra") and isinstance(value, str):
+            if key in JSON_ATTRS and isinstance(value, str):
                 value = json.loads(value)
             out[key] = value
         return out

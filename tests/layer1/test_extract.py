@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.path import Path as MplPath
+
+from layer1_patches.annotations import load_annotations
+from layer1_patches.config import MetadataConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.extract import ExtractRequest, extract_slide, parse_shard, slide_identity
+from layer1_patches.store import PatchStore
+
+from .conftest import CMU, make_config
+
+
+def true_tumour_fraction(annotation: Path, coords: np.ndarray, footprint: int, samples: int = 24) -> np.ndarray:
+    """Tumour share of each patch by point sampling the polygons at level 0 (independent of the rasteriser)."""
+    polygons = load_annotations(annotation)
+    offsets = (np.arange(samples) + 0.5) * footprint / samples
+    ox, oy = np.meshgrid(offsets, offsets)
+    out = []
+    for x, y in coords:
+        points = np.stack([x + ox.ravel(), y + oy.ravel()], axis=1)
+        inside = np.zeros(len(points), bool)
+        for p in polygons:
+            if p.group in ("Tumor", "_0", "_1"):
+                inside |= MplPath(p.points).contains_points(points)
+        for p in polygons:
+            if p.group == "_2":
+                inside &= ~MplPath(p.points).contains_points(points)
+        out.append(inside.mean())
+    return np.array(out)
+
+
+def test_labels_match_annotation_geometry_with_holes(tmp_path: Path, cmu_xml: Path) -> None:
+    cfg = make_config(patch_size=64, sampling={"mode": "dense"}, labels={"drop_ambiguous": False},
+                      annotation={"downsample": 4})
+    result = extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml))
+    with PatchStore(Path(result.output)) as store:
+        truth = true_tumour_fraction(cmu_xml, store.coords, 64)
+        np.testing.assert_allclose(store.tumour_fraction, truth, atol=0.08)
+        assert np.array_equal(store.labels, (store.tumour_fraction >= 0.5).astype(np.uint8))
+        in_hole = ((store.coords >= [1200, 1400]) & (store.coords + 64 <= [1500, 1700])).all(axis=1)
+        assert in_hole.any() and (store.labels[in_hole] == 0).all()
+        assert result.counts["tumour"] == int(store.labels.sum()) > 50
+
+
+def test_random_extraction_reports_reached_counts(tmp_path: Path, cmu_xml: Path) -> None:
+    cfg = make_config(patch_size=64, sampling={"random": {"per_class": 100000, "max_attempts_factor": 1}})
+    result = extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml))
+    assert result.requested == {"tumour": 100000, "normal": 100000}
+    assert 0 < result.counts["tumour"] < 100000 and 0 < result.counts["normal"] < 100000
+    with PatchStore(Path(result.output)) as store:
+        assert store.attrs["counts"] == result.counts and store.attrs["requested"] == result.requested
+
+
+def test_random_is_reproducible_and_task_seed_changes_it(tmp_path: Path, cmu_xml: Path) -> None:
+    cfg = make_config(patch_size=64, sampling={"random": {"per_class": 20}})
+    coords = []
+    for name, task in (("a", 0), ("b", 0), ("c", 1)):
+        r = extract_slide(ExtractRequest(CMU, tmp_path / name, cfg, cmu_xml, task_seed=task))
+        with PatchStore(Path(r.output)) as store:
+            coords.append(store.coords)
+    assert np.array_equal(coords[0], coords[1]) and not np.array_equal(coords[0], coords[2])
+
+
+def test_store_metadata(tmp_path: Path) -> None:
+    cfg = make_config(patch_size=64, resolution={"magnification": 10}, sampling={"random": {"per_class": 5}})
+    result = extract_slide(ExtractRequest(CMU, tmp_path, cfg))
+    with PatchStore(Path(result.output)) as store:
+        attrs = store.attrs
+        assert attrs["slide_name"] == "CMU-1-Small-Region" and attrs["vendor"] == "aperio"
+        assert attrs["mpp"] == pytest.approx(0.499) and attrs["working_mpp"] == pytest.approx(0.998)
+        assert attrs["magnification"] == pytest.approx(10) and attrs["downsample"] == pytest.approx(2.0)
+        assert attrs["sampling_mode"] == "random" and attrs["package_version"]
+        assert len(attrs["config_hash"]) == 16 and attrs["config"]["patch_size"] == 64
+        assert store.coords_attrs["patch_size"] == 64 and store.coords_attrs["downsample"] == pytest.approx(2.0)
+        assert store.read([0]).shape == (1, 64, 64, 3)
+        assert store.mask("tissue").max() == 255 and max(store.mask("tissue").shape) <= 512
+        assert result.counts == {"tumour": 0, "normal": 5}
+
+
+def test_rerun_skips_finished_and_refuses_a_changed_config(tmp_path: Path) -> None:
+    cfg = make_config(patch_size=64, sampling={"random": {"per_class": 5}})
+    first = extract_slide(ExtractRequest(CMU, tmp_path, cfg))
+    mtime = Path(first.output).stat().st_mtime_ns
+    assert extract_slide(ExtractRequest(CMU, tmp_path, cfg)).status == "skipped"
+    assert Path(first.output).stat().st_mtime_ns == mtime
+    other = make_config(patch_size=64, sampling={"random": {"per_class": 6}})
+    with pytest.raises(CamnetError, match="finished with a different config; pass --overwrite"):
+        extract_slide(ExtractRequest(CMU, tmp_path, other))
+    assert extract_slide(ExtractRequest(CMU, tmp_path, other, overwrite=True)).counts["normal"] == 6
+
+
+def test_shard_needs_dense(tmp_path: Path) -> None:
+    with pytest.raises(CamnetError, match="--shard needs sampling.mode: dense"):
+        extract_slide(ExtractRequest(CMU, tmp_path, make_config(), shard=(0, 2)))
+
+
+@pytest.mark.parametrize("text", ["2/2", "a/b", "1", "0/0"])
+def test_bad_shard_spec(text: str) -> None:
+    with pytest.raises(CamnetError, match="expected i/K"):
+        parse_shard(text)
+
+
+def test_dense_shards_union_equals_unsharded_run(tmp_path: Path) -> None:
+    cfg = make_config(patch_size=64, sampling={"mode": "dense"})
+    whole = extract_slide(ExtractRequest(CMU, tmp_path / "whole", cfg))
+    parts = [extract_slide(ExtractRequest(CMU, tmp_path / "parts", cfg, shard=(i, 3))) for i in range(3)]
+    with PatchStore(Path(whole.output)) as w:
+        coords = []
+        patches = []
+        for part in parts:
+            with PatchStore(Path(part.output)) as s:
+                coords.append(s.coords)
+                patches.append(s.read(np.arange(len(s))))
+        assert np.array_equal(np.concatenate(coords), w.coords)
+        assert np.array_equal(np.concatenate(patches), w.read(np.arange(len(w))))
+    assert {Path(p.output).name for p in parts} == {f"CMU-1-Small-Region.shard-{i:03d}-of-003.h5" for i in range(3)}
+
+
+@pytest.mark.parametrize(
+    ("stem", "expected"),
+    [("patient_012_node_3", {"patient": "012", "node": "3", "centre": "0"}),
+     ("patient_045_node_0", {"patient": "045", "node": "0", "centre": "2"}),
+     ("CMU-1", {"patient": "", "node": "", "centre": ""})],
+)
+def test_identity_from_file_name(stem: str, expected: dict[str, str]) -> None:
+    assert slide_identity(stem, MetadataConfig()) == expected
