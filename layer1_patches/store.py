@@ -259,6 +259,9 @@ class PatchStore:
     def coords_attrs(self) -> dict[str, Any]:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._f["coords"].attrs.items()}
 
+    def mask_names(self) -> list[str]:
+        return list(self._f["masks"]) if "masks" in self._f else []
+
     def mask(self, name: str) -> np.ndarray:
         return np.asarray(self._f["masks"][name][:])
 

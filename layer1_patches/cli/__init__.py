@@ -9,7 +9,7 @@ import sys
 
 from layer1_patches.errors import CamnetError
 
-COMMANDS = ("synth", "extract", "index", "demo")
+COMMANDS = ("synth", "extract", "index", "submit", "status", "task", "merge", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

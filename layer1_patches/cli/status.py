@@ -1,0 +1,45 @@
+"""`status`: finished, running, pending, failed and missing slides of a submission; resubmit the failed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from layer1_patches.extract import output_path
+from layer1_patches.manifest import Manifest
+from layer1_patches.slurmjobs import cohort_status, record_submission, sbatch
+from layer1_patches.store import is_complete
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("status", help="per-slide state of a submitted array")
+    p.add_argument("--manifest", type=Path, required=True, help="OUT/manifest.json written by submit")
+    p.add_argument("--resubmit", action="store_true", help="resubmit failed and missing slides only")
+    p.add_argument("--max-parallel", type=int, default=None)
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layer1_patches.cli.submit import sbatch_args
+
+    manifest = Manifest.load(args.manifest)
+    out = Path(manifest.out)
+    slides = [e.slide for e in manifest.entries]
+    finished = [is_complete(output_path(out, Path(s), None)) for s in slides]
+    rows = cohort_status(out, slides, finished)
+    for row in rows:
+        detail = f"  {row.detail}" if row.detail else ""
+        print(f"{row.index:5d}  {row.status:9s} {Path(row.slide).name}{detail}")
+    counts = Counter(r.status for r in rows)
+    print("summary: " + ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing")))
+    redo = [r.index for r in rows if r.status in ("failed", "missing")]
+    if args.resubmit and redo:
+        job = sbatch(sbatch_args(args.manifest.resolve(), manifest, redo, args.max_parallel, args.sbatch_arg),
+                     cwd=Path(os.getcwd()))
+        record_submission(out, job, redo)
+        print(f"resubmitted {len(redo)} slides as job {job}: indices {redo}")
+    return 0 if counts["failed"] == 0 else 1

@@ -1,0 +1,80 @@
+"""`submit`: one SLURM array task per slide, with the array size and throttle set from the cohort."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from layer1_patches.config import load_layer1_config
+from layer1_patches.errors import CamnetError
+from layer1_patches.manifest import Manifest, ManifestEntry
+from layer1_patches.runner import discover_slides, pair_annotations
+from layer1_patches.slurmjobs import REPO, SBATCH_SCRIPT, array_spec, record_submission, sbatch
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("submit", help="submit Layer 1 as a SLURM array (one task per slide)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--slides", nargs="+", required=True, metavar="PATH_OR_GLOB")
+    p.add_argument("--annotations", type=Path, help="folder of <slide stem>.xml/.geojson")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-parallel", type=int, default=None, help="array throttle %%M (default: no limit)")
+    p.add_argument("--shards", type=int, default=1, help="dense: K parallel subtasks per slide (srun -n K)")
+    p.add_argument("--dependency", help="e.g. afterok:1234 (passed to sbatch)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option, e.g. --sbatch-arg=--partition=gpu (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="write the manifest and print the sbatch command only")
+    p.set_defaults(func=run)
+
+
+def sbatch_args(manifest_path: Path, manifest: Manifest, indices: list[int], throttle: int | None,
+                extra: list[str]) -> list[str]:
+    logs = Path(manifest.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for value in (manifest_path, REPO):
+        if "," in str(value):  # sbatch --export splits its value on commas
+            raise CamnetError(f"{value}: a path with a comma cannot be passed to sbatch --export; rename it")
+    args = [f"--array={array_spec(indices, throttle)}", f"--output={logs}/%x_%A_%a.out",
+            f"--export=ALL,CAMNET_MANIFEST={manifest_path},CAMNET_ROOT={REPO}"]
+    if manifest.shards > 1:
+        args.append(f"--ntasks={manifest.shards}")
+    return [*args, *extra, str(SBATCH_SCRIPT)]
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_layer1_config(args.config, args.overrides)  # fail here, not in N array tasks
+    if args.shards < 1 or (args.shards > 1 and cfg.sampling.mode != "dense"):
+        raise CamnetError(f"--shards {args.shards}: must be 1, or above 1 with sampling.mode: dense")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise CamnetError(f"--max-parallel {args.max_parallel}: must be at least 1")
+    slides = discover_slides(args.slides)
+    if not slides:
+        raise CamnetError(f"no slides found in {' '.join(args.slides)}")
+    missing = [str(s) for s in slides if not s.is_file()]
+    if missing:
+        raise CamnetError(f"slide {missing[0]}: no such file")
+    pairs = pair_annotations(slides, args.annotations)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(str(args.config.resolve()), str(out),
+                        tuple(ManifestEntry(str(s.resolve()), str(a.resolve()) if a else None) for s, a in pairs),
+                        tuple(args.overrides), args.shards,
+                        tuple(str(s) for s, a in pairs if a is None))
+    path = manifest.save(out / "manifest.json")
+    if args.annotations and manifest.unpaired:
+        print(f"{len(manifest.unpaired)} slides without annotation (normal patches only):")
+        for slide in manifest.unpaired:
+            print(f"  {slide}")
+    extra = [*args.sbatch_arg, *([f"--dependency={args.dependency}"] if args.dependency else [])]
+    command = sbatch_args(path, manifest, list(range(len(pairs))), args.max_parallel, extra)
+    if args.dry_run:
+        print("sbatch " + " ".join(command))
+        return 0
+    job = sbatch(command, cwd=Path(os.getcwd()))
+    record_submission(out, job, list(range(len(pairs))))
+    print(f"submitted job {job}: {len(pairs)} slides, manifest {path}, logs {out / 'logs'}")
+    print(job)
+    return 0

@@ -1,0 +1,66 @@
+"""Merge the K dense shards of one slide into the file a single-process dense run writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.extract import output_path
+from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
+
+
+def merge_shards(out_dir: Path, slide: Path, count: int, keep_shards: bool = False) -> Path:
+    final = output_path(out_dir, slide, None)
+    shards = [output_path(out_dir, slide, (i, count)) for i in range(count)]
+    if is_complete(final) and not any(p.exists() for p in shards):
+        return final  # merged before; the shards are gone
+    missing = [p.name for p in shards if not is_complete(p)]
+    if missing:
+        raise CamnetError(f"cannot merge {final}: shard files not finished: {', '.join(missing)}")
+    stores = [PatchStore(p) for p in shards]
+    try:
+        first = stores[0].attrs
+        hashes = {s.attrs["config_hash"] for s in stores}
+        if len(hashes) > 1:
+            raise CamnetError(f"cannot merge {final}: shards were made with different configs")
+        meta_keys = SlideMeta.__dataclass_fields__
+        meta = SlideMeta(**{k: (json.loads(v) if k == "extra" and isinstance(v, str) else v)
+                            for k, v in first.items() if k in meta_keys})
+        meta = SlideMeta(**{**meta.__dict__, "shard": ""})
+        codec = stores[0].codec
+        config = first["config"]
+        output = config["output"]
+        with PatchWriter(final, stores[0].patch_size, codec, output["gzip_level"], output["jpeg_quality"]) as writer:
+            for store in stores:
+                for start in range(0, len(store), 256):
+                    idx = np.arange(start, min(start + 256, len(store)))
+                    writer.append(store.read(idx), store.coords[idx], store.labels[idx],
+                                  store.tumour_fraction[idx], store.tissue_fraction[idx])
+            carried = ("requested", "config", "annotation", "mpp_from_metadata")
+            extra: dict[str, Any] = {key: first[key] for key in carried if key in first}
+            extra["rejects"] = _sum(s.attrs["rejects"] for s in stores)
+            extra["counts"] = _sum(s.attrs["counts"] for s in stores)
+            extra["seconds"] = round(sum(float(s.attrs.get("seconds", 0.0)) for s in stores), 3)
+            extra["merged_from"] = count
+            masks = {name: stores[0].mask(name) for name in stores[0].mask_names()}
+            writer.finish(meta, stores[0].coords_attrs, extra, masks)
+    finally:
+        for store in stores:
+            store.close()
+    if not keep_shards:
+        for path in shards:
+            path.unlink()
+    return final
+
+
+def _sum(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, value in d.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
