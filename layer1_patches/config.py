@@ -17,9 +17,9 @@ Codec = Literal["lz4", "gzip", "lzf", "none", "jpeg"]
 class ResolutionConfig:
     """Working resolution: exactly one of `level`, `magnification`, `mpp`."""
 
-    level: int | None = bounded(None, min=0)
-    magnification: float | None = bounded(None, min_exclusive=0)
-    mpp: float | None = bounded(None, min_exclusive=0)
+    level: int | None = bounded(None, min=0, doc="pyramid level to read as is")
+    magnification: float | None = bounded(None, min_exclusive=0, doc="objective power, e.g. 20 or 40")
+    mpp: float | None = bounded(None, min_exclusive=0, doc="micrometres per working pixel")
     mpp_tolerance: float = bounded(0.1, min=0, max=1, doc="relative; a level within it is read as is")
     assume_mpp: float | None = bounded(None, min_exclusive=0, doc="level-0 um/px for slides without it")
 
@@ -33,13 +33,13 @@ class ResolutionConfig:
 
 @dataclass(frozen=True)
 class TissueConfig:
-    method: Literal["otsu", "external"] = "otsu"
+    method: Literal["otsu", "external"] = bounded("otsu", doc="Otsu on saturation, or a mask image per slide")
     downsample: float = bounded(32.0, min=1, doc="mask level: the level nearest this downsample")
-    external_mask_dir: str | None = None
+    external_mask_dir: str | None = bounded(None, doc="folder of <slide stem>.png masks (method external)")
     closing_radius: int = bounded(2, min=0, doc="mask pixels")
     opening_radius: int = bounded(0, min=0, doc="mask pixels")
     min_region_px: int = bounded(16, min=0, doc="mask pixels; smaller components are dropped")
-    fill_holes: bool = True
+    fill_holes: bool = bounded(True, doc="fill holes inside tissue regions")
 
     def validate(self, path: str) -> None:
         if self.method == "external" and not self.external_mask_dir:
@@ -48,8 +48,8 @@ class TissueConfig:
 
 @dataclass(frozen=True)
 class AnnotationConfig:
-    tumour_groups: list[str] = bounded(["Tumor", "Tumour", "_0", "_1"])
-    exclude_groups: list[str] = bounded(["_2", "Exclusion"])
+    tumour_groups: list[str] = bounded(["Tumor", "Tumour", "_0", "_1"], doc="annotation groups that are tumour (any case)")
+    exclude_groups: list[str] = bounded(["_2", "Exclusion"], doc="groups cut out of tumour (Camelyon `_2`)")
     downsample: float = bounded(16.0, min=1, doc="resolution the tumour mask is rasterised at")
 
 
@@ -57,7 +57,7 @@ class AnnotationConfig:
 class LabelConfig:
     tumour_threshold: float = bounded(0.5, min_exclusive=0, max=1, doc="tumour share of a patch for label 1")
     normal_max_tumour: float = bounded(0.0, min=0, max=1, doc="tumour share at or below which a patch is 0")
-    drop_ambiguous: bool = True
+    drop_ambiguous: bool = bounded(True, doc="drop patches between the two thresholds; else label by threshold")
 
     def validate(self, path: str) -> None:
         if self.normal_max_tumour >= self.tumour_threshold:
@@ -66,7 +66,7 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class RandomConfig:
-    per_class: int = bounded(200, min=1)
+    per_class: int = bounded(200, min=1, doc="patches wanted per class (tumour, normal)")
     max_attempts_factor: float = bounded(5.0, min=1, doc="attempts per class = factor x per_class")
     grid_step: int = bounded(56, min=1, doc="candidate positions every this many working pixels")
 
@@ -79,42 +79,43 @@ class DenseConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    mode: Literal["random", "dense"] = "random"
-    seed: int = bounded(0, min=0)
+    mode: Literal["random", "dense"] = bounded("random", doc="random per-class sampling or dense sliding window")
+    seed: int = bounded(0, min=0, doc="random sampling seed; SLURM tasks add their array index")
     random: RandomConfig = field(default_factory=RandomConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
 
 
 @dataclass(frozen=True)
 class WhiteFilterConfig:
-    level: int = bounded(200, min=0, max=255)
-    max_fraction: float = bounded(0.8, min=0, max=1)
+    level: int = bounded(200, min=0, max=255, doc="a pixel is glass when all channels exceed this")
+    max_fraction: float = bounded(0.8, min=0, max=1, doc="reject when more of the patch is glass")
 
 
 @dataclass(frozen=True)
 class BlackFilterConfig:
-    level: int = bounded(30, min=0, max=255)
-    max_fraction: float = bounded(0.5, min=0, max=1)
+    level: int = bounded(30, min=0, max=255, doc="a pixel is black when all channels are below this")
+    max_fraction: float = bounded(0.5, min=0, max=1, doc="reject when more of the patch is black")
 
 
 @dataclass(frozen=True)
 class FilterConfig:
-    min_tissue_fraction: float = bounded(0.5, min=0, max=1)
+    min_tissue_fraction: float = bounded(0.5, min=0, max=1, doc="tissue-mask share a patch needs")
     white: WhiteFilterConfig | None = field(default_factory=WhiteFilterConfig)
     black: BlackFilterConfig | None = field(default_factory=BlackFilterConfig)
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    codec: Codec = "lz4"
-    gzip_level: int = bounded(4, min=0, max=9)
-    jpeg_quality: int = bounded(90, min=1, max=100)
+    codec: Codec = bounded("lz4", doc="lossless lz4/gzip/lzf/none, or lossy jpeg")
+    gzip_level: int = bounded(4, min=0, max=9, doc="with codec gzip")
+    jpeg_quality: int = bounded(90, min=1, max=100, doc="with codec jpeg")
     thumbnail_size: int = bounded(512, min=16, doc="longest side of the stored mask thumbnails")
 
 
 @dataclass(frozen=True)
 class MetadataConfig:
-    name_regex: str = r"patient_(?P<patient>\d+)_node_(?P<node>\d+)"
+    name_regex: str = bounded(r"patient_(?P<patient>\d+)_node_(?P<node>\d+)",
+                              doc="named groups patient, node, centre from the file stem")
     patients_per_centre: int | None = bounded(20, min=1, doc="Camelyon17: centre = patient // 20")
 
     def validate(self, path: str) -> None:
@@ -126,7 +127,7 @@ class MetadataConfig:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    threads: int = bounded(2, min=1, max=64)
+    threads: int = bounded(2, min=1, max=64, doc="reader threads per slide")
     batch: int = bounded(64, min=1, doc="patches read ahead per step")
 
 

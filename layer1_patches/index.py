@@ -21,6 +21,7 @@ from layer1_patches.store import PatchStore, is_complete
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
+MPP_TOLERANCE = 0.1  # relative, as resolution.mpp_tolerance
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,24 @@ def find_stores(inputs: Iterable[Path]) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
+def check_compatible(entries: list[IndexEntry]) -> None:
+    """One model input: equal patch sizes, and working mpp within MPP_TOLERANCE of each other.
+
+    Scanners report 0.499 or 0.5021 for the same 20x objective; that is one resolution, but 0.25
+    against 0.5 is not.
+    """
+    sizes = defaultdict(list)
+    for e in entries:
+        sizes[e.patch_size].append(e.slide_name)
+    if len(sizes) > 1:
+        raise CamnetError(f"patch stores differ in patch size: {dict(sizes)}; index them separately")
+    lo = min(entries, key=lambda e: e.working_mpp)
+    hi = max(entries, key=lambda e: e.working_mpp)
+    if hi.working_mpp > lo.working_mpp * (1 + MPP_TOLERANCE):
+        raise CamnetError(f"patch stores differ in resolution: {lo.slide_name} at {lo.working_mpp:g} um/px, "
+                          f"{hi.slide_name} at {hi.working_mpp:g} um/px; index them separately")
+
+
 def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[str, float] | None = None,
                 centres: dict[str, list[str]] | None = None, seed: int = 0) -> DatasetIndex:
     finished, unfinished = find_stores(inputs)
@@ -166,11 +185,7 @@ def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[st
         raise CamnetError(f"no finished patch stores (*.h5) in {', '.join(map(str, inputs))}")
     root = out.parent
     entries = [read_entry(p, root) for p in finished]
-    sizes = defaultdict(list)
-    for e in entries:
-        sizes[(e.patch_size, round(e.working_mpp, 4))].append(e.slide_name)
-    if len(sizes) > 1:
-        raise CamnetError(f"patch stores differ in patch size or mpp: {dict(sizes)}; index them separately")
+    check_compatible(entries)
     if split_by == "patient":
         entries = assign_by_patient(entries, fractions or {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
     elif split_by == "centre":

@@ -201,3 +201,31 @@ def config_hash(obj: Any) -> str:
     """Stable short hash of a resolved config: equal configs give equal hashes."""
     canonical = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def describe(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, doc) for every leaf key of a config class: the config reference."""
+    rows: list[tuple[str, str, str, str]] = []
+    hints = get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        path = _key(prefix, f.name)
+        tp = hints[f.name]
+        value = getattr(defaults, f.name)
+        nested = [t for t in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(t)]
+        if nested:
+            rows += describe(nested[0], path)
+            continue
+        rows.append((path, _type_name(tp), json.dumps(value), str(f.metadata.get("doc", ""))))
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,8 +46,11 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture(scope="session")
-def synth_cohort(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three synthetic slides of 4096 px with annotations, shared by the session."""
-    from layer1_patches.synth import write_cohort
+def synth_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """A 4096 px synthetic slide with tumour and `_2` holes: (slide, annotation, ground truth)."""
+    from layer1_patches.synth import SynthSpec, write_synthetic_slide
 
-    return write_cohort(tmp_path_factory.mktemp("synth"), 3, 4096, seed=7, tumour_fraction=0.2)
+    folder = tmp_path_factory.mktemp("synth")
+    tif, xml = folder / "patient_000_node_0.tif", folder / "patient_000_node_0.xml"
+    truth = write_synthetic_slide(tif, xml, SynthSpec(size=4096, seed=7, tumour_fraction=0.25))
+    return tif, xml, truth

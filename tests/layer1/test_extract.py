@@ -129,3 +129,26 @@ def test_dense_shards_union_equals_unsharded_run(tmp_path: Path) -> None:
 )
 def test_identity_from_file_name(stem: str, expected: dict[str, str]) -> None:
     assert slide_identity(stem, MetadataConfig()) == expected
+
+
+def test_synthetic_slide_mask_and_labels_match_ground_truth(tmp_path: Path, synth_slide) -> None:  # type: ignore[no-untyped-def]
+    slide, xml, truth = synth_slide
+    assert truth.hole_polygons, "the fixture slide should exercise _2 holes"
+    cfg = make_config(patch_size=128, resolution={"mpp": 0.5}, sampling={"mode": "dense"},
+                      labels={"drop_ambiguous": False}, filters={"min_tissue_fraction": 0.0, "white": None})
+    result = extract_slide(ExtractRequest(slide, tmp_path, cfg, xml))
+    with PatchStore(Path(result.output)) as store:
+        coords, labels = store.coords, store.labels
+        tissue = store.tissue_fraction
+        tissue_thumb = store.mask("tissue") > 0
+    # Tissue mask against the generator's truth: every 128 px block's tissue share.
+    true_tissue = truth.tissue_mask(8)
+    share = np.array([true_tissue[y // 8:(y + 128) // 8, x // 8:(x + 128) // 8].mean() for x, y in coords])
+    assert np.abs(share - tissue).mean() < 0.05
+    assert tissue_thumb.mean() == pytest.approx(true_tissue.mean(), abs=0.05)
+    # Labels against the generator's tumour truth (holes excluded by construction).
+    true_tumour = truth.tumour_mask(8)
+    tumour_share = np.array([true_tumour[y // 8:(y + 128) // 8, x // 8:(x + 128) // 8].mean() for x, y in coords])
+    clear = (tumour_share > 0.6) | (tumour_share < 0.4)  # away from the 0.5 threshold
+    assert clear.sum() > 100 and labels.sum() > 10
+    assert np.array_equal(labels[clear], (tumour_share[clear] >= 0.5).astype(np.uint8))

@@ -10,13 +10,14 @@ from layer1_patches.index import DatasetIndex, build_index
 from layer1_patches.store import PatchWriter, SlideMeta
 
 
-def _store(folder: Path, name: str, patient: str, centre: str, tumour: int, normal: int, size: int = 8) -> Path:
+def _store(folder: Path, name: str, patient: str, centre: str, tumour: int, normal: int, size: int = 8,
+           mpp: float = 0.5) -> Path:
     n = tumour + normal
     path = folder / f"{name}.h5"
     with PatchWriter(path, size, "none") as w:
         w.append(np.zeros((n, size, size, 3), np.uint8), np.zeros((n, 2)), np.array([1] * tumour + [0] * normal),
                  np.zeros(n), np.ones(n))
-        w.finish(SlideMeta(name, f"/s/{name}.tif", patient=patient, centre=centre, patch_size=size, working_mpp=0.5,
+        w.finish(SlideMeta(name, f"/s/{name}.tif", patient=patient, centre=centre, patch_size=size, working_mpp=mpp,
                            config_hash="h"), {}, {}, {})
     return path
 
@@ -74,7 +75,17 @@ def test_no_stores_is_an_error(tmp_path: Path) -> None:
 def test_mixed_patch_sizes_are_refused(tmp_path: Path) -> None:
     _store(tmp_path, "a", "1", "0", 1, 1, size=8)
     _store(tmp_path, "b", "2", "0", 1, 1, size=16)
-    with pytest.raises(CamnetError, match="differ in patch size or mpp"):
+    with pytest.raises(CamnetError, match="differ in patch size"):
+        build_index([tmp_path], tmp_path / "i.json", "patient")
+
+
+def test_scanner_rounding_of_mpp_is_one_resolution(tmp_path: Path) -> None:
+    """Regression: 0.499 (Aperio) and 0.5 um/px slides could not share an index."""
+    _store(tmp_path, "a", "1", "0", 1, 1, mpp=0.499)
+    _store(tmp_path, "b", "2", "0", 1, 1, mpp=0.5)
+    assert len(build_index([tmp_path], tmp_path / "i.json", "patient").entries) == 2
+    _store(tmp_path, "c", "3", "0", 1, 1, mpp=0.25)
+    with pytest.raises(CamnetError, match="differ in resolution: c at 0.25 um/px, b at 0.5 um/px"):
         build_index([tmp_path], tmp_path / "i.json", "patient")
 
 
