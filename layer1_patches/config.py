@@ -48,7 +48,7 @@ class TissueConfig:
 
 @dataclass(frozen=True)
 class AnnotationConfig:
-    tumour_groups: list[str] = bounded(["Tumor", "Tumour", "_0", "_1"], doc="annotation groups that are tumour (any case)")
+    tumour_groups: list[str] = bounded(["Tumor", "Tumour", "_0", "_1"], doc="groups that are tumour (any case)")
     exclude_groups: list[str] = bounded(["_2", "Exclusion"], doc="groups cut out of tumour (Camelyon `_2`)")
     downsample: float = bounded(16.0, min=1, doc="resolution the tumour mask is rasterised at")
 
