@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from layer1_patches.atomic import write_json_atomic
 from layer1_patches.errors import CamnetError
 from layer1_patches.store import PatchStore, is_complete
 
@@ -66,10 +66,7 @@ class DatasetIndex:
     def save(self, path: Path) -> Path:
         data = {"index_version": INDEX_VERSION, "split_by": self.split_by,
                 "summary": self.splits(), "entries": [asdict(e) for e in self.entries]}
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, data)
 
     @classmethod
     def load(cls, path: Path) -> DatasetIndex:

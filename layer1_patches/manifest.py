@@ -7,10 +7,10 @@ through a shell.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from layer1_patches.atomic import write_json_atomic
 from layer1_patches.errors import CamnetError
 
 MANIFEST_VERSION = 1
@@ -39,10 +39,7 @@ class Manifest:
 
     def save(self, path: Path) -> Path:
         data = {"manifest_version": MANIFEST_VERSION, **asdict(self)}
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, data)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

@@ -7,13 +7,13 @@ with the outputs and squeue, so it works without SLURM accounting (sacct) being 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from layer1_patches.atomic import write_json_atomic
 from layer1_patches.errors import CamnetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +37,7 @@ class TaskState:
 def write_task_state(out: Path, task: TaskState) -> None:
     folder = state_dir(out) / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{task.index}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(asdict(task)))
-    os.replace(tmp, path)
+    write_json_atomic(folder / f"{task.index}.json", asdict(task))
 
 
 def read_task_state(out: Path, index: int) -> TaskState | None:

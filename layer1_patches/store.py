@@ -33,6 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from layer1_patches.atomic import partial_path
 from layer1_patches.errors import CamnetError
 
 SCHEMA_VERSION = 1
@@ -82,10 +83,6 @@ def _compression(codec: str, gzip_level: int) -> dict[str, Any]:
     if codec == "lzf":
         return {"compression": "lzf"}
     return {}
-
-
-def partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial")
 
 
 def is_complete(path: Path) -> bool:

@@ -1,0 +1,91 @@
+"""Layer 1 as a SLURM array on the local cluster: 4 slides at %1 vs %2, and SLURM's overhead per task.
+
+    slurm/local/start.sh && export SLURM_CONF=/tmp/camnet-slurm/slurm.conf
+    .venv/bin/python bench/slurm_array.py [--size 6144] [--slides 4]
+
+Each task extracts one synthetic slide densely with one reader thread on one CPU, so two tasks can use the
+two cores. Prints wall times, the %2 over %1 speed-up (target >= 1.7 on 2 cores), and the overhead per task:
+an array of `true` tasks (pure scheduling and launch), and the array's wall time minus the extraction time
+the tasks recorded (scheduling + Python start-up + slide opening + masking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from layer1_patches.store import PatchStore  # noqa: E402
+from layer1_patches.synth import write_cohort  # noqa: E402
+
+
+def wait_for(job: str, timeout: float = 3600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"job {job} did not finish in {timeout} s")
+
+
+def sbatch(args: list[str]) -> str:
+    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, cwd=REPO, check=True)
+    return proc.stdout.strip().split(";")[0]
+
+
+def run_array(slides: Path, out: Path, throttle: int) -> tuple[float, float]:
+    """(wall seconds from submission to the last task's end, sum of the tasks' extraction seconds)."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "layer1_patches", "submit", "--config", "configs/layer1/dense.yaml",
+         "--slides", str(slides), "--out", str(out), "--max-parallel", str(throttle),
+         "--sbatch-arg=--cpus-per-task=1", "--set", "reader.threads=1", "--set", "resolution.mpp=null",
+         "--set", "resolution.level=0"], capture_output=True, text=True, cwd=REPO, check=True)
+    wait_for(proc.stdout.strip().splitlines()[-1])
+    wall = time.monotonic() - start
+    work = 0.0
+    for h5 in out.glob("*.h5"):
+        with PatchStore(h5) as store:
+            work += float(store.attrs["seconds"])
+    return wall, work
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=6144)
+    parser.add_argument("--slides", type=int, default=4)
+    args = parser.parse_args()
+    if shutil.which("sbatch") is None:
+        raise SystemExit("no sbatch: start the local cluster (slurm/local/start.sh) and export SLURM_CONF")
+    work_dir = REPO / "bench_out" / "slurm_array"
+    slides = write_cohort(work_dir / "slides", args.slides, args.size, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        job = sbatch([f"--array=0-{args.slides - 1}%1", f"--output={tmp}/%A_%a.out", "--cpus-per-task=1",
+                      "--wrap=true"])
+        start = time.monotonic()
+        wait_for(job)
+        pure = (time.monotonic() - start) / args.slides
+    results = {}
+    for throttle in (1, 2):
+        results[throttle] = run_array(work_dir / "slides", work_dir / f"out_{throttle}", throttle)
+    (w1, work1), (w2, _) = results[1], results[2]
+    print(f"{len(slides)} synthetic {args.size} px slides, dense 224 px at level 0, 1 CPU and 1 reader per task")
+    print(f"%1: {w1:.1f} s wall   %2: {w2:.1f} s wall   speed-up {w1 / w2:.2f} (target >= 1.7 on 2 cores)")
+    print(f"SLURM overhead per task: {pure:.2f} s for an empty task; "
+          f"{(w1 - work1) / len(slides):.2f} s per Layer 1 task outside extraction (at %1)")
+    print(json.dumps({"wall_1": round(w1, 2), "wall_2": round(w2, 2), "speedup": round(w1 / w2, 3),
+                      "empty_task_s": round(pure, 3), "task_overhead_s": round((w1 - work1) / len(slides), 3)}))
+
+
+if __name__ == "__main__":
+    main()

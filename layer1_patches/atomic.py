@@ -1,0 +1,25 @@
+"""Atomic small-file writes: a reader sees the old file or the whole new one, never half of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def partial_path(final: Path) -> Path:
+    """Where a file is written before it is renamed to `final`; never taken for a finished file."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    # The pid keeps two writers of one file (two SLURM steps, say) from renaming each other's half file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=1))
