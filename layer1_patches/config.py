@@ -106,7 +106,7 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    codec: Codec = bounded("lz4", doc="lossless lz4/gzip/lzf/none, or lossy jpeg")
+    codec: Codec = bounded("none", doc="lossless none/lz4/gzip/lzf, or lossy jpeg")
     gzip_level: int = bounded(4, min=0, max=9, doc="with codec gzip")
     jpeg_quality: int = bounded(90, min=1, max=100, doc="with codec jpeg")
     thumbnail_size: int = bounded(512, min=16, doc="longest side of the stored mask thumbnails")
