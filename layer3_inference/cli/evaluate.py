@@ -1,0 +1,33 @@
+"""`evaluate`: finished heatmaps against annotations; cohort table, summary and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from layer3_inference.config import load_evaluate_config
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "evaluate", help="pixel AUC, Dice/IoU, slide AUC and Camelyon16 FROC of finished heatmaps",
+        description="Reads HEATMAPS/<stem>/ (from `heatmap`) and ANNOTATIONS/<stem>.xml|.geojson; writes "
+                    "OUT/cohort.csv, OUT/summary.json, OUT/froc.png and OUT/slide_roc.png.")
+    p.add_argument("--config", type=Path, help="Layer 3 evaluate YAML (configs/layer3/evaluate.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set froc.detection_threshold=0.9 (repeatable)")
+    p.add_argument("--heatmaps", type=Path, required=True, help="the heatmap command's --out folder")
+    p.add_argument("--annotations", type=Path, required=True, help="folder of <slide stem>.xml/.geojson")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_evaluate_config(args.config, args.overrides)
+    from layer3_inference.evaluate import evaluate_cohort
+
+    summary = evaluate_cohort(args.heatmaps, args.annotations, args.out, cfg)
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    return 0

@@ -1,0 +1,235 @@
+"""Batched whole-slide inference: reader threads ahead of the model, ranks sharding the grid, rank 0 writing.
+
+Reading and decoding run in a producer thread (itself fanning out to `reader.threads` threads through
+Layer 1's `ordered_map`) that fills a bounded queue of batches, so the model never waits on the slide unless
+reading is the bottleneck. Ranks take contiguous shares of the grid cut at global batch boundaries, the last
+batch padded to full size: every patch is computed in the same batch, at the same place, whatever the
+number of ranks, so 2-rank output equals 1-rank output bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.extract import PatchReader, ordered_map
+from layer1_patches.masks import masker_from_config
+from layer1_patches.slide import Slide
+from layer1_patches.typedconfig import config_hash
+from layer3_inference import outputs
+from layer3_inference.config import HeatmapConfig
+from layer3_inference.grid import plan_grid, shard_batches
+from layer3_inference.model import ModelSpec, working_resolution
+
+log = logging.getLogger(__name__)
+ModelFn = Callable[[np.ndarray], np.ndarray]
+SIZE_VARS = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ranks; `allgather` returns every rank's object, in rank order."""
+
+    rank: int = 0
+    size: int = 1
+    gather: Callable[[Any], list[Any]] | None = None
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj] if self.gather is None else list(self.gather(obj))
+
+
+def launched_size() -> int:
+    """Ranks started by horovodrun, mpirun or srun; 1 when run as a plain process."""
+    for var in SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            return int(value)
+    return 1
+
+
+def init_ranks() -> Ranks:
+    """Horovod (gloo or MPI) when launched with several ranks, mpi4py without Horovod, else one rank."""
+    if launched_size() == 1:
+        return Ranks()
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        return Ranks(comm.Get_rank(), comm.Get_size(), comm.allgather)
+    from layer2_training.distributed import pin_gpu
+
+    hvd.init()
+    pin_gpu(hvd.local_rank())
+    return Ranks(hvd.rank(), hvd.size(), lambda obj: hvd.allgather_object(obj, name="camnet_layer3"))
+
+
+def compile_model(model: Any, patch_size: int) -> ModelFn:
+    """uint8 batches in, float32 probabilities out, through one traced graph."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, patch_size, patch_size, 3), tf.uint8)])
+    def run(x: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(model(tf.cast(x, tf.float32), training=False), [-1])
+
+    return lambda batch: np.asarray(run(tf.constant(batch)), dtype=np.float32)
+
+
+_DONE = object()
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(q: queue.Queue[Any], reader: PatchReader, coords: np.ndarray, batch: int, threads: int,
+             stop: threading.Event) -> None:
+    size = reader.patch_size
+    patches = ordered_map(reader, coords, threads, 2 * batch + threads)
+    try:
+        for start in range(0, len(coords), batch):
+            n = min(batch, len(coords) - start)
+            buf = np.empty((batch, size, size, 3), dtype=np.uint8)
+            for k in range(n):
+                buf[k] = next(patches)[0]
+            buf[n:] = buf[n - 1]  # padding keeps one batch shape for every batch (see module docstring)
+            if not _put(q, (buf, n), stop):
+                return
+        _put(q, _DONE, stop)
+    except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        _put(q, err, stop)
+    finally:
+        if isinstance(patches, Generator):
+            patches.close()  # cancels reads still queued when the consumer stopped early
+
+
+def read_batches(reader: PatchReader, coords: np.ndarray, batch: int, threads: int, prefetch: int,
+                 stats: dict[str, float]) -> Iterator[tuple[np.ndarray, int]]:
+    """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    worker = threading.Thread(target=_produce, args=(q, reader, coords, batch, threads, stop), daemon=True,
+                              name="camnet-reader")
+    worker.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = q.get()
+            stats["wait_s"] = stats.get("wait_s", 0.0) + time.perf_counter() - t0
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def predict(model_fn: ModelFn, reader: PatchReader, coords: np.ndarray, batch: int, threads: int,
+            prefetch: int, stats: dict[str, float]) -> np.ndarray:
+    out = np.empty(len(coords), dtype=np.float32)
+    done = 0
+    for buf, n in read_batches(reader, coords, batch, threads, prefetch, stats):
+        t0 = time.perf_counter()
+        out[done:done + n] = model_fn(buf)[:n]
+        stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
+        done += n
+    return out
+
+
+@dataclass(frozen=True)
+class HeatmapRequest:
+    slide: Path
+    out_dir: Path
+    config: HeatmapConfig
+    overwrite: bool = False
+
+
+@dataclass
+class HeatmapResult:
+    slide: str
+    output: str
+    status: str  # done, skipped or failed
+    patches: int = 0
+    score: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
+    # the model's identity is part of the hash: the same config with another model is another result
+    canonical = json.dumps({"config": config_hash(cfg), "model": spec.identity()}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ranks) -> HeatmapResult:
+    """One slide on every rank; rank 0 writes. Raises `CamnetError` (on every rank) on bad input."""
+    start = time.perf_counter()
+    cfg = req.config
+    final = outputs.final_dir(req.out_dir, req.slide)
+    digest = run_hash(cfg, spec)
+    done_hash = outputs.finished_hash(final)
+    if done_hash is not None and not req.overwrite:
+        if done_hash != digest:
+            raise CamnetError(f"{final}: finished with a different config or model; pass --overwrite to redo it")
+        return HeatmapResult(req.slide.stem, str(final), "skipped")
+    times: dict[str, float] = {}
+    with Slide(req.slide, cfg.match.assume_mpp) as slide:
+        res = working_resolution(slide, spec, cfg.match)
+        t0 = time.perf_counter()
+        tissue = masker_from_config(cfg.tissue)(slide)
+        grid = plan_grid(slide.dimensions, res, spec.patch_size, cfg.grid.stride, tissue, cfg.grid.min_tissue,
+                         str(req.slide))
+        times["tissue_s"] = time.perf_counter() - t0
+        lo, hi = shard_batches(len(grid), cfg.reader.batch_size, ranks.rank, ranks.size)
+        reader = PatchReader(slide, res, spec.patch_size, [])
+        stats: dict[str, float] = {}
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader.batch_size, cfg.reader.threads,
+                            cfg.reader.prefetch, stats)
+        except CamnetError as err:  # every rank must still reach the gather, or the others hang
+            probs, error = np.zeros(0, np.float32), str(err)
+        stats["infer_s"] = time.perf_counter() - t0
+        shares = ranks.allgather((lo, probs, error, stats))
+        errors = [e for _, _, e, _ in shares if e]
+        if errors:
+            raise CamnetError(errors[0])
+        all_probs = np.concatenate([p for _, p, _, _ in sorted(shares, key=lambda s: s[0])])
+        for key in ("infer_s", "model_s", "wait_s"):
+            times[key] = max(s[3].get(key, 0.0) for s in shares)
+        result = HeatmapResult(slide.name, str(final), "done", len(grid), times=times)
+        if ranks.rank == 0:
+            t0 = time.perf_counter()
+            info = outputs.SlideInfo.of(slide, res, tissue, cfg.output.thumbnail_size)
+            threshold = cfg.output.threshold if cfg.output.threshold is not None else spec.threshold
+            summary = outputs.write_slide(final, info, grid, all_probs, cfg, spec, threshold, digest,
+                                          req.overwrite, times, ranks.size, start)
+            result.score = summary["slide_score"]
+            times["write_s"] = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - start
+    log.info("%s: %d patches on %d rank(s), %.1f s (model %.1f s, waiting on reads %.1f s)", result.slide,
+             result.patches, ranks.size, result.seconds, times.get("model_s", 0.0), times.get("wait_s", 0.0))
+    return result

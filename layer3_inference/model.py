@@ -1,0 +1,126 @@
+"""A Layer 2 run directory as Layer 3 needs it: the exported model, its sidecar, and where it reads a slide.
+
+The sidecar (`<run>/model.json`, written by Layer 2 when training finishes) says at which resolution and
+patch size the model was trained; inference resolves that on each slide with Layer 1's own resolution code,
+so it reads exactly what training read. `sidecar_from_layer2` is the one place that knows Layer 2's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from layer1_patches.config import ResolutionConfig
+from layer1_patches.errors import CamnetError
+from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
+from layer3_inference.config import MatchConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+SIDECAR = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What Layer 3 relies on from a run directory."""
+
+    run_dir: Path
+    model_file: Path
+    patch_size: int
+    working_mpp: float
+    level: int
+    threshold: float
+    backbone: str
+    config_hash: str
+
+    def identity(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir.resolve()), "model_file": str(self.model_file),
+                "backbone": self.backbone, "patch_size": self.patch_size, "working_mpp": self.working_mpp,
+                "level": self.level, "threshold": self.threshold, "config_hash": self.config_hash}
+
+
+def sidecar_from_layer2(run_dir: Path, data: dict[str, Any]) -> ModelSpec:
+    """Adapter for Layer 2's `model.json` (layer2_training.train.sidecar, sidecar_version 1).
+
+    Assumed: `model_file` relative to the run dir, `patch_size` = the model's input side, `working_mpp` and
+    `level` of the training patches, `threshold` in [0, 1]; `backbone` and `config_hash` are informative.
+    """
+    where = run_dir / SIDECAR
+
+    def need(key: str, kind: type, check: Any = None) -> Any:
+        if key not in data:
+            raise CamnetError(f"run dir {run_dir}: {where} has no key '{key}' (incomplete or foreign run)")
+        value = data[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (check is not None and not check(value)):
+            raise CamnetError(f"run dir {run_dir}: {where} key '{key}' has an invalid value {value!r}")
+        return value
+
+    return ModelSpec(
+        run_dir=run_dir, model_file=run_dir / need("model_file", str),
+        patch_size=need("patch_size", int, lambda v: v >= 8),
+        working_mpp=float(need("working_mpp", float, lambda v: v > 0)), level=need("level", int, lambda v: v >= 0),
+        threshold=float(need("threshold", float, lambda v: 0 <= v <= 1)),
+        backbone=str(data.get("backbone", "unknown")), config_hash=str(data.get("config_hash", "")))
+
+
+def read_spec(run_dir: Path) -> ModelSpec:
+    """The run's sidecar, checked; a run still training (no sidecar or no exported model) is refused."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CamnetError(f"run dir {run_dir}: no such directory")
+    path = run_dir / SIDECAR
+    if not path.is_file():
+        raise CamnetError(f"run dir {run_dir}: no {SIDECAR} (training not finished, or not a Layer 2 run dir)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CamnetError(f"run dir {run_dir}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CamnetError(f"run dir {run_dir}: {path} is not a JSON object")
+    spec = sidecar_from_layer2(run_dir, data)
+    if not spec.model_file.is_file():
+        raise CamnetError(f"run dir {run_dir}: model file {spec.model_file} (key 'model_file' of {path}) is missing")
+    return spec
+
+
+def load_model(spec: ModelSpec) -> tf.keras.Model:
+    """The exported model, whose input side must be the sidecar's patch size."""
+    from layer2_training.model import load_inference_model
+
+    try:
+        model = load_inference_model(spec.model_file)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a truncated or foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CamnetError(f"model {spec.model_file}: cannot load ({first})") from None
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1:3] != (spec.patch_size, spec.patch_size) or shape[3] != 3:
+        raise CamnetError(f"model {spec.model_file}: input shape {shape[1:]} does not match patch_size "
+                          f"{spec.patch_size} of {spec.run_dir / SIDECAR}")
+    return model
+
+
+def working_resolution(slide: Slide, spec: ModelSpec, cfg: MatchConfig) -> WorkingResolution:
+    """Where the model's patches come from on this slide, or an error naming slide and model."""
+    if cfg.by == "level":
+        res = ResolutionConfig(level=spec.level, assume_mpp=cfg.assume_mpp)
+        asked = f"level {spec.level}"
+    else:
+        res = ResolutionConfig(mpp=spec.working_mpp, mpp_tolerance=cfg.mpp_tolerance, assume_mpp=cfg.assume_mpp)
+        asked = f"working_mpp {spec.working_mpp:g}"
+    try:
+        out = resolve_resolution(slide, res)
+    except CamnetError as err:
+        raise CamnetError(f"{err} (model {spec.run_dir / SIDECAR} needs {asked})") from None
+    w0, h0 = slide.dimensions
+    footprint = out.footprint(spec.patch_size)
+    if footprint > min(w0, h0):
+        raise CamnetError(f"slide {slide.path}: {w0} x {h0} px is smaller than one {spec.patch_size}-px patch "
+                          f"at {asked} ({footprint} level-0 px)")
+    return out

@@ -1,0 +1,276 @@
+"""Per-slide outputs, written by rank 0 into `OUT/.<stem>.partial/` and renamed to `OUT/<stem>/` when complete.
+
+A slide is finished exactly when `OUT/<stem>/summary.json` exists (it is written last, before the rename);
+readers refuse anything else. Files: `probabilities.h5` (grid, coordinates, map, tissue mask), `grid.npy`,
+`heatmap.png` (thumbnail + colour bar), `overlay.png` (RGBA, transparent where there is no prediction),
+`<stem>.geojson` (QuPath) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage import measure
+
+from layer1_patches import __version__
+from layer1_patches.errors import CamnetError
+from layer1_patches.masks import Mask
+from layer1_patches.slide import Slide, WorkingResolution
+from layer3_inference.config import HeatmapConfig, ScoreConfig
+from layer3_inference.grid import TissueGrid, map_shape, render_map, resample_mask
+from layer3_inference.model import ModelSpec
+
+SUMMARY = "summary.json"
+PROBS = "probabilities.h5"
+
+
+def final_dir(out_dir: Path, slide: Path) -> Path:
+    return Path(out_dir) / Path(slide).stem
+
+
+def partial_dir(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def finished_hash(final: Path) -> str | None:
+    """The run hash of a finished slide output, None when there is none (partial or missing)."""
+    try:
+        data = json.loads((final / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(data.get("run_hash", "")) if isinstance(data, dict) else None
+
+
+def slide_score(probs: np.ndarray, cfg: ScoreConfig) -> float:
+    if len(probs) == 0:
+        return 0.0
+    if cfg.method == "max":
+        return float(np.max(probs))
+    return float(np.percentile(probs, cfg.percentile))
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    name: str
+    path: str
+    dimensions: tuple[int, int]
+    mpp: float
+    res: WorkingResolution
+    tissue: Mask
+    thumbnail: np.ndarray
+    thumb_ds: tuple[float, float]
+
+    @classmethod
+    def of(cls, slide: Slide, res: WorkingResolution, tissue: Mask, thumb_size: int) -> SlideInfo:
+        thumb, ds_x, ds_y = slide.read_downsampled(max(slide.dimensions) / thumb_size)
+        return cls(slide.name, str(slide.path.resolve()), slide.dimensions, float(slide.mpp or 0.0), res, tissue,
+                   thumb, (ds_x, ds_y))
+
+
+def write_probabilities(path: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarray, prob_map: np.ndarray,
+                        map_ds: tuple[float, float], threshold: float) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=grid.coords, compression="gzip")
+        f.create_dataset("prob", data=probs.astype(np.float32), compression="gzip")
+        f.create_dataset("index", data=grid.index, compression="gzip")
+        f.create_dataset("tissue_fraction", data=grid.tissue_fraction, compression="gzip")
+        f.create_dataset("grid", data=grid.to_grid(probs), compression="gzip")
+        pm = f.create_dataset("map", data=prob_map, compression="gzip")
+        pm.attrs.update({"ds_x": map_ds[0], "ds_y": map_ds[1]})
+        tissue = f.create_dataset("tissue", data=info.tissue.array, compression="gzip")
+        tissue.attrs.update({"ds_x": info.tissue.ds_x, "ds_y": info.tissue.ds_y})
+        f.attrs.update({
+            "slide_name": info.name, "slide_path": info.path, "width": info.dimensions[0],
+            "height": info.dimensions[1], "mpp": info.mpp, "level": info.res.level,
+            "downsample": info.res.downsample, "working_mpp": info.res.mpp, "footprint": grid.footprint,
+            "step": grid.step, "threshold": threshold, "coords": "level-0 (x, y) top-left; NaN = no prediction",
+            "package_version": __version__})
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """A finished slide's predictions, as evaluation reads them."""
+
+    slide_name: str
+    dimensions: tuple[int, int]
+    mpp: float
+    coords: np.ndarray
+    prob: np.ndarray
+    footprint: int
+    threshold: float
+    tissue: Mask
+
+
+def read_probabilities(final: Path) -> Probabilities:
+    if finished_hash(final) is None:
+        raise CamnetError(f"heatmap output {final}: not finished (no {SUMMARY})")
+    path = final / PROBS
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            tissue = f["tissue"]
+            return Probabilities(str(a["slide_name"]), (int(a["width"]), int(a["height"])), float(a["mpp"]),
+                                 f["coords"][()], f["prob"][()], int(a["footprint"]), float(a["threshold"]),
+                                 Mask(tissue[()], float(tissue.attrs["ds_x"]), float(tissue.attrs["ds_y"])))
+    except (OSError, KeyError) as err:
+        raise CamnetError(f"heatmap output {path}: unreadable ({err})") from None
+
+
+def overlay_rgba(prob_map: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
+    """Colour-mapped probabilities; fully transparent where there is no prediction."""
+    import matplotlib
+
+    finite = np.isfinite(prob_map)
+    rgba = matplotlib.colormaps[colormap](np.where(finite, prob_map, 0.0))
+    rgba[..., 3] = np.where(finite, alpha, 0.0)
+    return np.asarray(np.round(rgba * 255), dtype=np.uint8)
+
+
+def write_heatmap_png(path: Path, thumbnail: np.ndarray, overlay: np.ndarray, colormap: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    a = overlay[..., 3:4].astype(np.float32) / 255
+    blended = (thumbnail.astype(np.float32) * (1 - a) + overlay[..., :3].astype(np.float32) * a).astype(np.uint8)
+    h, w = blended.shape[:2]
+    fig, ax = plt.subplots(figsize=(8 * w / max(h, w) + 1.5, 8 * h / max(h, w)), dpi=max(100, max(h, w) // 8))
+    ax.imshow(blended)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), colormap)
+    fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02, label="tumour probability")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _ring(contour: np.ndarray, ds: tuple[float, float], dims: tuple[int, int]) -> list[list[float]]:
+    # contour is (row, col) in a 1-px padded raster; level 0.5 lies on pixel edges
+    x = np.clip((contour[:, 1] - 0.5) * ds[0], 0, dims[0])
+    y = np.clip((contour[:, 0] - 0.5) * ds[1], 0, dims[1])
+    ring = np.round(np.stack([x, y], axis=1), 1).tolist()
+    if ring[0] != ring[-1]:
+        ring.append(ring[0])
+    return ring
+
+
+def _outline(region: np.ndarray, ds: tuple[float, float], dims: tuple[int, int]) -> list[list[float]] | None:
+    contours = measure.find_contours(np.pad(region, 1).astype(np.float32), 0.5)
+    if not contours:
+        return None
+    ring = _ring(max(contours, key=len), ds, dims)
+    return ring if len(ring) >= 4 else None
+
+
+def tumour_regions(prob_map: np.ndarray, threshold: float, ds: tuple[float, float], dims: tuple[int, int],
+                   min_px: float) -> list[dict[str, Any]]:
+    """Thresholded map -> one GeoJSON polygon (with holes) per connected region."""
+    above = np.nan_to_num(prob_map, nan=0.0) >= threshold
+    labels, n = ndimage.label(above, structure=np.ones((3, 3)))
+    features: list[dict[str, Any]] = []
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        region = labels[box] == k
+        if region.sum() < max(min_px, 1):
+            continue
+        offset = (box[0].start, box[1].start)
+        shift = (ds[0], ds[1])
+        outer = _outline(region, shift, dims)
+        if outer is None:
+            continue
+        rings = [[[x + offset[1] * ds[0], y + offset[0] * ds[1]] for x, y in outer]]
+        holes, n_holes = ndimage.label(ndimage.binary_fill_holes(region) & ~region)
+        for h in range(1, n_holes + 1):
+            ring = _outline(holes == h, shift, dims)
+            if ring is not None:
+                rings.append([[x + offset[1] * ds[0], y + offset[0] * ds[1]] for x, y in ring])
+        values = prob_map[box][region]
+        features.append({
+            "type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+            "properties": {"objectType": "annotation", "name": f"tumour region {len(features) + 1}",
+                           "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                           "measurements": {"max_probability": round(float(values.max()), 6),
+                                            "mean_probability": round(float(values.mean()), 6)}}})
+    return features
+
+
+def tile_features(grid: TissueGrid, probs: np.ndarray, threshold: float) -> list[dict[str, Any]]:
+    f = grid.footprint
+    out = []
+    for (x, y), p in zip(grid.coords.tolist(), probs.tolist(), strict=True):
+        out.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + f, y], [x + f, y + f], [x, y + f], [x, y]]]},
+            "properties": {"objectType": "detection",
+                           "classification": {"name": "Tumor" if p >= threshold else "Normal"},
+                           "measurements": {"tumor_probability": round(float(p), 6)}}})
+    return out
+
+
+def write_slide(final: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarray, cfg: HeatmapConfig,
+                spec: ModelSpec, threshold: float, digest: str, overwrite: bool, times: dict[str, float],
+                n_ranks: int, start: float) -> dict[str, Any]:
+    """Write every output of one slide, then rename the folder into place; returns the summary."""
+    tmp = partial_dir(final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        out = cfg.output
+        shape, ds_x, ds_y = map_shape(info.dimensions, out.map_downsample)
+        inside = resample_mask(info.tissue, shape, ds_x, ds_y)
+        prob_map = render_map(grid.coords, probs, grid.footprint, shape, ds_x, ds_y, inside, out.smooth_sigma)
+        write_probabilities(tmp / PROBS, info, grid, probs, prob_map, (ds_x, ds_y), threshold)
+        if out.npy:
+            np.save(tmp / "grid.npy", grid.to_grid(probs))
+        th, tw = info.thumbnail.shape[:2]
+        t_ds = info.thumb_ds
+        thumb_inside = resample_mask(info.tissue, (th, tw), t_ds[0], t_ds[1])
+        thumb_map = render_map(grid.coords, probs, grid.footprint, (th, tw), t_ds[0], t_ds[1], thumb_inside,
+                               out.smooth_sigma * ds_x / t_ds[0])
+        overlay = overlay_rgba(thumb_map, out.colormap, out.alpha)
+        Image.fromarray(overlay, "RGBA").save(tmp / "overlay.png")
+        write_heatmap_png(tmp / "heatmap.png", info.thumbnail, overlay, out.colormap,
+                          f"{info.name}: tumour probability ({len(grid)} patches)")
+        um2_per_px = ds_x * ds_y * info.mpp ** 2
+        regions = tumour_regions(prob_map, threshold, (ds_x, ds_y), info.dimensions,
+                                 out.min_region_um2 / um2_per_px if um2_per_px else 0.0)
+        tiles = tile_features(grid, probs, threshold) if out.geojson_tiles else []
+        geojson = {"type": "FeatureCollection", "features": regions + tiles}
+        (tmp / f"{info.name}.geojson").write_text(json.dumps(geojson, separators=(",", ":")))
+        tissue_px = float(info.tissue.array.sum())
+        summary = {
+            "slide": info.name, "slide_path": info.path, "run_hash": digest, "model": spec.identity(),
+            "patches": len(grid), "grid_shape": list(grid.shape), "footprint": grid.footprint, "step": grid.step,
+            "level": info.res.level, "downsample": info.res.downsample, "working_mpp": info.res.mpp,
+            "mpp": info.mpp, "dimensions": list(info.dimensions),
+            "tissue_area_mm2": tissue_px * info.tissue.ds_x * info.tissue.ds_y * info.mpp ** 2 / 1e6,
+            "tumour_area_mm2": float(np.sum(prob_map >= threshold)) * um2_per_px / 1e6,
+            "threshold": threshold, "slide_score": slide_score(probs, cfg.score), "score_method": cfg.score.method,
+            "max_probability": float(probs.max()), "mean_probability": float(probs.mean()),
+            "tumour_regions": len(regions), "ranks": n_ranks, "batch_size": cfg.reader.batch_size,
+            "reader_threads": cfg.reader.threads, "times": {k: round(v, 3) for k, v in times.items()},
+            "seconds": round(time.perf_counter() - start, 3),
+            "patches_per_s": round(len(grid) / max(times.get("infer_s", 0.0), 1e-9), 1),
+            "package_version": __version__,
+        }
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        if final.exists():  # finished ones were skipped unless --overwrite; anything else is a leftover
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return summary
+    except OSError as err:
+        raise CamnetError(f"output {final}: cannot write ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Batched inference with background readers, and one slide end to end in-process (one rank)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.extract import PatchReader
+from layer1_patches.slide import Slide, WorkingResolution
+from layer3_inference.config import load_heatmap_config
+from layer3_inference.infer import HeatmapRequest, Ranks, compile_model, heatmap_slide, predict
+from layer3_inference.model import load_model, read_spec
+
+from .conftest import DATA, darkness_probability, heatmap_config
+
+
+@pytest.fixture(scope="module")
+def model_fn(tiny_run: Path):  # type: ignore[no-untyped-def]
+    return compile_model(load_model(read_spec(tiny_run)), 32)
+
+
+@pytest.mark.parametrize(("threads", "batch"), [(1, 7), (3, 16)])
+def test_predict_matches_the_model_on_direct_reads(model_fn, synth_slides: list[Path], threads: int,  # type: ignore[no-untyped-def]
+                                                   batch: int) -> None:
+    coords = np.array([[x, y] for y in range(512, 1536, 96) for x in range(512, 1536, 96)])
+    res = WorkingResolution(0, 1.0, 1.0, 0.5, 20.0)
+    with Slide(synth_slides[0]) as slide:
+        reader = PatchReader(slide, res, 32, [])
+        stats: dict[str, float] = {}
+        probs = predict(model_fn, reader, coords, batch, threads, 2, stats)
+        direct = np.stack([slide.read_rgb(int(x), int(y), 0, 32, 32) for x, y in coords])
+    assert probs.shape == (len(coords),)
+    assert np.allclose(probs, darkness_probability(direct), atol=1e-5)
+    assert stats["model_s"] > 0 and "wait_s" in stats
+
+
+def test_reader_errors_surface_in_the_caller(model_fn) -> None:  # type: ignore[no-untyped-def]
+    with Slide(DATA / "unreadable.svs") as slide:
+        reader = PatchReader(slide, WorkingResolution(0, 1.0, 1.0, 0.5, 20.0), 32, [])
+        with pytest.raises(CamnetError, match="unreadable.svs: cannot read region"):
+            predict(model_fn, reader, np.zeros((40, 2), np.int64), 8, 2, 2, {})
+
+
+@pytest.fixture(scope="module")
+def one_slide(tiny_run: Path, synth_slides: list[Path], model_fn, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("heatmap_out")
+    cfg = load_heatmap_config(heatmap_config(out / "cfg.yaml", **{"grid.stride": 24}))
+    req = HeatmapRequest(synth_slides[0], out, cfg)
+    result = heatmap_slide(req, read_spec(tiny_run), model_fn, Ranks())
+    return req, result, out / synth_slides[0].stem
+
+
+def test_outputs_are_complete_and_atomic(one_slide) -> None:  # type: ignore[no-untyped-def]
+    req, result, final = one_slide
+    assert result.status == "done" and result.patches > 100
+    names = {p.name for p in final.iterdir()}
+    assert {"probabilities.h5", "grid.npy", "heatmap.png", "overlay.png", "summary.json",
+            f"{final.name}.geojson"} <= names
+    assert not list(final.parent.glob(".*.partial"))
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["patches"] == result.patches and summary["tissue_area_mm2"] > 0
+    assert 0 <= summary["slide_score"] <= 1 and set(summary["times"]) >= {"infer_s", "model_s", "wait_s"}
+
+
+def test_background_is_never_scored(one_slide, synth_slides: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    _, _, final = one_slide
+    with h5py.File(final / "probabilities.h5") as f:
+        grid, tissue, prob_map = f["grid"][()], f["tissue"][()], f["map"][()]
+        assert f.attrs["footprint"] == 32 and f.attrs["step"] == 24.0
+    assert np.isnan(grid).sum() > 0
+    assert np.array_equal(np.load(final / "grid.npy"), grid, equal_nan=True)
+    # map pixels outside the detected tissue carry no value at all, in the arrays and in the PNG overlay
+    inside = np.kron(tissue, np.ones((2, 2), bool))[:prob_map.shape[0], :prob_map.shape[1]]
+    assert np.isnan(prob_map[~inside]).all()
+    overlay = np.asarray(Image.open(final / "overlay.png"))
+    assert overlay.shape[2] == 4 and overlay[0, 0, 3] == 0 and overlay[..., 3].max() > 0
+    # and the slide's empty corners (glass) have no prediction
+    assert np.isnan(grid[0, 0]) and np.isnan(grid[-1, -1])
+
+
+def test_geojson_is_valid_and_in_level0_pixels(one_slide) -> None:  # type: ignore[no-untyped-def]
+    _, result, final = one_slide
+    data = json.loads((final / f"{final.name}.geojson").read_text())
+    assert data["type"] == "FeatureCollection"
+    with h5py.File(final / "probabilities.h5") as f:
+        coords, prob = f["coords"][()], f["prob"][()]
+    tiles = [ft for ft in data["features"] if ft["properties"]["objectType"] == "detection"]
+    regions = [ft for ft in data["features"] if ft["properties"]["objectType"] == "annotation"]
+    assert len(tiles) == result.patches and regions
+    for ft in data["features"]:
+        assert ft["type"] == "Feature" and ft["geometry"]["type"] == "Polygon"
+        for ring in ft["geometry"]["coordinates"]:
+            assert len(ring) >= 4 and ring[0] == ring[-1]
+            xy = np.asarray(ring)
+            assert (xy >= 0).all() and (xy <= 2048).all()
+    first = tiles[0]
+    x, y = coords[0]
+    assert first["geometry"]["coordinates"][0][:3] == [[x, y], [x + 32, y], [x + 32, y + 32]]
+    assert first["properties"]["measurements"]["tumor_probability"] == pytest.approx(prob[0], abs=1e-6)
+
+
+def test_finished_slides_are_skipped_and_config_changes_refused(one_slide, tiny_run: Path,  # type: ignore[no-untyped-def]
+                                                                model_fn, tmp_path: Path) -> None:
+    req, _, final = one_slide
+    before = (final / "summary.json").stat().st_mtime_ns
+    again = heatmap_slide(req, read_spec(tiny_run), model_fn, Ranks())
+    assert again.status == "skipped" and (final / "summary.json").stat().st_mtime_ns == before
+    other = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{"grid.stride": 32}))
+    with pytest.raises(CamnetError, match="different config"):
+        heatmap_slide(HeatmapRequest(req.slide, req.out_dir, other), read_spec(tiny_run), model_fn, Ranks())
