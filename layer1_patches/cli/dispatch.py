@@ -1,0 +1,34 @@
+"""The shared command-line frame of all three layers: subcommands, logging, and one error line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+
+def build_parser(package: str, description: str, commands: tuple[str, ...]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {package}", description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in commands:
+        importlib.import_module(f"{package}.cli.{name}").register(sub)
+    return parser
+
+
+def run(package: str, description: str, commands: tuple[str, ...], argv: list[str] | None = None) -> int:
+    """Parse, run the command; a `CamnetError` becomes `error: ...` on stderr and exit status 2."""
+    from layer1_patches.errors import CamnetError
+
+    args = build_parser(package, description, commands).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args))
+    except CamnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
