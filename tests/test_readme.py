@@ -8,11 +8,13 @@ import pytest
 
 from layer1_patches.config import Layer1Config
 from layer1_patches.typedconfig import describe
+from layer2_training.config import Layer2Config
+from layer3_inference.config import EvaluateConfig, HeatmapConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-@pytest.mark.parametrize("schema", [Layer1Config], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("schema", [Layer1Config, Layer2Config, HeatmapConfig, EvaluateConfig], ids=lambda c: c.__name__)
 def test_every_config_key_is_documented(schema: type) -> None:
     missing = [path for path, *_ in describe(schema) if f"`{path}`" not in README]
     assert not missing, f"README lacks config keys: {missing}"
