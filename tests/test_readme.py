@@ -14,7 +14,10 @@ from layer3_inference.config import EvaluateConfig, HeatmapConfig
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-@pytest.mark.parametrize("schema", [Layer1Config, Layer2Config, HeatmapConfig, EvaluateConfig], ids=lambda c: c.__name__)
+SCHEMAS = [Layer1Config, Layer2Config, HeatmapConfig, EvaluateConfig]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
 def test_every_config_key_is_documented(schema: type) -> None:
     missing = [path for path, *_ in describe(schema) if f"`{path}`" not in README]
     assert not missing, f"README lacks config keys: {missing}"

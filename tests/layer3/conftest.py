@@ -118,7 +118,7 @@ def explain_layer2_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     cache = os.environ.get("CAMNET_EXPLAIN_CACHE")
     if cache:
         root = Path(cache)
-    elif request.config.cache is not None:
+    elif getattr(request.config, "cache", None) is not None:
         root = Path(request.config.cache.mkdir("camnet_explain_layer2"))
     else:
         root = tmp_path_factory.mktemp("explain_layer2")

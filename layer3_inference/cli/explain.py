@@ -1,0 +1,56 @@
+"""`explain`: Grad-CAM, Grad-CAM++, LIME, the randomisation sanity check and RCV concept scores.
+
+Runs as one process, or as several MPI ranks under srun / mpirun (patches are split between ranks and
+rank 0 writes every output).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "explain", help="explain a trained model: saliency maps, sanity check, concept vectors",
+        description="Writes OUT/maps/<id>.npz and OUT/panels/<id>.png per selected patch, OUT/sanity.json, "
+                    "OUT/concepts.csv, OUT/rcv_scores.csv|json, R^2 and TCAV plots, and OUT/summary.json "
+                    "(last).")
+    p.add_argument("--config", type=Path, required=True, help="explain YAML (configs/layer3/explain.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set select.k=4 (repeatable)")
+    p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="Layer 2 run directory")
+    p.add_argument("--store", type=Path, nargs="+", default=[], metavar="H5",
+                   help="Layer 1 patch stores: patches to select from and the labelled patches for RCV")
+    p.add_argument("--heatmap", type=Path, metavar="DIR",
+                   help="heatmap output (OUT or OUT/<stem>): select the top-k cells by tumour probability")
+    p.add_argument("--masks", type=Path, metavar="H5_OR_NPZ",
+                   help="nuclei label masks (array 'masks', one per row of the single --store) for concepts")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layer3_inference.explain.config import load_explain_config
+
+    cfg = load_explain_config(args.config, args.overrides)  # config errors before TensorFlow loads
+    from layer3_inference.explain.run import Request
+    from layer3_inference.explain.run import run as explain
+
+    summary = explain(Request(cfg, args.model, args.out, list(args.store), args.heatmap, args.masks))
+    if summary.get("rank", 0) != 0:
+        return 0
+    if "sanity" in summary:
+        for method, result in summary["sanity"].items():
+            flag = "  FLAGGED: maps do not depend on the weights" if result["flagged"] else ""
+            print(f"sanity {method:11s} median rank correlation trained vs random {result['median']:+.3f}{flag}")
+    for row in summary.get("rcv", []):
+        if row.get("r2_heldout") is None:
+            print(f"rcv {row['layer']:>20s} {row['concept']:20s} skipped (see rcv_scores.json)")
+            continue
+        p = row.get("p_value")
+        print(f"rcv {row['layer']:>20s} {row['concept']:20s} R2 {row['r2_heldout']:+.3f} TCAV {row['tcav']:.2f} "
+              f"p {'-' if p is None else format(p, '.2g')}{' *' if row['significant'] else ''}")
+    print(f"explain: outputs in {args.out}")
+    return 0

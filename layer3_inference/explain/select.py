@@ -1,0 +1,192 @@
+"""Which patches to explain: top-k by tumour probability, a random sample per class, or listed ones.
+
+Sources are Layer 1 patch stores (pixels, coords, labels) and Layer 3 heatmap outputs (a probability
+grid with level-0 coords). A heatmap only ranks locations; pixels come from a store holding the same
+coords, else from the slide the heatmap names. An empty selection is a user error, never an empty run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.store import PatchStore
+from layer3_inference.explain.config import SelectConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Selected patches; `label` is -1 where unknown (heatmap patches read from a slide)."""
+
+    rgb: np.ndarray  # (k, H, W, 3) uint8
+    coords: np.ndarray  # (k, 2) int64 level-0 x, y
+    label: np.ndarray  # (k,) int64
+    source: list[str]  # store path (or slide path) per patch
+    row: np.ndarray  # (k,) row in its store, -1 for slide reads
+    prob: np.ndarray | None = None  # tumour probability when it was computed for the selection
+
+    def __len__(self) -> int:
+        return int(len(self.coords))
+
+    def ids(self) -> list[str]:
+        return [f"{Path(s).stem}_x{int(x)}_y{int(y)}" for s, (x, y) in zip(self.source, self.coords, strict=True)]
+
+
+def open_stores(paths: list[Path]) -> list[PatchStore]:
+    stores = [PatchStore(p) for p in paths]
+    sizes = {s.patch_size for s in stores}
+    if len(sizes) > 1:
+        raise CamnetError(f"patch stores differ in patch size ({sorted(sizes)}); explain one size at a time")
+    return stores
+
+
+def _pairs(stores: list[PatchStore]) -> list[tuple[int, int]]:
+    return [(s, i) for s, store in enumerate(stores) for i in range(len(store))]
+
+
+def _gather(stores: list[PatchStore], pairs: list[tuple[int, int]], prob: np.ndarray | None = None) -> Selection:
+    if not pairs:
+        raise CamnetError("patch selection is empty: no patch matches the selection "
+                          "(check select.mode and its keys, or the stores' labels)")
+    rgb = np.concatenate([stores[s].read([i]) for s, i in pairs])
+    return Selection(rgb=rgb, coords=np.array([stores[s].coords[i] for s, i in pairs], np.int64),
+                     label=np.array([int(stores[s].labels[i]) for s, i in pairs], np.int64),
+                     source=[str(stores[s].path) for s, _ in pairs], row=np.array([i for _, i in pairs], np.int64),
+                     prob=prob)
+
+
+def random_per_class(stores: list[PatchStore], per_class: int, seed: int) -> list[tuple[int, int]]:
+    """Up to `per_class` seeded picks per label, labels in ascending order."""
+    rng = np.random.default_rng(seed)
+    pairs = _pairs(stores)
+    labels = np.array([int(stores[s].labels[i]) for s, i in pairs])
+    out: list[tuple[int, int]] = []
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        picks = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        out += [pairs[j] for j in sorted(picks)]
+    return out
+
+
+def by_coords(stores: list[PatchStore], coords: np.ndarray) -> list[tuple[int, int]]:
+    """Rows whose level-0 top-left corner equals each of `coords` (first store that has it)."""
+    out = []
+    for x, y in np.asarray(coords, np.int64).reshape(-1, 2):
+        hit = next(((s, int(np.flatnonzero((st.coords == (x, y)).all(1))[0])) for s, st in enumerate(stores)
+                    if ((st.coords == (x, y)).all(1)).any()), None)
+        if hit is None:
+            raise CamnetError(f"select.coords: no patch at level-0 ({x}, {y}) in the given stores")
+        out.append(hit)
+    return out
+
+
+def select_from_stores(stores: list[PatchStore], cfg: SelectConfig,
+                       score: Callable[[list[tuple[int, int]]], np.ndarray] | None) -> Selection:
+    """`score(pairs)` -> tumour probabilities; needed for top_k only."""
+    if not stores:
+        raise CamnetError("patch selection is empty: no patch store given (--store)")
+    if cfg.mode == "random_per_class":
+        return _gather(stores, random_per_class(stores, cfg.per_class, cfg.seed))
+    if cfg.mode == "indices":
+        n = len(stores[0])
+        bad = [i for i in cfg.indices if i >= n]
+        if bad:
+            raise CamnetError(f"select.indices: {bad[0]} is out of range for {stores[0].path} ({n} patches)")
+        return _gather(stores, [(0, i) for i in cfg.indices])
+    if cfg.mode == "coords":
+        return _gather(stores, by_coords(stores, np.array(cfg.coords, np.int64).reshape(-1, 2)))
+    if score is None:
+        raise CamnetError("select.mode top_k needs tumour probabilities: give --store with a model or --heatmap")
+    pairs = _pairs(stores)
+    if not pairs:
+        raise CamnetError("patch selection is empty: the stores hold no patches")
+    prob = score(pairs)
+    top = np.argsort(-prob, kind="stable")[:cfg.k]
+    return _gather(stores, [pairs[j] for j in top], prob[top])
+
+
+@dataclass
+class Heatmap:
+    prob: np.ndarray  # (m,) tumour probability, finite only
+    coords: np.ndarray  # (m, 2) level-0 x, y of each cell's patch
+    attrs: dict[str, Any]
+
+
+def read_heatmaps(path: Path) -> list[tuple[Path, Heatmap]]:
+    """Finished heatmap outputs: `path` is one slide's output folder (`OUT/<stem>`) or the `OUT` folder.
+
+    Read with the heatmap writer's own reader (`layer3_inference.outputs`), which refuses unfinished
+    outputs; the slide path, level and footprint come from the attributes of its probabilities file.
+    """
+    from layer3_inference.outputs import PROBS, SUMMARY, read_probabilities
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CamnetError(f"heatmap {path}: no such folder (expected a heatmap output folder)")
+    dirs = [path] if (path / SUMMARY).is_file() else sorted(
+        d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / SUMMARY).is_file())
+    if not dirs:
+        raise CamnetError(f"heatmap {path}: no finished heatmap output (no {SUMMARY} in it or its subfolders)")
+    out = []
+    for d in dirs:
+        probs = read_probabilities(d)
+        with h5py.File(d / PROBS, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        prob = np.asarray(probs.prob, np.float64).reshape(-1)
+        coords = np.asarray(probs.coords).reshape(-1, 2)
+        keep = np.isfinite(prob) & np.isfinite(coords).all(axis=1)
+        out.append((d, Heatmap(prob[keep], coords[keep].astype(np.int64), attrs)))
+    return out
+
+
+def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: list[PatchStore],
+                         read_slide: Callable[[Heatmap, np.ndarray], np.ndarray] | None) -> Selection:
+    """Top-k cells over all heatmaps; pixels from a store with those coords, else from the slide."""
+    entries = [(float(p), j, i) for j, (_, hm) in enumerate(heatmaps) for i, p in enumerate(hm.prob)]
+    if not entries:
+        raise CamnetError("patch selection is empty: the heatmaps hold no tissue cells")
+    entries.sort(key=lambda e: -e[0])
+    chosen = entries[:k]
+    coords = np.array([heatmaps[j][1].coords[i] for _, j, i in chosen], np.int64)
+    prob = np.array([p for p, _, _ in chosen])
+    if stores:
+        sel = _gather(stores, by_coords(stores, coords))
+        sel.prob = prob
+        return sel
+    if read_slide is None:
+        raise CamnetError("heatmap selection needs pixels: give the patch store (--store) the heatmap was made from")
+    rgb = np.stack([read_slide(heatmaps[j][1], heatmaps[j][1].coords[i]) for _, j, i in chosen])
+    sources = [str(heatmaps[j][1].attrs.get("slide_path", heatmaps[j][0])) for _, j, _ in chosen]
+    return Selection(rgb=rgb, coords=coords, label=np.full(len(chosen), -1, np.int64), source=sources,
+                     row=np.full(len(chosen), -1, np.int64), prob=prob)
+
+
+def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]:
+    """Reads a heatmap cell's patch as inference did: `footprint` level-0 px from `level` of the slide
+    named by the heatmap, resized to the model's patch size when the level is finer than the working one."""
+    from PIL import Image
+
+    from layer1_patches.slide import Slide
+
+    def read(hm: Heatmap, xy: np.ndarray) -> np.ndarray:
+        slide_path, footprint = hm.attrs.get("slide_path"), hm.attrs.get("footprint")
+        if not slide_path or footprint is None:
+            raise CamnetError("heatmap lacks slide_path/footprint attributes: give the patch store (--store)")
+        level = int(hm.attrs.get("level", 0))
+        with Slide(Path(str(slide_path))) as slide:
+            size = max(1, int(round(float(footprint) / slide.level_downsamples[level])))
+            rgb = slide.read_rgb(int(xy[0]), int(xy[1]), level, size, size)
+        if size != patch_size:
+            rgb = np.asarray(Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.BILINEAR))
+        return np.asarray(rgb, np.uint8)
+
+    return read

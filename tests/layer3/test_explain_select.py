@@ -1,0 +1,107 @@
+"""Patch selection from stores and heatmap outputs; empty or impossible selections are user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.store import PatchWriter, SlideMeta
+from layer3_inference.explain import select
+from layer3_inference.explain.config import SelectConfig
+
+SIZE = 16
+
+
+def write_store(path: Path, labels: list[int]) -> Path:
+    n = len(labels)
+    rng = np.random.default_rng(len(labels))
+    with PatchWriter(path, SIZE, codec="none") as w:
+        w.append(rng.integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8),
+                 np.stack([np.arange(n) * SIZE, np.full(n, 100)], 1), np.array(labels, np.uint8),
+                 np.array(labels, np.float32), np.ones(n, np.float32))
+        meta = SlideMeta(slide_name=path.stem, slide_path=str(path), patch_size=SIZE)
+        return w.finish(meta, {"patch_size": SIZE, "patch_level": 0, "downsample": 1.0}, {}, {})
+
+
+@pytest.fixture()
+def stores(tmp_path: Path) -> list:
+    a = write_store(tmp_path / "a.h5", [1, 0, 1, 0, 1, 1])
+    b = write_store(tmp_path / "b.h5", [0, 0, 1])
+    out = select.open_stores([a, b])
+    yield out
+    for s in out:
+        s.close()
+
+
+def test_top_k_across_stores(stores: list) -> None:
+    scores = np.linspace(0, 1, 9)  # the last row of the second store scores highest
+
+    sel = select.select_from_stores(stores, SelectConfig(mode="top_k", k=2), lambda pairs: scores[:len(pairs)])
+    assert len(sel) == 2
+    assert sel.source[0].endswith("b.h5") and sel.row[0] == 2
+    assert list(sel.prob) == [1.0, scores[-2]]
+
+
+def test_random_per_class_is_seeded_and_balanced(stores: list) -> None:
+    cfg = SelectConfig(mode="random_per_class", per_class=2, seed=4)
+    a = select.select_from_stores(stores, cfg, None)
+    b = select.select_from_stores(stores, cfg, None)
+    assert sorted(a.label.tolist()) == [0, 0, 1, 1]
+    assert a.ids() == b.ids()
+
+
+def test_indices_and_coords(stores: list) -> None:
+    sel = select.select_from_stores(stores, SelectConfig(mode="indices", indices=[3, 0]), None)
+    assert sel.row.tolist() == [3, 0] and sel.rgb.shape == (2, SIZE, SIZE, 3)
+    sel = select.select_from_stores(stores, SelectConfig(mode="coords", coords=[[32, 100]]), None)
+    assert sel.coords.tolist() == [[32, 100]]
+    with pytest.raises(CamnetError, match=r"no patch at level-0 \(7, 7\)"):
+        select.select_from_stores(stores, SelectConfig(mode="coords", coords=[[7, 7]]), None)
+    with pytest.raises(CamnetError, match="select.indices: 99 is out of range"):
+        select.select_from_stores(stores, SelectConfig(mode="indices", indices=[99]), None)
+
+
+def test_empty_selection_is_an_error(stores: list) -> None:
+    with pytest.raises(CamnetError, match="patch selection is empty"):
+        select.select_from_stores(stores, SelectConfig(mode="indices", indices=[]), None)
+    with pytest.raises(CamnetError, match="patch selection is empty"):
+        select.select_from_stores([], SelectConfig(), None)
+
+
+def write_heatmap(out: Path, stem: str, coords: np.ndarray, prob: np.ndarray, finished: bool = True) -> Path:
+    """The heatmap writer's layout (layer3_inference.outputs): OUT/<stem>/probabilities.h5 + summary.json."""
+    d = out / stem
+    d.mkdir(parents=True)
+    with h5py.File(d / "probabilities.h5", "w") as f:
+        f["coords"], f["prob"] = coords, prob.astype(np.float32)
+        tissue = f.create_dataset("tissue", data=np.ones((4, 4), np.uint8))
+        tissue.attrs.update({"ds_x": 32.0, "ds_y": 32.0})
+        f.attrs.update({"slide_name": stem, "slide_path": "/nowhere.tif", "width": 128, "height": 128,
+                        "mpp": 0.5, "level": 0, "footprint": SIZE, "threshold": 0.5})
+    if finished:
+        (d / "summary.json").write_text(json.dumps({"run_hash": "x"}))
+    return d
+
+
+def test_heatmap_top_k_reads_pixels_from_the_store(tmp_path: Path, stores: list) -> None:
+    coords = np.array([[0, 100], [16, 100], [32, 100], [48, 100]])
+    write_heatmap(tmp_path / "hm", "a", coords, np.array([0.1, 0.9, np.nan, 0.5]))
+    write_heatmap(tmp_path / "hm", "c", coords, np.array([0.99, 0.1, 0.1, 0.1]), finished=False)
+    heatmaps = select.read_heatmaps(tmp_path / "hm")
+    assert [p.name for p, _ in heatmaps] == ["a"]  # unfinished outputs are never read
+    sel = select.select_from_heatmaps(heatmaps, 2, stores, None)
+    assert sel.coords.tolist() == [[16, 100], [48, 100]] and sel.prob.tolist() == pytest.approx([0.9, 0.5])
+    np.testing.assert_array_equal(sel.rgb[0], stores[0].read([1])[0])
+
+
+def test_heatmap_errors(tmp_path: Path) -> None:
+    with pytest.raises(CamnetError, match="no finished heatmap output"):
+        select.read_heatmaps(tmp_path)
+    write_heatmap(tmp_path / "hm", "a", np.zeros((0, 2), np.int64), np.zeros(0))
+    with pytest.raises(CamnetError, match="patch selection is empty"):
+        select.select_from_heatmaps(select.read_heatmaps(tmp_path / "hm"), 3, [], None)
