@@ -132,21 +132,13 @@ def extract_slide(req: ExtractRequest) -> ExtractResult:
         streams = tiler.plan(field_)
         if req.shard is not None:
             streams = [shard(s, *req.shard) for s in streams]
-        who = slide_identity(slide.name, cfg.metadata)
-        meta = SlideMeta(
-            slide_name=slide.name, slide_path=str(Path(req.slide).resolve()), patient=who["patient"],
-            node=who["node"], centre=who["centre"], vendor=slide.vendor, mpp=float(slide.mpp or 0.0),
-            working_mpp=res.mpp, magnification=res.magnification, level=res.level, downsample=res.downsample,
-            patch_size=cfg.patch_size, stride=tiler.stride if isinstance(tiler, DenseTiler) else 0,
-            sampling_mode=cfg.sampling.mode, seed=seed,
-            shard=f"{req.shard[0]}/{req.shard[1]}" if req.shard else "", package_version=__version__,
-            config_hash=digest)
+        meta = slide_meta(req, slide, res, tiler, seed, digest)
         result = ExtractResult(slide.name, str(out), "done")
         with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
                          cfg.output.jpeg_quality) as writer:
             reader = PatchReader(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
             for stream in streams:
-                _run_stream(stream, field_, reader, writer, cfg, result)
+                _run_stream(stream, reader, writer, cfg, result)
             result.seconds = time.monotonic() - start
             writer.finish(
                 meta,
@@ -161,6 +153,19 @@ def extract_slide(req: ExtractRequest) -> ExtractResult:
     log.info("%s: %d patches %s, rejects %s, %.1f s", slide.name, total, result.counts, result.rejects,
              result.seconds)
     return result
+
+
+def slide_meta(req: ExtractRequest, slide: Slide, res: WorkingResolution, tiler: Tiler, seed: int,
+               digest: str) -> SlideMeta:
+    cfg = req.config
+    who = slide_identity(slide.name, cfg.metadata)
+    return SlideMeta(
+        slide_name=slide.name, slide_path=str(Path(req.slide).resolve()), patient=who["patient"], node=who["node"],
+        centre=who["centre"], vendor=slide.vendor, mpp=float(slide.mpp or 0.0), working_mpp=res.mpp,
+        magnification=res.magnification, level=res.level, downsample=res.downsample, patch_size=cfg.patch_size,
+        stride=tiler.stride if isinstance(tiler, DenseTiler) else 0, sampling_mode=cfg.sampling.mode, seed=seed,
+        shard=f"{req.shard[0]}/{req.shard[1]}" if req.shard else "", package_version=__version__,
+        config_hash=digest)
 
 
 @dataclass(frozen=True)
@@ -202,13 +207,11 @@ def ordered_map(fn: Callable[[np.ndarray], tuple[np.ndarray, str | None]], items
                 fut.cancel()
 
 
-def _run_stream(stream: CandidateStream, field_: SlideField, reader: PatchReader, writer: PatchWriter,
+def _run_stream(stream: CandidateStream, reader: PatchReader, writer: PatchWriter,
                 cfg: Layer1Config, result: ExtractResult) -> None:
     for why, n in stream.prefiltered.items():
         result.rejects[why] = result.rejects.get(why, 0) + n
-    coords = stream.coords
-    tissue_fraction = field_.tissue_fraction(coords)
-    tumour_fraction = field_.tumour_fraction(coords)
+    coords, tissue_fraction, tumour_fraction = stream.coords, stream.tissue_fraction, stream.tumour_fraction
     labels, _ = label_patches(tumour_fraction, cfg.labels)
     if stream.quota is not None:
         result.requested[stream.name] = stream.quota

@@ -8,6 +8,7 @@ the exact area share of any level-0 rectangle, so a label never hinges on one pi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -33,8 +34,9 @@ class Mask:
 
     def fractions(self, coords: np.ndarray, footprint: int) -> np.ndarray:
         """Share of each level-0 square (x, y, footprint) that lies inside the mask."""
-        return area_fractions(self.integral(), coords, footprint, self.ds_x, self.ds_y)
+        return area_fractions(self.integral, coords, footprint, self.ds_x, self.ds_y)
 
+    @cached_property
     def integral(self) -> np.ndarray:
         integral = np.zeros((self.array.shape[0] + 1, self.array.shape[1] + 1), dtype=np.float64)
         integral[1:, 1:] = self.array.astype(np.float64).cumsum(0).cumsum(1)

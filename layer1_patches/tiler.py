@@ -7,7 +7,7 @@ number of reader threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -51,8 +51,14 @@ class SlideField:
 class CandidateStream:
     name: str
     coords: np.ndarray  # (M, 2) int64, in the order they are tried
+    tissue_fraction: np.ndarray  # (M,) float32
+    tumour_fraction: np.ndarray  # (M,) float32
     quota: int | None  # stop after this many accepted patches; None = all
     prefiltered: dict[str, int]  # rejects decided from the masks alone, by reason
+
+    def take(self, rows: np.ndarray | slice) -> CandidateStream:
+        return CandidateStream(self.name, self.coords[rows], self.tissue_fraction[rows], self.tumour_fraction[rows],
+                               self.quota, self.prefiltered)
 
 
 class Tiler(Protocol):
@@ -74,14 +80,16 @@ class DenseTiler:
 
     def plan(self, field: SlideField) -> list[CandidateStream]:
         coords = field.grid(self.stride * field.downsample)
-        keep = field.tissue_fraction(coords) >= field.min_tissue
+        tissue = field.tissue_fraction(coords)
+        keep = tissue >= field.min_tissue
         rejects = {"low_tissue": int((~keep).sum())}
-        coords = coords[keep]
-        _, ambiguous = label_patches(field.tumour_fraction(coords), field.labels)
+        stream = CandidateStream("dense", coords[keep], tissue[keep], field.tumour_fraction(coords[keep]), None,
+                                 rejects)
         if field.labels.drop_ambiguous:
+            _, ambiguous = label_patches(stream.tumour_fraction, field.labels)
             rejects["ambiguous_label"] = int(ambiguous.sum())
-            coords = coords[~ambiguous]
-        return [CandidateStream("dense", coords, None, rejects)]
+            stream = stream.take(~ambiguous)
+        return [stream]
 
 
 @dataclass(frozen=True)
@@ -97,22 +105,24 @@ class RandomTiler:
 
     def plan(self, field: SlideField) -> list[CandidateStream]:
         coords = field.grid(self.cfg.grid_step * field.downsample)
-        coords = coords[field.tissue_fraction(coords) >= field.min_tissue]
-        tumour_fraction = field.tumour_fraction(coords)
-        labels, ambiguous = label_patches(tumour_fraction, field.labels)
+        tissue = field.tissue_fraction(coords)
+        keep = tissue >= field.min_tissue
+        every = CandidateStream("", coords[keep], tissue[keep], field.tumour_fraction(coords[keep]),
+                                self.cfg.per_class, {})
+        labels, ambiguous = label_patches(every.tumour_fraction, field.labels)
         rng = np.random.default_rng(self.seed)
         attempts = int(self.cfg.per_class * self.cfg.max_attempts_factor)
         streams = []
         for name, members in (("tumour", (labels == 1) & ~ambiguous), ("normal", (labels == 0) & ~ambiguous)):
-            pool = coords[members]
-            order = rng.permutation(len(pool))[:attempts]
-            streams.append(CandidateStream(name, pool[order], self.cfg.per_class, {}))
+            pool = every.take(members)
+            order = rng.permutation(len(pool.coords))[:attempts]
+            streams.append(replace(pool.take(order), name=name))
         return streams
 
 
 def shard(stream: CandidateStream, index: int, count: int) -> CandidateStream:
     """Contiguous block `index` of `count`: the blocks partition the stream and keep its order."""
     n = len(stream.coords)
-    lo, hi = n * index // count, n * (index + 1) // count
-    prefiltered = stream.prefiltered if index == 0 else {k: 0 for k in stream.prefiltered}
-    return CandidateStream(stream.name, stream.coords[lo:hi], stream.quota, prefiltered)
+    part = stream.take(slice(n * index // count, n * (index + 1) // count))
+    # Mask-only rejects are counted once, on shard 0, so the merged counts equal an unsharded run's.
+    return part if index == 0 else replace(part, prefiltered={k: 0 for k in stream.prefiltered})
