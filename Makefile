@@ -33,8 +33,9 @@ lint: $(STAMP)
 test: $(STAMP) $(HVD) lint
 	$(BIN)/pytest -q
 
+# the whole chain on a synthetic cohort + the bundled slide: local SLURM cluster when one answers, else here
 demo: $(STAMP)
-	$(BIN)/python -m layer1_patches demo --out demo_out
+	$(BIN)/python -m layer3_inference pipeline demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/layer1_extract.py

@@ -11,11 +11,12 @@ from layer1_patches.typedconfig import describe
 from layer2_training.config import Layer2Config
 from layer3_inference.config import EvaluateConfig, HeatmapConfig
 from layer3_inference.explain.config import ExplainConfig
+from layer3_inference.pipeline.config import ExperimentConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-SCHEMAS = [Layer1Config, Layer2Config, HeatmapConfig, EvaluateConfig, ExplainConfig]
+SCHEMAS = [Layer1Config, Layer2Config, HeatmapConfig, EvaluateConfig, ExplainConfig, ExperimentConfig]
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)

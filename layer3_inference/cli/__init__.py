@@ -6,7 +6,7 @@ import os
 
 from layer1_patches.cli.dispatch import run
 
-COMMANDS = ("heatmap", "evaluate", "explain")
+COMMANDS = ("heatmap", "evaluate", "explain", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

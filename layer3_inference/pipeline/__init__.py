@@ -1,0 +1,1 @@
+"""The whole chain from one experiment YAML: config, SLURM/local runners, status and the HTML report."""

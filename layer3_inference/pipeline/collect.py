@@ -1,0 +1,191 @@
+"""Gather what the report shows from the stages' outputs; every piece is optional (a stage may not have run)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from layer1_patches.typedconfig import to_dict
+from layer3_inference.pipeline import stages
+from layer3_inference.pipeline.config import Experiment, resolved_yaml
+from layer3_inference.pipeline.stages import Layout
+from layer3_inference.pipeline.status import StageStatus, stage_status, stage_timings
+
+MAX_PANELS = 8
+
+
+@dataclass(frozen=True)
+class SlideView:
+    slide: str
+    heatmap_png: bytes | None
+    mask_png: bytes | None
+
+
+@dataclass(frozen=True)
+class ReportData:
+    name: str
+    out: str
+    generated: str
+    cohort: list[dict[str, Any]]
+    splits: dict[str, dict[str, int]]
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    evaluate_summary: dict[str, Any]
+    evaluate_rows: list[dict[str, str]]
+    explain_summary: dict[str, Any] | None
+    images: dict[str, bytes]
+    slides: list[SlideView]
+    panels: list[tuple[str, bytes]]
+    status: list[StageStatus]
+    timings: dict[str, dict[str, Any]]
+    configs: dict[str, str]
+    versions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    except OSError:
+        return []
+    out = []
+    for row in rows:
+        parsed = {}
+        for k, v in row.items():
+            try:
+                parsed[k] = float(v)
+            except (TypeError, ValueError):
+                continue
+        out.append(parsed)
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        return list(csv.DictReader(io.StringIO(path.read_text())))
+    except OSError:
+        return []
+
+
+def mask_png(store: Path) -> bytes | None:
+    """The store's tissue (grey) and annotated tumour (red) thumbnails as one PNG."""
+    from PIL import Image
+
+    from layer1_patches.store import PatchStore, is_complete
+
+    if not is_complete(store):
+        return None
+    with PatchStore(store) as s:
+        names = s.mask_names()
+        if "tissue" not in names:
+            return None
+        tissue = s.mask("tissue") > 0
+        tumour = s.mask("tumour") > 0 if "tumour" in names else np.zeros_like(tissue)
+    if tumour.shape != tissue.shape:
+        size = (tissue.shape[1], tissue.shape[0])
+        tumour = np.asarray(Image.fromarray(tumour.astype(np.uint8) * 255).resize(size)) > 0
+    rgb = np.full((*tissue.shape, 3), 255, np.uint8)
+    rgb[tissue] = (200, 200, 200)
+    rgb[tumour] = (220, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from layer1_patches import __version__
+
+    out = {"camnet": __version__, "python": platform.python_version()}
+    for name in ("tensorflow-cpu", "tensorflow", "horovod", "numpy", "h5py", "openslide-python", "scikit-image",
+                 "scikit-learn", "tf-keras-vis", "lime"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """One row per manifest slide: split and patch counts (index), slide score and Dice (evaluate)."""
+    from layer3_inference.outputs import final_dir
+
+    layout = Layout(exp.out)
+    manifest = stages.load_manifest(exp)
+    if manifest is None:
+        return []
+    by_name = {e["slide_name"]: e for e in index.get("entries", [])}
+    by_eval = {r["slide"]: r for r in evaluate_rows}
+    rows = []
+    for entry in manifest.entries:
+        stem = Path(entry.slide).stem
+        ix = by_name.get(stem, {})
+        ev = by_eval.get(stem, {})
+        hm = _json(final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
+        rows.append({"slide": stem, "patient": ix.get("patient", ""), "split": ix.get("split", ""),
+                     "annotated": "yes" if entry.annotation else "no", "tumour_patches": ix.get("n_tumour"),
+                     "normal_patches": ix.get("n_normal"), "heatmap_patches": hm.get("patches"),
+                     "slide_score": hm.get("slide_score"), "tumour_area_mm2": hm.get("tumour_area_mm2"),
+                     "pixel_auc": ev.get("pixel_auc") or None, "dice": ev.get("dice") or None})
+    return rows
+
+
+def collect(exp: Experiment) -> ReportData:
+    from layer3_inference.outputs import final_dir
+
+    layout = Layout(exp.out)
+    index = _json(layout.index)
+    evaluate_rows = read_csv(layout.evaluate / "cohort.csv")
+    images = {name: data for name, path in (("roc", layout.run_dir / "roc.png"),
+                                            ("froc", layout.evaluate / "froc.png"),
+                                            ("slide_roc", layout.evaluate / "slide_roc.png"),
+                                            ("r2_by_layer", layout.explain / "r2_by_layer.png"),
+                                            ("tcav_vs_random", layout.explain / "tcav_vs_random.png"))
+              if (data := _bytes(path)) is not None}
+    manifest = stages.load_manifest(exp)
+    views = []
+    if manifest is not None:
+        for entry, store in zip(manifest.entries, stages.stores(exp, manifest), strict=True):
+            views.append(SlideView(Path(entry.slide).stem,
+                                   _bytes(final_dir(layout.heatmaps, Path(entry.slide)) / "heatmap.png"),
+                                   mask_png(store)))
+    explain = _json(layout.explain / "summary.json") or None
+    panels = [(p.stem, p.read_bytes()) for p in sorted((layout.explain / "panels").glob("*.png"))[:MAX_PANELS]]
+    configs = {"experiment": resolved_yaml(exp)}
+    configs.update({k: yaml.safe_dump(to_dict(v), sort_keys=False) for k, v in exp.layers.items()})
+    run_env = _json(layout.run_dir / "environment.json")
+    vers = versions()
+    if run_env.get("git_commit"):
+        vers["git commit (training)"] = str(run_env["git_commit"])
+    return ReportData(
+        name=exp.cfg.name, out=str(exp.out), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        cohort=cohort_rows(exp, index, evaluate_rows), splits=index.get("summary", {}),
+        history=read_history(layout.run_dir / "history.csv"), metrics=_json(layout.run_dir / "metrics.json"),
+        evaluate_summary=_json(layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
+        explain_summary=explain, images=images, slides=views, panels=panels, status=stage_status(exp),
+        timings=stage_timings(exp), configs=configs, versions=vers)

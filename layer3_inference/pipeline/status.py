@@ -1,0 +1,191 @@
+"""Each stage's state: outputs first (they are the truth), then the per-task state files, squeue and scontrol.
+
+Works without SLURM accounting (sacct): a job SLURM has forgotten is judged by its outputs alone. Stage times
+seen in scontrol are kept in OUT/pipeline/timings.json, so the report still has them after SLURM forgets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from layer1_patches.atomic import write_json_atomic
+from layer1_patches.slurmjobs import cohort_status
+from layer3_inference.pipeline import stages
+from layer3_inference.pipeline.config import Experiment
+from layer3_inference.pipeline.stages import STAGES, Layout
+
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE"})
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    job: str
+    state: str  # finished, running, pending, failed, not submitted, not run, disabled
+    detail: str = ""
+
+
+def read_jobs(layout: Layout) -> dict[str, Any]:
+    try:
+        data = json.loads(layout.jobs.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def parse_scontrol(text: str) -> list[dict[str, str]]:
+    """`scontrol show job -o` lines -> one key/value mapping per job or array task."""
+    records = []
+    for line in text.splitlines():
+        fields: dict[str, str] = {}
+        for token in line.split():
+            key, sep, value = token.partition("=")
+            if sep and key not in fields:
+                fields[key] = value
+        if "JobId" in fields:
+            records.append(fields)
+    return records
+
+
+def scontrol(job: str) -> list[dict[str, str]]:
+    if not job or shutil.which("scontrol") is None:
+        return []
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_scontrol(proc.stdout) if proc.returncode == 0 else []
+
+
+def _time(value: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(value).timestamp() if value else None
+    except ValueError:  # "Unknown", "None"
+        return None
+
+
+def job_summary(records: list[dict[str, str]]) -> tuple[str, str]:
+    """(state, detail) of a job or array from its records: unfinished first, then failures, else COMPLETED."""
+    if not records:
+        return "", ""
+    states = Counter(r.get("JobState", "?") for r in records)
+    for wanted in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"):
+        if states[wanted]:
+            reason = next((r.get("Reason", "") for r in records if r.get("JobState") == wanted), "")
+            return wanted, "" if reason in ("None", "") else reason
+    bad = [s for s in states if s in FINAL and s != "COMPLETED"]
+    if bad:
+        return bad[0], ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return ("COMPLETED", "") if set(states) <= FINAL else (next(iter(states)), "")
+
+
+def job_times(records: list[dict[str, str]]) -> tuple[float, float] | None:
+    """(first start, last end) over finished tasks; None while any task is unfinished."""
+    if not records or any(r.get("JobState") not in FINAL for r in records):
+        return None
+    starts = [t for r in records if (t := _time(r.get("StartTime"))) is not None]
+    ends = [t for r in records if (t := _time(r.get("EndTime"))) is not None]
+    return (min(starts), max(ends)) if starts and ends else None
+
+
+def _array_detail(exp: Experiment, stage: str) -> tuple[str, str]:
+    from layer1_patches.store import is_complete
+    from layer3_inference.outputs import final_dir, finished_hash
+
+    layout = Layout(exp.out)
+    manifest = stages.load_manifest(exp)
+    if manifest is None:
+        return "", ""
+    slides = [e.slide for e in manifest.entries]
+    if stage == "layer1":
+        out, done = layout.patches, [is_complete(p) for p in stages.stores(exp, manifest)]
+    else:
+        out, done = layout.heatmaps, [finished_hash(final_dir(layout.heatmaps, Path(s))) is not None for s in slides]
+    rows = cohort_status(out, slides, done)
+    counts = Counter(r.status for r in rows)
+    text = ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing") if counts[k])
+    first_error = next((f"{Path(r.slide).name}: {r.detail}" for r in rows if r.status == "failed"), "")
+    return text, first_error
+
+
+def stage_status(exp: Experiment) -> list[StageStatus]:
+    layout = Layout(exp.out)
+    jobs_file = read_jobs(layout)
+    jobs: dict[str, str] = jobs_file.get("jobs", {})
+    local = jobs_file.get("mode") == "local"
+    timings = _read_timings(layout)
+    manifest = stages.load_manifest(exp)
+    result = []
+    for stage in STAGES:
+        job = jobs.get(stage, "")
+        if not stages.enabled(stage, exp):
+            result.append(StageStatus(stage, job, "disabled"))
+            continue
+        detail, error = _array_detail(exp, stage) if stage in stages.ARRAY_STAGES else ("", "")
+        state, reason = job_summary(scontrol(job)) if job and not local else ("", "")
+        # a queued or running job is about to rewrite its outputs: those of an earlier run are not "finished"
+        if state not in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING") and stages.finished(stage, exp, manifest):
+            result.append(StageStatus(stage, job, "finished", detail))
+            continue
+        if local or not job:
+            failed = timings.get(stage, {}).get("status") == "failed"
+            label = "failed" if failed else ("not run" if local else "not submitted")
+            result.append(StageStatus(stage, job, label, detail))
+        elif state in ("RUNNING", "CONFIGURING", "COMPLETING"):
+            result.append(StageStatus(stage, job, "running", detail))
+        elif state:
+            waits = "waiting for a failed stage" if reason == "DependencyNeverSatisfied" else reason
+            if state == "PENDING":
+                result.append(StageStatus(stage, job, "pending", "; ".join(filter(None, [detail, waits]))))
+            else:
+                extra = "; ".join(filter(None, [detail, error or reason, f"logs in {layout.logs}"]))
+                result.append(StageStatus(stage, job, "failed", f"{state}: {extra}"))
+        else:
+            result.append(StageStatus(stage, job, "failed", "no outputs and SLURM no longer knows the job"))
+    return result
+
+
+def _read_timings(layout: Layout) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(layout.timings.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def stage_timings(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Stage -> {seconds, start, end, status}: measured locally, or from scontrol (then kept on disk)."""
+    layout = Layout(exp.out)
+    timings = _read_timings(layout)
+    jobs: dict[str, str] = read_jobs(layout).get("jobs", {})
+    changed = False
+    for stage, job in jobs.items():
+        records = scontrol(job)
+        span = job_times(records)
+        if span is None:
+            continue
+        state, _ = job_summary(records)
+        timings[stage] = {"status": "done" if state == "COMPLETED" else state.lower(),
+                          "seconds": round(span[1] - span[0], 1), "start": span[0], "end": span[1], "job": job}
+        changed = True
+    if changed and layout.state.is_dir():
+        write_json_atomic(layout.timings, timings)
+    return timings
+
+
+def format_status(rows: list[StageStatus]) -> str:
+    lines = [f"{'stage':9s} {'job':>8s}  {'state':13s} detail"]
+    for r in rows:
+        lines.append(f"{r.stage:9s} {r.job or '-':>8s}  {r.state:13s} {r.detail}".rstrip())
+    counts = Counter(r.state for r in rows)
+    lines.append("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
