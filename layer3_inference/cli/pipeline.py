@@ -122,8 +122,9 @@ def slurm_answers() -> bool:
 def wait_for_chain(exp: Any, timeout: float) -> None:
     from layer3_inference.pipeline.status import stage_status
 
-    deadline, seen = time.monotonic() + timeout, {}
     start = time.monotonic()
+    deadline = start + timeout
+    seen: dict[str, tuple[str, str]] = {}
     while True:
         rows = stage_status(exp)
         for r in rows:
