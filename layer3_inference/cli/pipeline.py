@@ -164,8 +164,13 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         from layer3_inference.pipeline.chain import run_local as local
 
-        print("demo: no SLURM cluster answers: running the chain here, stage by stage", flush=True)
+        why = "no SLURM cluster answers" if args.mode == "auto" else "--mode local"
+        print(f"demo: {why}: running the chain here, stage by stage", flush=True)
         local(exp)
+    from layer3_inference.pipeline.collect import collect
+    from layer3_inference.pipeline.report import console_summary
+
+    print("\n" + console_summary(collect(exp)))
     print(f"\ndemo finished in {time.monotonic() - start:.0f} s")
     print(f"report: {exp.out / 'report' / 'index.html'}")
     return 0

@@ -131,6 +131,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def store_rejects(path: Path) -> int | None:
+    """Patches Layer 1 rejected for this slide (all reasons), or None before its store exists."""
+    from layer1_patches.errors import CamnetError
+    from layer1_patches.store import PatchStore
+
+    try:
+        with PatchStore(path) as store:
+            return sum(int(v) for v in store.attrs.get("rejects", {}).values())
+    except CamnetError:
+        return None
+
+
 def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     """One row per manifest slide: split and patch counts (index), slide score and Dice (evaluate)."""
     from layer3_inference.outputs import final_dir
@@ -149,7 +161,8 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
         hm = _json(final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
         rows.append({"slide": stem, "patient": ix.get("patient", ""), "split": ix.get("split", ""),
                      "annotated": "yes" if entry.annotation else "no", "tumour_patches": ix.get("n_tumour"),
-                     "normal_patches": ix.get("n_normal"), "heatmap_patches": hm.get("patches"),
+                     "normal_patches": ix.get("n_normal"), "rejects": store_rejects(layout.patches / f"{stem}.h5"),
+                     "heatmap_patches": hm.get("patches"),
                      "slide_score": hm.get("slide_score"), "tumour_area_mm2": hm.get("tumour_area_mm2"),
                      "pixel_auc": ev.get("pixel_auc") or None, "dice": ev.get("dice") or None})
     return rows

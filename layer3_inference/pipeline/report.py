@@ -183,6 +183,18 @@ def render(d: ReportData) -> str:
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
 
+def console_summary(d: ReportData) -> str:
+    """The cohort and stage times as plain text, for the end of `make demo` and of a local run."""
+    lines = [f"{'slide':28} {'split':6} {'tumour':>7} {'normal':>7} {'rejects':>8} {'score':>6} {'dice':>6}"]
+    for r in d.cohort:
+        lines.append(f"{r['slide'][:28]:28} {r['split'] or '-':6} {fmt(r['tumour_patches']):>7} "
+                     f"{fmt(r['normal_patches']):>7} {fmt(r['rejects']):>8} {fmt(r['slide_score']):>6} "
+                     f"{fmt(r['dice']):>6}")
+    times = ", ".join(f"{row['stage']} {float(row['seconds']):.0f} s" for row in timing_rows(d) if row["seconds"])
+    lines.append(f"{len(d.cohort)} slides; stage times: {times}")
+    return "\n".join(lines)
+
+
 def write_report(exp: Experiment) -> Path:
     from layer3_inference.pipeline.collect import collect
 

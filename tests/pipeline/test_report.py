@@ -97,3 +97,14 @@ def test_render_escapes_and_survives_missing_pieces() -> None:
     page = render(data)
     assert "&lt;x&gt;" in page and "<x>" not in page and "a: &lt;b&gt;" in page
     assert line_chart("t", {}) == "" and "polyline" in line_chart("t", {"a": [(1, 0.5), (2, float("nan"))]})
+
+
+def test_console_summary_lists_the_cohort(computed: Path) -> None:
+    from layer3_inference.pipeline.collect import collect
+    from layer3_inference.pipeline.report import console_summary
+
+    text = console_summary(collect(load_experiment(computed)))
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:-1]}
+    assert rows["patient_000_node_0"] == ["train", "120", "150", "-", "0.9700", "0.8123"]  # no store: rejects "-"
+    assert rows["normal_9"][:3] == ["val", "0", "150"]
+    assert text.splitlines()[-1] == "3 slides; stage times: layer1 12 s"
