@@ -1,0 +1,27 @@
+"""`train`: one process, or one Horovod rank under horovodrun / mpirun / srun --mpi=pmix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from layer2_training.config import load_layer2_config
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "train", help="train a tumour/normal patch classifier",
+        description="Trains into output.run_dir; rerunning the same command resumes from the last "
+                    "checkpoint.")
+    p.add_argument("--config", type=Path, required=True, help="Layer 2 YAML config (configs/layer2/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set schedule.lr=0.001 (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_layer2_config(args.config, args.overrides)  # config errors before TensorFlow loads
+    from layer2_training import distributed, train
+
+    return train.run(cfg, distributed.init())

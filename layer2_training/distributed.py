@@ -1,0 +1,84 @@
+"""Horovod when launched under horovodrun/mpirun/srun, a plain single process otherwise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    hvd: Any = None  # horovod.tensorflow.keras when size > 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def pin_gpu(local_rank: int) -> None:
+    """One GPU per local rank, growing memory as needed (several ranks may share a node)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
+
+
+def init() -> Dist:
+    try:
+        import horovod.tensorflow.keras as hvd
+    except ImportError:
+        log.info("horovod not importable: single process")
+        pin_gpu(0)
+        return Dist()
+    hvd.init()
+    pin_gpu(hvd.local_rank())
+    if hvd.size() == 1:
+        return Dist()
+    return Dist(hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
+
+
+def wrap_optimizer(dist: Dist, optimizer: Any) -> Any:
+    if dist.hvd is None:
+        return optimizer
+    return dist.hvd.DistributedOptimizer(optimizer)
+
+
+def any_rank(dist: Dist, flag: bool) -> bool:
+    """True on every rank when any rank saw `flag`: all ranks must stop at the same step."""
+    if dist.hvd is None:
+        return flag
+    import horovod.tensorflow as hvd_tf
+
+    total = hvd_tf.allreduce(tf.constant(1.0 if flag else 0.0), op=hvd_tf.Sum, name="camnet_stop")
+    return bool(float(total) > 0)
+
+
+def broadcast_variables(dist: Dist, variables: list[Any]) -> None:
+    """Rank 0's initial (or restored) state everywhere, before the first step."""
+    if dist.hvd is not None:
+        import horovod.tensorflow as hvd_tf
+
+        hvd_tf.broadcast_variables(variables, root_rank=0)
+
+
+def average_variables(dist: Dist, variables: list[Any]) -> None:
+    """Average non-trained state (BatchNorm moving statistics) over ranks.
+
+    Each rank updates moving statistics from its own shard; averaging them once per epoch keeps the ranks
+    identical and makes rank 0's checkpoint reflect all the data.
+    """
+    if dist.hvd is None or not variables:
+        return
+    import horovod.tensorflow as hvd_tf
+
+    for i, var in enumerate(variables):
+        var.assign(hvd_tf.allreduce(var, op=hvd_tf.Average, name=f"camnet_avg_{i}"))

@@ -1,0 +1,227 @@
+"""`train`: validate everything, then fit phase by phase, checkpointing; rank 0 exports and evaluates.
+
+Every user error (config, index, splits, sizes, weights, stain reference) is raised by `prepare`, before
+the first training step, so a bad job fails in seconds rather than after queueing for GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from layer1_patches.errors import CamnetError
+from layer1_patches.index import DatasetIndex
+from layer1_patches.typedconfig import config_hash
+from layer2_training import data, metrics, rundir
+from layer2_training.augment import make_transform
+from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
+from layer2_training.config import Layer2Config
+from layer2_training.distributed import Dist, broadcast_variables, wrap_optimizer
+from layer2_training.losses import make_loss
+from layer2_training.model import build_model, check_phases, set_phase
+from layer2_training.schedule import make_schedule
+from layer2_training.stain import fit_reference, read_reference
+from layer2_training.weights import resolve_weights, spec
+
+log = logging.getLogger(__name__)
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class Prepared:
+    cfg: Layer2Config
+    index: DatasetIndex
+    run_dir: Path
+    patch_size: int
+    input_size: int
+    weights: Path | None
+    stain: tuple[str, dict[str, Any]] | None
+    train: data.SplitData
+    val: data.SplitData
+    test: data.SplitData | None
+
+
+def resolve_input_size(cfg: Layer2Config, patch_size: int) -> int:
+    size = cfg.model.input_size
+    if size is None or size == patch_size:
+        return patch_size
+    if not cfg.model.resize:
+        raise CamnetError(f"config key 'model.input_size': {size} differs from the stores' patch size "
+                          f"{patch_size}; set model.resize: true to resize in the model, or drop input_size")
+    return size
+
+
+def prepare(cfg: Layer2Config) -> Prepared:
+    """All checks that can fail on user input, in the order a user would fix them."""
+    index = data.load_index(Path(cfg.data.index))
+    patch_size = data.index_patch_size(index)
+    input_size = resolve_input_size(cfg, patch_size)
+    min_size = spec(cfg.model.backbone).min_size
+    if input_size < min_size:
+        raise CamnetError(f"{cfg.model.backbone} needs inputs of at least {min_size} px; the patches are "
+                          f"{patch_size} px (set model.input_size with model.resize: true)")
+    weights = resolve_weights(cfg.model.weights, cfg.model.backbone, input_size, cfg.model.weights_cache)
+    stain = None
+    if cfg.stain.method != "none" and cfg.stain.reference:
+        ref = read_reference(Path(cfg.stain.reference))
+        stain = (cfg.stain.method, fit_reference(ref, cfg.stain.method))
+    names = cfg.data.splits
+    train = data.load_split(index, names.train, cfg.data, cfg.seed, balance=True)
+    val = data.load_split(index, names.val, cfg.data, cfg.seed, balance=False)
+    test = data.load_split(index, names.test, cfg.data, cfg.seed, balance=False) if names.test else None
+    return Prepared(cfg, index, Path(cfg.output.run_dir), patch_size, input_size, weights, stain, train, val,
+                    test)
+
+
+def make_optimizer(cfg: Layer2Config, schedule: Any) -> Any:
+    # legacy optimisers: Horovod 0.28 wraps them reliably, and they create slots lazily, which lets the
+    # fine-tune phase add variables to an optimiser restored from a head-phase checkpoint
+    legacy = tf.keras.optimizers.legacy
+    if cfg.optimizer.kind == "adam":
+        return legacy.Adam(learning_rate=schedule, epsilon=cfg.optimizer.epsilon)
+    opt = cfg.optimizer
+    return legacy.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
+
+
+def segments(start: tuple[int, int], head_epochs: int, epochs: int) -> list[tuple[int, int, int, bool]]:
+    """(first epoch, end epoch, first step, head only) fits: a partial first epoch and a phase change
+    each need their own `fit` call."""
+    out = []
+    epoch, step = start
+    while epoch < epochs:
+        head = epoch < head_epochs
+        end = epoch + 1 if step > 0 else (head_epochs if head else epochs)
+        out.append((epoch, end, step, head))
+        epoch, step = end, 0
+    return out
+
+
+def sidecar(p: Prepared, steps: int) -> dict[str, Any]:
+    entry = p.index.entries[0]
+    return {
+        "sidecar_version": SIDECAR_VERSION, "model_file": "export/model.keras",
+        "backbone": p.cfg.model.backbone, "patch_size": p.patch_size, "input_size": p.input_size,
+        "resized_in_model": p.input_size != p.patch_size,
+        "working_mpp": entry.working_mpp, "level": entry.level,
+        "input": "RGB 0-255 (uint8 or float), shape (n, patch_size, patch_size, 3); all preprocessing is "
+                 "inside the model",
+        "output": "sigmoid probability of class 1", "classes": ["normal", "tumour"],
+        "threshold": p.cfg.output.threshold, "preprocessing": spec(p.cfg.model.backbone).preprocessing,
+        "stain": {"method": p.stain[0], "params": p.stain[1], "reference": p.cfg.stain.reference,
+                  "in_model": True} if p.stain else {"method": "none"},
+        "config_hash": config_hash(p.cfg), "steps_per_epoch": steps,
+    }
+
+
+def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.ndarray:
+    reader = data.BatchReader(split, p.cfg.seed, 0, 1, p.cfg.batch_size, p.cfg.data, shuffle=False)
+    dc = p.cfg.data
+    ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, dc.prefetch, dc.read_threads)
+    prob = model.predict(ds.map(lambda x, y: x), verbose=0)
+    reader.close()
+    return np.asarray(prob, dtype=np.float64).ravel()
+
+
+def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) -> dict[str, Any]:
+    """Rank 0: best weights -> export, sidecar, metrics and ROC plot."""
+    state.restore_best()
+    export = p.run_dir / "export"
+    export.mkdir(exist_ok=True)
+    tmp = export / ".model.partial.keras"
+    model.save(str(tmp))
+    os.replace(tmp, export / "model.keras")
+    rundir.write_json(p.run_dir / "model.json", sidecar(p, steps))
+    results: dict[str, Any] = {"best_" + p.cfg.output.monitor: float(state.best.numpy())}
+    curves = {}
+    for name, split in (("val", p.val), ("test", p.test)):
+        if split is None:
+            continue
+        prob = predict(model, split, p)
+        results[name] = metrics.binary_metrics(split.label, prob, p.cfg.output.threshold)
+        curves[name] = (split.label, prob)
+    rundir.write_json(p.run_dir / "metrics.json", results)
+    metrics.plot_roc(curves, p.run_dir / "roc.png")
+    return results
+
+
+def write_weights_digest(model: tf.keras.Model, path: Path) -> None:
+    """Diagnostics: ranks of one run must end with bit-identical weights."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(path, digest.hexdigest() + "\n")
+
+
+def run(cfg: Layer2Config, dist: Dist) -> int:
+    p = prepare(cfg)
+    resumed = rundir.prepare(p.run_dir, cfg)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    record = p.run_dir / "sample_ids" if cfg.data.record_sample_ids else None
+    reader = data.BatchReader(p.train, cfg.seed, dist.rank, dist.size, cfg.batch_size, cfg.data, True, record)
+    steps = min(reader.steps, cfg.steps_per_epoch or reader.steps)
+    val_reader = data.BatchReader(p.val, cfg.seed, dist.rank, dist.size, cfg.batch_size, cfg.data, False)
+    model = build_model(cfg.model.backbone, p.patch_size, p.input_size, cfg.model.head, p.weights, p.stain,
+                        cfg.model.batchnorm_momentum)
+    check_phases(model, cfg.phases.fine_tune_from)
+    schedule = make_schedule(cfg.schedule, dist.size, steps, cfg.epochs, cfg.phases.head_epochs,
+                             cfg.phases.fine_tune_lr_factor)
+    optimizer = make_optimizer(cfg, schedule)
+    _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
+    state = TrainState(p.run_dir, model, optimizer, higher_is_better=cfg.output.monitor == "val_auc")
+    start = state.restore() if resumed else (0, 0)
+    if dist.is_chief:
+        rundir.write_start(p.run_dir, cfg, dist.size, {"resumed_at": list(start), "steps_per_epoch": steps,
+                                                       "train_samples": len(p.train)})
+    broadcast_variables(dist, model.variables)
+    flag = SignalFlag()
+    flag.install()
+    loss = make_loss(cfg.loss, p.train.n_tumour, len(p.train) - p.train.n_tumour)
+    transform = make_transform(cfg.augment, cfg.seed, dist.rank)
+    val_ds = data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data.prefetch,
+                               cfg.data.read_threads)
+    log.info("rank %d/%d: %d train samples, %d steps/epoch, start at %s", dist.rank, dist.size, len(p.train),
+             steps, start)
+    try:
+        for first, end, step0, head in segments(start, cfg.phases.head_epochs, cfg.epochs):
+            set_phase(model, head, cfg.phases.fine_tune_from)
+            model.compile(optimizer=wrap_optimizer(dist, optimizer), loss=loss,
+                          metrics=[tf.keras.metrics.AUC(name="auc"),
+                                   tf.keras.metrics.BinaryAccuracy(name="accuracy")])
+            ds = data.make_dataset(reader, (first, step0), end, steps, transform, cfg.data.prefetch,
+                                   cfg.data.read_threads)
+            callbacks: list[Any] = []
+            if dist.hvd is not None:
+                # validation metrics are computed on each rank's shard; averaging them is exact for loss
+                # and accuracy, an approximation for AUC (the final metrics.json AUC is exact)
+                callbacks.append(dist.hvd.callbacks.MetricAverageCallback())
+            callbacks.append(CheckpointCallback(dist, state, p.run_dir, flag, cfg.output.monitor,
+                                                (first, step0), schedule))
+            if dist.is_chief and cfg.output.tensorboard:
+                callbacks.append(tf.keras.callbacks.TensorBoard(str(p.run_dir / "tensorboard"),
+                                                                write_graph=False, profile_batch=0))
+            model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=steps - step0,
+                      validation_data=val_ds, callbacks=callbacks, verbose=2 if dist.is_chief else 0)
+    except Preempted as stop:
+        print(f"preempted at {stop}: state saved in {p.run_dir}; rerun the same command to resume")
+        return 0
+    finally:
+        reader.close()
+        val_reader.close()
+    if record is not None:
+        write_weights_digest(model, record / f"weights_rank{dist.rank}.txt")
+    if dist.is_chief:
+        # training is complete: a marker of an earlier preemption would now misreport the run as pending
+        (p.run_dir / PREEMPTED).unlink(missing_ok=True)
+        results = finish(model, state, p, steps)
+        print(f"run dir {p.run_dir}: val AUC {results['val']['auc']:.4f}")
+    return 0
