@@ -214,7 +214,9 @@ class PatchStore:
         if version != SCHEMA_VERSION:
             self._f.close()
             raise CamnetError(f"patch store {self.path}: schema version {version}, expected {SCHEMA_VERSION}")
-        self.codec = str(self._f["patches"].attrs["codec"])
+        self._patches = self._f["patches"]
+        self.codec = str(self._patches.attrs["codec"])
+        self.patch_size = int(self._patches.attrs["patch_size"])
         if self.codec == "lz4":
             _require_lz4()
         self.coords = self._f["coords"][:]
@@ -234,10 +236,6 @@ class PatchStore:
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
-
-    @property
-    def patch_size(self) -> int:
-        return int(self._f["patches"].attrs["patch_size"])
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -271,7 +269,7 @@ class PatchStore:
             return out
         if idx.min() < 0 or idx.max() >= len(self):
             raise CamnetError(f"patch store {self.path}: index out of range 0..{len(self) - 1}")
-        ds = self._f["patches"]
+        ds = self._patches
         if self.codec == "jpeg":
             import io
 
@@ -280,11 +278,14 @@ class PatchStore:
             for j, i in enumerate(idx):
                 out[j] = np.asarray(Image.open(io.BytesIO(ds[int(i)].tobytes())).convert("RGB"))
             return out
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        uniq, inverse = np.unique(sorted_idx, return_inverse=True)
-        block = ds[uniq] if len(uniq) > 1 else ds[int(uniq[0])][None]
-        out[order] = block[inverse]
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        block = out if len(uniq) == len(idx) and np.array_equal(uniq, idx) else np.empty_like(out[:len(uniq)])
+        # Each contiguous run is one hyperslab read: h5py's point selection (ds[list]) was 10-80x slower.
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)], strict=True):
+            ds.read_direct(block, np.s_[int(uniq[start]):int(uniq[stop - 1]) + 1], np.s_[int(start):int(stop)])
+        if block is not out:
+            out[:] = block[inverse]
         return out
 
     def iter_batches(self, batch: int = 256) -> Iterator[np.ndarray]:

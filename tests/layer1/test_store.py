@@ -80,3 +80,14 @@ def test_out_of_range_index(tmp_path: Path) -> None:
     _write(path, "none")
     with PatchStore(path) as store, pytest.raises(CamnetError, match="index out of range"):
         store.read([10])
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4", "jpeg"])
+def test_read_any_index_pattern_equals_row_by_row(tmp_path: Path, codec: str) -> None:
+    path = tmp_path / "s.h5"
+    _write(path, codec, n=40)
+    rng = np.random.default_rng(1)
+    with PatchStore(path) as store:
+        rows = np.stack([store.read([i])[0] for i in range(40)])
+        for idx in (np.arange(5, 30), rng.permutation(40)[:17], np.array([3, 3, 9, 2, 9]), np.arange(0, 40, 3)):
+            np.testing.assert_array_equal(store.read(idx), rows[idx])
