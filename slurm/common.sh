@@ -16,6 +16,8 @@
 # shellcheck shell=bash
 
 CAMNET_ROOT="${CAMNET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+# HDF5's file locks fail or hang on many NFS/Lustre mounts; every CamNet file has a single writer anyway.
+export HDF5_USE_FILE_LOCKING="${HDF5_USE_FILE_LOCKING:-FALSE}"
 
 # _camnet_build CMD...: fill the array CAMNET_CMD with the command line camnet_run would run.
 _camnet_build() {

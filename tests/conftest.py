@@ -1,4 +1,5 @@
-"""Repo-wide test setup: the `slurm` marker and the `slurm_cluster` fixture.
+"""Repo-wide test setup: the `slurm` marker and the `slurm_cluster` fixture; `trained_layer2`, a model trained
+by Layer 2 on a synthetic cohort, shared by the Layer 3 acceptance tests and the SLURM explain test.
 
 A test marked `slurm` (or using `slurm_cluster`) is skipped when no SLURM cluster answers, and fails instead
 when CAMNET_REQUIRE_SLURM=1 (CI). The cluster is found through SLURM_CONF, else through the env.sh that
@@ -8,13 +9,17 @@ slurm/local/start.sh writes into its default state dir, else /etc/slurm/slurm.co
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +151,79 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     return _require_cluster()
+
+
+# --- a MobileNetV2 trained by `python -m layer2_training train` on synthetic slides, built once per session ---
+
+REPO = Path(__file__).resolve().parents[1]
+# Bump TRAINED_VERSION whenever the recipe or the steps of `build_trained_run` change: it names the cache dir.
+TRAINED_VERSION = "v2"
+TRAINED_RECIPE: dict[str, Any] = {"slides": 4, "size": 3072, "seed": 11, "per_class": 150, "patch": 64,
+                                  "epochs": 4, "fractions": "train=0.5,val=0.5",
+                                  "config": "configs/layer2/mobilenetv2_cpu.yaml"}
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished Layer 2 run dir and the Layer 1 stores of the patient it never trained on."""
+
+    run_dir: Path
+    val_stores: list[Path]
+
+
+def subprocess_env() -> dict[str, str]:
+    """os.environ for the repo's CLIs: quiet TensorFlow, one thread per pool (tests share 2 cores)."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
+
+
+def build_trained_run(root: Path) -> TrainedRun:
+    """Synth -> Layer 1 random extract (64-px, labelled) -> index by patient (train/val) -> Layer 2 train, all
+    through the real CLIs; reused when `root` holds a finished build of this recipe, else rebuilt from empty."""
+    r = TRAINED_RECIPE
+    stamp, run_dir, stores, slides = root / "recipe.json", root / "run", root / "stores", root / "slides"
+    want = {"version": TRAINED_VERSION, **r}
+    done = stamp.is_file() and json.loads(stamp.read_text()) == want and (run_dir / "model.json").is_file()
+    if not done:
+        for path in (stamp, root / "index.json"):  # an interrupted or older build: start clean
+            path.unlink(missing_ok=True)
+        for path in (run_dir, stores, slides):
+            shutil.rmtree(path, ignore_errors=True)
+        py = [sys.executable, "-m"]
+        steps = [
+            [*py, "layer1_patches", "synth", "--out", str(slides), "--n-slides", str(r["slides"]),
+             "--size", str(r["size"]), "--seed", str(r["seed"]), "--tumour-fraction", "0.3"],
+            [*py, "layer1_patches", "extract", "--config", "configs/layer1/random.yaml", "--slides", str(slides),
+             "--annotations", str(slides), "--out", str(stores), "--set", f"patch_size={r['patch']}",
+             "--set", f"sampling.random.per_class={r['per_class']}", "--set", "sampling.random.grid_step=16"],
+            [*py, "layer1_patches", "index", "--inputs", str(stores), "--out", str(root / "index.json"),
+             "--fractions", str(r["fractions"])],
+            [*py, "layer2_training", "train", "--config", str(r["config"]),
+             "--set", f"data.index={root / 'index.json'}", "--set", f"output.run_dir={run_dir}",
+             "--set", "output.tensorboard=false",
+             "--set", f"epochs={r['epochs']}", "--set", "data.splits.test=null"],
+        ]
+        for cmd in steps:
+            proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                                  timeout=3000, check=False)
+            assert proc.returncode == 0, f"{' '.join(cmd[2:])}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        stamp.write_text(json.dumps(want))
+    index = json.loads((root / "index.json").read_text())
+    val = [root / e["path"] for e in index["entries"] if e["split"] == "val"]
+    return TrainedRun(run_dir, val)
+
+
+@pytest.fixture(scope="session")
+def trained_layer2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One Layer 2 model for every test that needs a real one, built once: cached across sessions in
+    `.pytest_cache/d/camnet-trained-layer2-<TRAINED_VERSION>` (`pytest --cache-clear` rebuilds it);
+    CAMNET_TRAINED_CACHE=DIR keeps it elsewhere."""
+    cache = os.environ.get("CAMNET_TRAINED_CACHE")
+    if cache:
+        root = Path(cache)
+        root.mkdir(parents=True, exist_ok=True)
+    elif getattr(request.config, "cache", None) is not None:
+        root = Path(request.config.cache.mkdir(f"camnet-trained-layer2-{TRAINED_VERSION}"))
+    else:
+        root = tmp_path_factory.mktemp("trained_layer2")
+    return build_trained_run(root)

@@ -88,7 +88,8 @@ def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-# --- explain (issue 6): a tiny trained model in Layer 2's export layout, and a Layer 2-trained one ---
+# --- explain (issue 6): a tiny trained model in Layer 2's export layout; the Layer 2-trained one is
+# `trained_layer2` (tests/conftest.py), shared with the heatmap acceptance test ---
 
 
 @pytest.fixture(scope="session")
@@ -105,22 +106,3 @@ def explain_toy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model, accuracy = toy.train_tiny(x, y, epochs=6)
     run_dir = toy.export(model, root / "run", x.shape[1])
     return SimpleNamespace(stores=stores, run_dir=run_dir, x=x, y=y, accuracy=accuracy)
-
-
-@pytest.fixture(scope="session")
-def explain_layer2_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A model trained by `python -m layer2_training train` (configs/layer2/mobilenetv2_cpu.yaml) on
-    synthetic slides; cached across sessions in pytest's cache (CAMNET_EXPLAIN_CACHE overrides)."""
-    from types import SimpleNamespace
-
-    from layer3_inference.explain.toy import layer2_run
-
-    cache = os.environ.get("CAMNET_EXPLAIN_CACHE")
-    if cache:
-        root = Path(cache)
-    elif getattr(request.config, "cache", None) is not None:
-        root = Path(request.config.cache.mkdir("camnet_explain_layer2"))
-    else:
-        root = tmp_path_factory.mktemp("explain_layer2")
-    run_dir, stores = layer2_run(root, cli_env())
-    return SimpleNamespace(run_dir=run_dir, stores=stores)

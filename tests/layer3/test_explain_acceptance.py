@@ -1,6 +1,7 @@
 """Tier (b), the issue's acceptance tests, on a MobileNetV2 trained by `python -m layer2_training train`
 (configs/layer2/mobilenetv2_cpu.yaml) on synthetic slides whose tumour nuclei are larger and darker by
-construction; explained on the validation patient's patches (never seen in training).
+construction (`trained_layer2`, tests/conftest.py, shared with test_acceptance.py); explained on the validation
+patient's patches (never seen in training).
 
 At 64-px patches MobileNetV2's last block is 2 x 2 cells, too coarse to tell nuclei from stroma, so the
 Grad-CAM test targets `block_5_add` (8 x 8); the default layer is still exercised by the sanity check.
@@ -17,19 +18,20 @@ import pytest
 from layer3_inference.explain import concepts
 from layer3_inference.explain.config import load_explain_config
 from layer3_inference.explain.run import Request, run
+from tests.conftest import TrainedRun
 
 REPO = Path(__file__).resolve().parents[2]
 GRADCAM_LAYER = "block_5_add"
 
 
 @pytest.fixture(scope="module")
-def explained(explain_layer2_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def explained(trained_layer2: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     cfg = load_explain_config(REPO / "configs" / "layer3" / "explain.yaml", [
         "select.mode=random_per_class", "select.per_class=6", f"gradcam.layer={GRADCAM_LAYER}",
         "lime.num_samples=100", "rcv.per_class=60", "rcv.layers=[block_5_add, block_12_add, out_relu]",
         "rcv.concepts=[nuclei_area, nuclei_count, glcm_contrast]"])
     out = tmp_path_factory.mktemp("explain_layer2")
-    return out, run(Request(cfg, explain_layer2_run.run_dir, out, list(explain_layer2_run.stores)))
+    return out, run(Request(cfg, trained_layer2.run_dir, out, list(trained_layer2.val_stores)))
 
 
 def test_gradcam_mass_falls_more_on_nuclei_than_on_stroma(explained) -> None:

@@ -1,0 +1,79 @@
+"""slurm/layer3_explain.sbatch on the local cluster: two SLURM tasks (srun --mpi=pmix) share the patches of
+`trained_layer2` (the Layer 2 model of the acceptance tests) and rank 0 writes what one process writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, SlurmCluster, TrainedRun, subprocess_env
+
+pytestmark = pytest.mark.slurm
+
+SMALL = ["--set", "select.k=2", "--set", "lime.num_samples=60", "--set", "lime.n_segments=20",
+         "--set", "rcv.per_class=25", "--set", "rcv.n_random=20", "--set", "rcv.n_repeats=5",
+         "--set", "rcv.auto_layers=2", "--set", "rcv.concepts=[nuclei_area]", "--set", "sanity.methods=[gradcam]"]
+
+
+def assert_same(a: Any, b: Any, where: str = "summary") -> None:
+    """Equal JSON values, floats up to rounding (ranks compute in smaller batches)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, int | float) and isinstance(b, int | float), (where, a, b)
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (where, a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, a, b)
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (where, a, b)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_two_tasks_write_what_one_process_writes(slurm_cluster: SlurmCluster, trained_layer2: TrainedRun,
+                                                 tmp_path: Path) -> None:
+    inputs = ["--model", str(trained_layer2.run_dir), "--store", *map(str, trained_layer2.val_stores), *SMALL]
+    log = tmp_path / "job.out"
+    job = slurm_cluster.submit(["--ntasks=2", "--cpus-per-task=1", f"--output={log}",
+                                f"--export=ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},TF_CPP_MIN_LOG_LEVEL=2",
+                                str(REPO / "slurm" / "layer3_explain.sbatch"), *inputs, "--out", str(tmp_path / "two")],
+                               cwd=tmp_path)
+    # The single-process reference runs while the job does.
+    one = subprocess.run([sys.executable, "-m", "layer3_inference", "explain", "--config",
+                          str(REPO / "configs" / "layer3" / "explain.yaml"), *inputs, "--out", str(tmp_path / "one")],
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert one.returncode == 0, one.stderr[-2000:]
+    state = slurm_cluster.wait(job, timeout=300)
+    text = log.read_text() if log.is_file() else ""
+    assert state == "COMPLETED", text[-3000:]
+    assert "2 rank(s)" in text and text.count("explain: outputs in") == 1, text[-3000:]  # rank 0 reports
+
+    a = json.loads((tmp_path / "one" / "summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (a.pop("ranks"), b.pop("ranks")) == (1, 2)
+    a.pop("seconds"), b.pop("seconds")
+    assert len(a["patches"]) == 2 and a["rcv"]
+    assert_same(a, b)
+    panels = sorted(p.name for p in (tmp_path / "one" / "panels").glob("*.png"))
+    assert panels == [f"{pid}.png" for pid in sorted(a["patches"])]
+    assert sorted(p.name for p in (tmp_path / "two" / "panels").glob("*.png")) == panels
+    for name in panels:
+        x = np.asarray(Image.open(tmp_path / "one" / "panels" / name), dtype=np.int16)
+        y = np.asarray(Image.open(tmp_path / "two" / "panels" / name), dtype=np.int16)
+        assert x.shape == y.shape and np.mean(x != y) < 1e-3, name  # the same picture, up to rounding
+        with np.load(tmp_path / "one" / "maps" / name.replace(".png", ".npz")) as u, \
+                np.load(tmp_path / "two" / "maps" / name.replace(".png", ".npz")) as v:
+            np.testing.assert_array_equal(u["patch"], v["patch"])
+            for key in ("gradcam", "gradcam_pp", "lime", "random_gradcam"):
+                np.testing.assert_allclose(u[key], v[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
+    assert not list((tmp_path / "two").rglob(".*partial*"))
