@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage import color, filters, morphology
+from skimage import filters, morphology
 
 from layer1_patches.config import TissueConfig
 from layer1_patches.errors import CamnetError
@@ -97,14 +97,20 @@ class OtsuMasker:
 
 
 def otsu_tissue(rgb: np.ndarray, cfg: TissueConfig) -> np.ndarray:
-    saturation = color.rgb2hsv(rgb)[..., 1]
-    saturation = ndimage.median_filter(saturation, size=3)
+    saturation = ndimage.median_filter(hsv_saturation(rgb), size=3)
     if float(saturation.max() - saturation.min()) < 1e-3:
         return np.zeros(saturation.shape, dtype=bool)  # uniform image: nothing to separate
     threshold = filters.threshold_otsu(saturation)
     # A slide that is nearly all glass has a meaningless Otsu split; demand real stain.
     mask = saturation > max(threshold, 0.05)
     return clean_mask(mask, cfg)
+
+
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (max - min) / max in [0, 1]: what `rgb2hsv(rgb)[..., 1]` gives, without the hue work."""
+    high = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    low = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
 
 
 def clean_mask(mask: np.ndarray, cfg: TissueConfig) -> np.ndarray:

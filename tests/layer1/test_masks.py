@@ -77,3 +77,13 @@ def test_closing_keeps_tissue_touching_the_slide_edge() -> None:
     rgb[40:, :] = (180, 60, 150)  # tissue running off the bottom edge
     mask = otsu_tissue(rgb, TissueConfig(closing_radius=3))
     assert mask[40:].all() and not mask[:38].any()
+
+
+def test_saturation_equals_skimage_hsv() -> None:
+    from skimage import color
+
+    from layer1_patches.masks import hsv_saturation
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(50, 60, 3), dtype=np.uint8)
+    rgb[0, 0] = 0  # black: saturation 0, not a division by zero
+    np.testing.assert_allclose(hsv_saturation(rgb), color.rgb2hsv(rgb)[..., 1], atol=1e-6)
