@@ -128,6 +128,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# The main scheduler runs at most every 2 s by default; a 2-CPU test cluster with short array tasks would
+# spend much of its time waiting for that, so let it run every 0.1 s.
+SchedulerParameters=sched_min_interval=100000
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
