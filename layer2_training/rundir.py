@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from layer1_patches.atomic import write_text_atomic
 from layer1_patches.errors import CamnetError
 from layer1_patches.typedconfig import config_hash, to_dict
 from layer2_training.config import Layer2Config
@@ -18,15 +18,8 @@ from layer2_training.config import Layer2Config
 CONFIG = "config.yaml"
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(path: Path, data: Any) -> Path:
-    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def versions() -> dict[str, str]:
@@ -77,6 +70,6 @@ def prepare(run_dir: Path, cfg: Layer2Config) -> bool:
 
 def write_start(run_dir: Path, cfg: Layer2Config, size: int, extra: dict[str, Any]) -> None:
     data = {"config_hash": config_hash(cfg), "config": to_dict(cfg)}
-    write_atomic(run_dir / CONFIG, yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(run_dir / CONFIG, yaml.safe_dump(data, sort_keys=False))
     write_json(run_dir / "environment.json", {"versions": versions(), "git_commit": git_commit(),
                                               "seed": cfg.seed, "horovod_size": size, **extra})

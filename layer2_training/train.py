@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from layer1_patches.atomic import write_text_atomic
 from layer1_patches.errors import CamnetError
 from layer1_patches.index import DatasetIndex
 from layer1_patches.typedconfig import config_hash
@@ -157,7 +158,7 @@ def write_weights_digest(model: tf.keras.Model, path: Path) -> None:
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w).tobytes())
     path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(path, digest.hexdigest() + "\n")
+    write_text_atomic(path, digest.hexdigest() + "\n")
 
 
 def run(cfg: Layer2Config, dist: Dist) -> int:

@@ -14,19 +14,11 @@ import pytest
 import tifffile
 
 from layer1_patches.store import PatchStore, partial_path
+from tests.helpers import assert_one_error
 
 from .conftest import CMU, DATA, REPO, run_cli
 
 RANDOM = str(REPO / "configs" / "layer1" / "random.yaml")
-
-
-def assert_one_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 def assert_no_output(out: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 
 from layer1_patches.index import build_index
 from layer1_patches.store import PatchWriter, SlideMeta
+from tests.helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,13 +86,6 @@ def base_config(index: Path, run_dir: Path, **extra: Any) -> dict[str, Any]:
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", **extra})
-    return env
 
 
 def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:

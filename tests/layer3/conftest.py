@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
+from tests.helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -74,13 +75,6 @@ def heatmap_config(path: Path, **overrides: Any) -> Path:
         node[last] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", **extra})
-    return env
 
 
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.helpers import assert_one_error
+
 from .conftest import DATA, REPO, cli_env, heatmap_config, run_cli, write_run_dir
-
-
-def assert_one_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 def assert_nothing_finished(out: Path) -> None:
