@@ -4,9 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
-RUFF_OPTS := --line-length 120 --select E,F,W,I,UP,B,SIM --target-version py311
 
-.PHONY: venv horovod test lint typecheck demo bench clean
+.PHONY: venv horovod test lint demo bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +25,7 @@ $(HVD): $(STAMP)
 	@touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(RUFF_OPTS) layer1_patches layer2_training layer3_inference tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy layer1_patches layer2_training layer3_inference bench
 	$(BIN)/hadolint containers/Dockerfile
 
