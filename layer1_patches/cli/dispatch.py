@@ -8,6 +8,13 @@ import logging
 import sys
 
 
+def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
+    """The `--set key.path=value` option every config-driven command takes (parsed by `typedconfig`)."""
+    hint = f", e.g. --set {example}" if example else ""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key{hint} (repeatable)")
+
+
 def build_parser(package: str, description: str, commands: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {package}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

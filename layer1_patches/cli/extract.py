@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
 from layer1_patches.errors import CamnetError
 from layer1_patches.extract import ExtractRequest, extract_slide, parse_shard
@@ -17,8 +18,7 @@ def register(sub: Any) -> None:
         "extract", help="extract patches from slides into HDF5 stores",
         description="Writes OUT/<slide stem>.h5 per slide (OUT/<stem>.shard-i-of-K.h5 with --shard).")
     p.add_argument("--config", type=Path, required=True, help="Layer 1 YAML config (configs/layer1/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set sampling.seed=3 (repeatable)")
+    add_overrides(p, "sampling.seed=3")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--slide", type=Path, help="one slide")
     which.add_argument("--slides", nargs="+", metavar="PATH_OR_GLOB", help="many slides: folders, globs or files")

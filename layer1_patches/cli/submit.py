@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
 from layer1_patches.errors import CamnetError
 from layer1_patches.manifest import Manifest, ManifestEntry
@@ -17,7 +18,7 @@ from layer1_patches.slurmjobs import REPO, SBATCH_SCRIPT, array_spec, record_sub
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("submit", help="submit Layer 1 as a SLURM array (one task per slide)")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(p, "sampling.seed=3")
     p.add_argument("--slides", nargs="+", required=True, metavar="PATH_OR_GLOB")
     p.add_argument("--annotations", type=Path, help="folder of <slide stem>.xml/.geojson")
     p.add_argument("--out", type=Path, required=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer2_training.config import load_layer2_config
 
 
@@ -15,8 +16,7 @@ def register(sub: Any) -> None:
         description="Trains into output.run_dir; rerunning the same command resumes from the last "
                     "checkpoint.")
     p.add_argument("--config", type=Path, required=True, help="Layer 2 YAML config (configs/layer2/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set schedule.lr=0.001 (repeatable)")
+    add_overrides(p, "schedule.lr=0.001")
     p.set_defaults(func=run)
 
 

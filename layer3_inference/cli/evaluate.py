@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer3_inference.config import load_evaluate_config
 
 
@@ -16,8 +17,7 @@ def register(sub: Any) -> None:
         description="Reads HEATMAPS/<stem>/ (from `heatmap`) and ANNOTATIONS/<stem>.xml|.geojson; writes "
                     "OUT/cohort.csv, OUT/summary.json, OUT/froc.png and OUT/slide_roc.png.")
     p.add_argument("--config", type=Path, help="Layer 3 evaluate YAML (configs/layer3/evaluate.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set froc.detection_threshold=0.9 (repeatable)")
+    add_overrides(p, "froc.detection_threshold=0.9")
     p.add_argument("--heatmaps", type=Path, required=True, help="the heatmap command's --out folder")
     p.add_argument("--annotations", type=Path, required=True, help="folder of <slide stem>.xml/.geojson")
     p.add_argument("--out", type=Path, required=True, help="output folder")

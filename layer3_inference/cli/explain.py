@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -18,8 +20,7 @@ def register(sub: Any) -> None:
                     "OUT/concepts.csv, OUT/rcv_scores.csv|json, R^2 and TCAV plots, and OUT/summary.json "
                     "(last).")
     p.add_argument("--config", type=Path, required=True, help="explain YAML (configs/layer3/explain.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set select.k=4 (repeatable)")
+    add_overrides(p, "select.k=4")
     p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="Layer 2 run directory")
     p.add_argument("--store", type=Path, nargs="+", default=[], metavar="H5",
                    help="Layer 1 patch stores: patches to select from and the labelled patches for RCV")

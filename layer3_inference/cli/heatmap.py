@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.errors import CamnetError
 from layer1_patches.runner import discover_slides
 from layer3_inference.config import load_heatmap_config
@@ -25,8 +26,7 @@ def register(sub: Any) -> None:
         description="Writes OUT/<slide stem>/ (probabilities.h5, grid.npy, heatmap.png, overlay.png, "
                     "<stem>.geojson for QuPath, summary.json) per slide; finished slides are skipped.")
     p.add_argument("--config", type=Path, required=True, help="Layer 3 heatmap YAML (configs/layer3/heatmap.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set reader.threads=4 (repeatable)")
+    add_overrides(p, "reader.threads=4")
     p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="Layer 2 run directory")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--slide", type=Path, help="one slide")

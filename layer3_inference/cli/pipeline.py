@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.errors import CamnetError
 from layer3_inference.pipeline.config import REPO, load_experiment
 
@@ -27,8 +28,7 @@ def register(sub: Any) -> None:
     def common(name: str, text: str, config_required: bool = True) -> argparse.ArgumentParser:
         c: argparse.ArgumentParser = cmds.add_parser(name, help=text)
         c.add_argument("--config", type=Path, required=config_required, help="experiment YAML (configs/experiment/)")
-        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override an experiment key, e.g. --set slurm.layer1.max_parallel=8 (repeatable)")
+        add_overrides(c, "slurm.layer1.max_parallel=8")
         return c
 
     common("submit", "submit every stage to SLURM with afterok dependencies").set_defaults(func=run_submit)
@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     c.add_argument("--manifest", type=Path, required=True)
     c.add_argument("--model", type=Path, required=True)
     c.add_argument("--index", type=int, default=None, help="entry; default $SLURM_ARRAY_TASK_ID")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(c)
     c.set_defaults(func=run_heatmap_task)
 
 
