@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,8 @@ def merge_shards(out_dir: Path, slide: Path, count: int, keep_shards: bool = Fal
         hashes = {s.attrs["config_hash"] for s in stores}
         if len(hashes) > 1:
             raise CamnetError(f"cannot merge {final}: shards were made with different configs")
-        meta_keys = SlideMeta.__dataclass_fields__
-        meta = SlideMeta(**{k: (json.loads(v) if k == "extra" and isinstance(v, str) else v)
-                            for k, v in first.items() if k in meta_keys})
-        meta = SlideMeta(**{**meta.__dict__, "shard": ""})
+        # PatchStore.attrs has already decoded the JSON ones; only the shard marker changes
+        meta = SlideMeta(**{**{k: first[k] for k in SlideMeta.__dataclass_fields__ if k in first}, "shard": ""})
         codec = stores[0].codec
         config = first["config"]
         output = config["output"]

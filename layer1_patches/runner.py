@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from layer1_patches.annotations import find_annotation
 from layer1_patches.errors import CamnetError
@@ -78,7 +79,7 @@ def run_many(base: ExtractRequest, slides: list[tuple[Path, Path | None]], worke
     return sorted(results, key=lambda r: order.get(r.output, 0))
 
 
-def _progress(total: int):  # type: ignore[no-untyped-def]
+def _progress(total: int) -> Any:
     if not sys.stderr.isatty():
         return None  # SLURM logs get one plain line per slide instead of carriage returns
     from tqdm import tqdm
@@ -86,7 +87,7 @@ def _progress(total: int):  # type: ignore[no-untyped-def]
     return tqdm(total=total, unit="slide", file=sys.stderr)
 
 
-def _report(result: ExtractResult, done: int, total: int, start: float, bar) -> ExtractResult:  # type: ignore[no-untyped-def]
+def _report(result: ExtractResult, done: int, total: int, start: float, bar: Any) -> ExtractResult:
     if bar is not None:
         bar.update(1)
         bar.set_postfix_str(f"{result.slide}: {result.status}")
