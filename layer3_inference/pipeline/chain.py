@@ -41,8 +41,6 @@ def sbatch_resources(s: StageSlurm, stage: str) -> list[str]:
         args += ["--nodes=1", f"--ntasks-per-node={s.ranks}"]
     else:
         args.append(f"--ntasks={s.ranks}")
-    if s.max_parallel is not None and stage not in stages.ARRAY_STAGES:
-        raise CamnetError(f"config key 'slurm.{stage}.max_parallel': only for the array stages (layer1, heatmap)")
     return [*args, *s.extra]
 
 

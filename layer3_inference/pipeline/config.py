@@ -89,6 +89,17 @@ class SlurmConfig:
     explain: StageSlurm = field(default_factory=StageSlurm)
     report: StageSlurm = field(default_factory=StageSlurm)
 
+    def validate(self, path: str) -> None:
+        # Checked on load, not at submission: a failure half-way through `submit` would leave a partial chain.
+        where = f"{path}." if path else ""
+        for stage in ("index", "layer2", "evaluate", "explain", "report"):
+            if getattr(self, stage).max_parallel is not None:
+                raise ConfigError(f"config key '{where}{stage}.max_parallel': only for the array stages "
+                                  "(layer1, heatmap)")
+        if self.layer1.ranks != 1:
+            # Several tasks per Layer 1 array task would all extract the same slide into one file.
+            raise ConfigError(f"config key '{where}layer1.ranks': must be 1 (one task per slide)")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:

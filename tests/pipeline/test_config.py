@@ -57,3 +57,15 @@ def test_no_slides_and_bad_override(tmp_path: Path) -> None:
         load_experiment(write_experiment(tmp_path / "e.yaml", out="x"))
     with pytest.raises(ConfigError, match="'layer1.overrides': 'patch_size' is not key=value"):
         load_experiment(write_experiment(tmp_path / "f.yaml", slides=["a"], layer1={"overrides": ["patch_size"]}))
+
+
+@pytest.mark.parametrize(
+    ("slurm", "message"),
+    [({"report": {"max_parallel": 2}}, "config key 'slurm.report.max_parallel': only for the array stages"),
+     ({"layer1": {"ranks": 2}}, "config key 'slurm.layer1.ranks': must be 1")],
+)
+def test_slurm_resources_are_checked_on_load_not_half_way_through_submit(tmp_path: Path, slurm: dict[str, object],
+                                                                         message: str) -> None:
+    """Regression: a bad report throttle failed inside `submit` after the first stages were queued."""
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(write_experiment(tmp_path / "e.yaml", slides=["a"], slurm=slurm))
