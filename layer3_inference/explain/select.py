@@ -159,7 +159,16 @@ def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: l
     coords = np.array([heatmaps[j][1].coords[i] for _, j, i in chosen], np.int64)
     prob = np.array([p for p, _, _ in chosen])
     if stores:
-        sel = _gather(stores, by_coords(stores, coords))
+        # Grid coordinates repeat across slides: a cell's pixels must come from its own slide's store.
+        pairs = []
+        for cell, (_, j, _) in zip(coords, chosen, strict=True):
+            name = heatmaps[j][1].attrs.get("slide_name")
+            own = [s for s, st in enumerate(stores) if st.attrs.get("slide_name") == name]
+            if not own:
+                raise CamnetError(f"heatmap {heatmaps[j][0]}: no given patch store (--store) is of slide {name}")
+            (s, i), = by_coords([stores[s] for s in own], cell[None])
+            pairs.append((own[s], i))
+        sel = _gather(stores, pairs)
         sel.prob = prob
         return sel
     if read_slide is None:
@@ -171,22 +180,21 @@ def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: l
 
 
 def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]:
-    """Reads a heatmap cell's patch as inference did: `footprint` level-0 px from `level` of the slide
-    named by the heatmap, resized to the model's patch size when the level is finer than the working one."""
-    from PIL import Image
-
-    from layer1_patches.slide import Slide
+    """Reads a heatmap cell's patch exactly as inference did: Layer 1's `PatchReader` at the heatmap's
+    working resolution (same level, same size, same resampling)."""
+    from layer1_patches.extract import PatchReader
+    from layer1_patches.slide import Slide, WorkingResolution
 
     def read(hm: Heatmap, xy: np.ndarray) -> np.ndarray:
-        slide_path, footprint = hm.attrs.get("slide_path"), hm.attrs.get("footprint")
-        if not slide_path or footprint is None:
-            raise CamnetError("heatmap lacks slide_path/footprint attributes: give the patch store (--store)")
-        level = int(hm.attrs.get("level", 0))
-        with Slide(Path(str(slide_path))) as slide:
-            size = max(1, int(round(float(footprint) / slide.level_downsamples[level])))
-            rgb = slide.read_rgb(int(xy[0]), int(xy[1]), level, size, size)
-        if size != patch_size:
-            rgb = np.asarray(Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.BILINEAR))
-        return np.asarray(rgb, np.uint8)
+        a = hm.attrs
+        if not a.get("slide_path") or a.get("downsample") is None:
+            raise CamnetError(f"heatmap of slide {a.get('slide_name', '?')} lacks slide_path/downsample attributes: "
+                              "give the patch store (--store)")
+        level = int(a.get("level", 0))
+        with Slide(Path(str(a["slide_path"]))) as slide:
+            res = WorkingResolution(level, slide.level_downsamples[level], float(a["downsample"]),
+                                    float(a.get("working_mpp", 0.0)), 0.0)
+            patch, _ = PatchReader(slide, res, patch_size, [])(xy)
+        return patch
 
     return read

@@ -105,3 +105,15 @@ def test_heatmap_errors(tmp_path: Path) -> None:
     write_heatmap(tmp_path / "hm", "a", np.zeros((0, 2), np.int64), np.zeros(0))
     with pytest.raises(CamnetError, match="patch selection is empty"):
         select.select_from_heatmaps(select.read_heatmaps(tmp_path / "hm"), 3, [], None)
+
+
+def test_heatmap_cell_takes_pixels_from_its_own_slide(tmp_path: Path, stores: list) -> None:
+    """Regression: grid coordinates repeat across slides, and a cell of slide b was read from store a."""
+    coords = np.array([[0, 100], [16, 100]])
+    write_heatmap(tmp_path / "hm", "b", coords, np.array([0.2, 0.8]))
+    sel = select.select_from_heatmaps(select.read_heatmaps(tmp_path / "hm"), 1, stores, None)
+    assert sel.source[0].endswith("b.h5") and sel.row[0] == 1
+    np.testing.assert_array_equal(sel.rgb[0], stores[1].read([1])[0])
+    write_heatmap(tmp_path / "hm2", "zzz", coords, np.array([0.2, 0.8]))
+    with pytest.raises(CamnetError, match="no given patch store .* is of slide zzz"):
+        select.select_from_heatmaps(select.read_heatmaps(tmp_path / "hm2"), 1, stores, None)
