@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,30 @@ def test_srun_two_ranks(tmp_path: Path, tiny_index: Path, slurm_cluster) -> None
     assert state == "COMPLETED", text[-3000:]
     assert "CPU-only allocation" in text and "training step exited with status 0" in text, text[-3000:]
     check_two_rank_run(run, tiny_index)
+
+
+@pytest.mark.slurm
+def test_sbatch_usr1_reaches_the_ranks_which_save_before_the_requeue(tmp_path: Path, tiny_index: Path,
+                                                                     slurm_cluster) -> None:
+    """Regression: the script signalled a background subshell, not srun, so USR1 never reached training."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run, epochs=200, batch_size=4))
+    log = tmp_path / "job.out"
+    env = f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},TF_CPP_MIN_LOG_LEVEL=2"
+    job = slurm_cluster.submit(["--job-name=camnet-l2-usr1", "--nodes=1", "--ntasks-per-node=2",
+                                "--cpus-per-task=1", "--gres=none", "--time=30", f"--output={log}",
+                                f"--export={env}", str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)],
+                               cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "history.csv").exists() and time.monotonic() < deadline:  # an epoch has finished
+            time.sleep(1)
+        slurm_cluster.run(["scancel", "--batch", "--signal=USR1", job])
+        while "requeueing job" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        slurm_cluster.run(["scancel", job])  # the requeued run itself is the resume tests' business
+    text = log.read_text()
+    assert "USR1: asking the ranks to checkpoint and stop" in text, text[-3000:]
+    assert "training step exited with status 0" in text and "checkpoint saved; requeueing job" in text, text[-3000:]
+    assert (run / "preempted.json").is_file()
