@@ -88,6 +88,10 @@ def load_split(index: DatasetIndex, name: str, cfg: DataConfig, seed: int, balan
         path = index.resolve(entry)
         with PatchStore(path) as store:
             lab = np.asarray(store.labels, dtype=np.uint8)
+        if len(lab) != entry.n_patches:
+            # Sample ids are offsets from the index's counts: a store re-extracted after indexing would overlap.
+            raise CamnetError(f"patch store {path} holds {len(lab)} patches but the dataset index lists "
+                              f"{entry.n_patches}: rebuild the index (python -m layer1_patches index)")
         r = np.arange(len(lab), dtype=np.int64)
         if cfg.max_per_slide is not None and len(r) > cfg.max_per_slide:
             r = np.sort(rng.choice(r, size=cfg.max_per_slide, replace=False))

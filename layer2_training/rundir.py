@@ -12,7 +12,7 @@ import yaml
 
 from layer1_patches.atomic import write_text_atomic
 from layer1_patches.errors import CamnetError
-from layer1_patches.typedconfig import config_hash, to_dict
+from layer1_patches.typedconfig import config_hash, read_yaml, to_dict
 from layer2_training.config import Layer2Config
 
 CONFIG = "config.yaml"
@@ -59,7 +59,7 @@ def prepare(run_dir: Path, cfg: Layer2Config) -> bool:
     """
     saved = run_dir / CONFIG
     if saved.is_file():
-        old = yaml.safe_load(saved.read_text()) or {}
+        old = read_yaml(saved)  # a corrupt file is one error line naming it
         if old.get("config_hash") != config_hash(cfg):
             raise CamnetError(f"run dir {run_dir} holds a run of a different config; choose another "
                               "output.run_dir (or delete it)")

@@ -124,9 +124,11 @@ def sidecar(p: Prepared, steps: int) -> dict[str, Any]:
 def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.ndarray:
     reader = data.BatchReader(split, p.cfg.seed, 0, 1, p.cfg.batch_size, p.cfg.data, shuffle=False)
     dc = p.cfg.data
-    ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, dc.prefetch, dc.read_threads)
-    prob = model.predict(ds.map(lambda x, y: x), verbose=0)
-    reader.close()
+    try:
+        ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, dc.prefetch, dc.read_threads)
+        prob = model.predict(ds.map(lambda x, y: x), verbose=0)
+    finally:
+        reader.close()
     return np.asarray(prob, dtype=np.float64).ravel()
 
 

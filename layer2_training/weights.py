@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,11 @@ def fetch(backbone: str, cache: Path, input_size: int = 224) -> Path:
                                                    input_shape=(input_size, input_size, 3))
     except Exception as err:  # noqa: BLE001 - any download failure is reported as one line
         raise CamnetError(f"fetching {backbone} ImageNet weights failed: {err}") from None
+    # Keras 2.15's get_file ignores KERAS_HOME and always downloads into ~/.keras/models: move it to the cache.
+    downloaded = Path.home() / ".keras" / "models" / s.weights_file(input_size)
+    if not path.is_file() and downloaded.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(downloaded, path)
     if not path.is_file():
-        raise CamnetError(f"Keras did not write {path} (is KERAS_HOME honoured, is {cache} writable?)")
+        raise CamnetError(f"Keras did not write {path} or {downloaded} (is {cache} writable?)")
     return path

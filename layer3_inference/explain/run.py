@@ -137,14 +137,17 @@ def _rcv_inputs(ex: Explainer, stores: list[Any], world: dist.World,
     labels = np.array([int(stores[s].labels[i]) for s, i in pairs])
     if len(np.unique(labels)) < 2 or not (labels == 1).any():
         raise CamnetError("rcv needs tumour and normal patches in the stores (labels 1 and 0)")
-    masks = read_masks(ex.req.masks, len(stores[0])) if ex.req.masks else None
+    # --masks wins over the config's concepts.masks; the config key was once ignored
+    masks_path = ex.req.masks or (Path(cfg.concepts.masks) if cfg.concepts.masks else None)
+    if masks_path is not None and len(stores) != 1:
+        raise CamnetError(f"concepts.masks {masks_path} goes with a single store (its rows are the masks' rows), "
+                          f"got {len(stores)} stores")
+    masks = read_masks(masks_path, len(stores[0])) if masks_path else None
     mine = [pairs[j] for j in world.share(len(pairs))]
     patches = np.concatenate([stores[s].read([i]) for s, i in mine]) if mine else \
         np.zeros((0, ex.patch_size, ex.patch_size, 3), np.uint8)
     mine_masks = None
     if masks is not None:
-        if any(s != 0 for s, _ in pairs):
-            raise CamnetError("concepts.masks goes with a single store (its rows are the masks' rows)")
         mine_masks = masks[[i for _, i in mine]]
     values = concepts.measure_all(patches, ex.req.cfg.concepts, mine_masks)
     taps = probe.tap_model(ex.flat, ex.rcv_layers)

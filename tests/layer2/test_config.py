@@ -132,3 +132,27 @@ def test_shipped_configs_load() -> None:
     assert {"resnet50", "resnet101", "inceptionv3", "densenet121", "inceptionresnetv2"} <= names
     for path in configs:
         load_layer2_config(path, ["data.index=x.json"])
+
+
+def test_corrupt_run_dir_config_is_one_error_naming_it(tmp_path: Path) -> None:
+    from layer2_training import rundir
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("config_hash: [\n")
+    with pytest.raises(ConfigError, match=f"config file {tmp_path / 'run' / 'config.yaml'}: line"):
+        rundir.prepare(tmp_path / "run", load(base_config(tmp_path / "i.json", tmp_path / "run")))
+
+
+def test_store_changed_after_indexing_is_refused(tmp_path: Path) -> None:
+    """Regression: sample ids came from the index's counts, so a re-extracted store made ids overlap silently."""
+    from layer1_patches.index import DatasetIndex
+    from layer2_training import data
+    from layer2_training.config import DataConfig
+    from tests.layer2.conftest import make_cohort
+
+    index_path = make_cohort(tmp_path, n_patients=4, per_class=3)
+    index = DatasetIndex.load(index_path)
+    entry = index.split("train")[0]
+    write_store(index.resolve(entry), entry.patient, 2, 2, 32, seed=9)  # 4 patches instead of 6
+    with pytest.raises(CamnetError, match=f"{index.resolve(entry)} holds 4 patches but the dataset index lists 6"):
+        data.load_split(index, "train", DataConfig(index=str(index_path)), 0, balance=False)

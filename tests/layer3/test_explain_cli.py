@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -139,3 +140,14 @@ def test_missing_model_and_missing_store(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2 and err.startswith("error: run dir")
     code, err = run_main(capsys, ["--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2 and "rcv needs labelled patches" in err
+
+
+def test_masks_from_the_config_are_used(explain_toy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: concepts.masks in the YAML was silently ignored (only --masks was read)."""
+    wrong = tmp_path / "masks.npz"
+    np.savez(wrong, masks=np.zeros((3, 8, 8), np.int32))  # not one mask per store row
+    code, err = run_main(capsys, ["--model", str(explain_toy.run_dir), "--store", str(explain_toy.stores[0]),
+                                  "--out", str(tmp_path / "o"), "--set", f"concepts.masks={wrong}",
+                                  "--set", "lime.enabled=false", "--set", "sanity.enabled=false"])
+    assert code == 2 and err.startswith(f"error: concepts.masks {wrong}: shape (3, 8, 8)"), err
+    assert not (tmp_path / "o" / "summary.json").exists()
