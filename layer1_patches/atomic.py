@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +25,24 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary file beside `final` for a writer that takes a path; renamed to `final` if the block succeeds.
+
+    The temporary name keeps `final`'s suffix because matplotlib and Keras choose the format from it.
+    """
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

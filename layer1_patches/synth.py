@@ -20,6 +20,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
+from layer1_patches.atomic import partial_path
 from layer1_patches.errors import CamnetError
 from layer1_patches.synth_render import (
     F32,
@@ -236,19 +237,15 @@ def annotation_xml(tumours: list[np.ndarray], holes: list[np.ndarray]) -> str:
     return "\n".join(lines)
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def write_synthetic_slide(path_tif: Path, path_xml: Path | None, spec: SynthSpec) -> SynthTruth:
     """Write the slide (and its XML unless None) atomically via `.<name>.partial`; returns the truth."""
     layout, tumours, holes = make_layout(spec)
     outputs: list[Path] = []
     try:
-        outputs.append(_partial(path_tif))
+        outputs.append(partial_path(path_tif))
         write_pyramid(outputs[-1], layout, spec.mpp, spec.jpeg_quality, spec.description())
         if path_xml is not None:
-            outputs.append(_partial(path_xml))
+            outputs.append(partial_path(path_xml))
             outputs[-1].write_text(annotation_xml(tumours, holes), encoding="utf-8")
             os.replace(outputs[-1], path_xml)
         os.replace(outputs[0], path_tif)

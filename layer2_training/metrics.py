@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from layer1_patches.atomic import atomic_path
+
 
 def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, Any]:
     y = np.asarray(y_true).astype(int).ravel()
@@ -43,8 +45,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> Pat
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.legend(loc="lower right")
-    tmp = out.with_name(f".{out.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(out)
     return out

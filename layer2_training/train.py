@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.atomic import write_text_atomic
+from layer1_patches.atomic import atomic_path, write_text_atomic
 from layer1_patches.errors import CamnetError
 from layer1_patches.index import DatasetIndex
 from layer1_patches.typedconfig import config_hash
@@ -137,9 +136,8 @@ def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) ->
     state.restore_best()
     export = p.run_dir / "export"
     export.mkdir(exist_ok=True)
-    tmp = export / ".model.partial.keras"
-    model.save(str(tmp))
-    os.replace(tmp, export / "model.keras")
+    with atomic_path(export / "model.keras") as tmp:
+        model.save(str(tmp))
     rundir.write_json(p.run_dir / "model.json", sidecar(p, steps))
     results: dict[str, Any] = {"best_" + p.cfg.output.monitor: float(state.best.numpy())}
     curves = {}

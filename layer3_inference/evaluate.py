@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from scipy import ndimage
 from skimage import measure
 
 from layer1_patches.annotations import check_inside, find_annotation, load_annotations, tumour_mask
+from layer1_patches.atomic import atomic_path, write_text_atomic
 from layer1_patches.errors import CamnetError
 from layer3_inference.config import EvaluateConfig, FrocConfig
 from layer3_inference.grid import map_shape, render_map, resample_mask
@@ -179,12 +179,6 @@ def cohort_csv(results: list[SlideEval]) -> str:
     return buf.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def plot(results: list[SlideEval], curve: tuple[np.ndarray, np.ndarray], out: Path) -> list[str]:
     import matplotlib
 
@@ -199,9 +193,9 @@ def plot(results: list[SlideEval], curve: tuple[np.ndarray, np.ndarray], out: Pa
         ax.step(fps[::-1], sens[::-1], where="post")
         ax.set(xscale="symlog", xlabel="average false positives per slide", ylabel="lesion sensitivity",
                title="FROC", ylim=(0, 1.02))
-        fig.savefig(out / ".froc.partial.png", bbox_inches="tight")
+        with atomic_path(out / "froc.png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
         plt.close(fig)
-        os.replace(out / ".froc.partial.png", out / "froc.png")
         written.append("froc.png")
     if len({r.label for r in results}) == 2:
         fpr, tpr, _ = roc_curve([r.label for r in results], [r.slide_score for r in results])
@@ -209,9 +203,9 @@ def plot(results: list[SlideEval], curve: tuple[np.ndarray, np.ndarray], out: Pa
         ax.plot(fpr, tpr)
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="slide-level ROC")
-        fig.savefig(out / ".slide_roc.partial.png", bbox_inches="tight")
+        with atomic_path(out / "slide_roc.png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
         plt.close(fig)
-        os.replace(out / ".slide_roc.partial.png", out / "slide_roc.png")
         written.append("slide_roc.png")
     return written
 
@@ -242,9 +236,9 @@ def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateC
     }
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / "cohort.csv", cohort_csv(results))
+        write_text_atomic(out / "cohort.csv", cohort_csv(results))
         summary["plots"] = plot(results, (fps, sens), out)
-        _write(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     except OSError as err:
         raise CamnetError(f"evaluation output {out}: cannot write ({err.strerror or err})") from None
     return summary

@@ -23,6 +23,7 @@ from scipy import ndimage
 from skimage import measure
 
 from layer1_patches import __version__
+from layer1_patches.atomic import partial_path
 from layer1_patches.errors import CamnetError
 from layer1_patches.masks import Mask
 from layer1_patches.slide import Slide, WorkingResolution
@@ -36,10 +37,6 @@ PROBS = "probabilities.h5"
 
 def final_dir(out_dir: Path, slide: Path) -> Path:
     return Path(out_dir) / Path(slide).stem
-
-
-def partial_dir(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial")
 
 
 def finished_hash(final: Path) -> str | None:
@@ -223,7 +220,7 @@ def write_slide(final: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarra
                 spec: ModelSpec, threshold: float, digest: str, overwrite: bool, times: dict[str, float],
                 n_ranks: int, start: float) -> dict[str, Any]:
     """Write every output of one slide, then rename the folder into place; returns the summary."""
-    tmp = partial_dir(final)
+    tmp = partial_path(final)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

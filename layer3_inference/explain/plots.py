@@ -3,7 +3,6 @@ concept TCAV against the random-direction baseline. Matplotlib's Agg backend: no
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from layer1_patches.atomic import atomic_path
+
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip("."))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -6,20 +6,14 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from layer1_patches.atomic import write_bytes_atomic
+
 LIST_KEYS = ("tcav_boot", "random_tcav", "rank_correlation")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def _clean(value: Any) -> Any:
@@ -38,7 +32,7 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    return _atomic_bytes(path, (json.dumps(_clean(data), indent=1, sort_keys=True) + "\n").encode())
+    return write_bytes_atomic(path, (json.dumps(_clean(data), indent=1, sort_keys=True) + "\n").encode())
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -52,7 +46,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     for row in rows:
         writer.writerow({k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
                          for k, v in row.items() if k in fields})
-    return _atomic_bytes(path, buf.getvalue().encode())
+    return write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def write_maps(path: Path, patch: np.ndarray, maps: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -61,4 +55,4 @@ def write_maps(path: Path, patch: np.ndarray, maps: dict[str, np.ndarray], meta:
     arrays = {"patch": patch, **{k: np.asarray(v, np.float32) for k, v in maps.items()},
               **{f"meta_{k}": np.asarray(v) for k, v in meta.items()}}
     np.savez_compressed(buf, **arrays)
-    return _atomic_bytes(path, buf.getvalue())
+    return write_bytes_atomic(path, buf.getvalue())
