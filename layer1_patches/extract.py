@@ -187,21 +187,29 @@ class PatchReader:
 
 
 def ordered_map(fn: Callable[[np.ndarray], tuple[np.ndarray, str | None]], items: np.ndarray,
-                threads: int, ahead: int) -> Iterator[tuple[np.ndarray, str | None]]:
-    """`map` over threads that keeps at most `ahead` items in flight and yields in input order."""
+                threads: int, ahead: int, chunk: int = 16) -> Iterator[tuple[np.ndarray, str | None]]:
+    """`map` over threads that keeps about `ahead` items in flight and yields in input order.
+
+    Items go to the threads `chunk` at a time: a future per patch cost as much interpreter time (under the
+    GIL, so off the reading threads) as converting the patch.
+    """
     if threads == 1:
         yield from (fn(item) for item in items)
         return
+
+    def run(part: np.ndarray) -> list[tuple[np.ndarray, str | None]]:
+        return [fn(item) for item in part]
+
     with ThreadPoolExecutor(threads) as pool:
-        pending: deque[Future[tuple[np.ndarray, str | None]]] = deque()
-        it = iter(items)
+        pending: deque[Future[list[tuple[np.ndarray, str | None]]]] = deque()
+        in_flight = max(threads, ahead // chunk)
         try:
-            for item in it:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= ahead:
-                    yield pending.popleft().result()
+            for start in range(0, len(items), chunk):
+                pending.append(pool.submit(run, items[start:start + chunk]))
+                if len(pending) >= in_flight:
+                    yield from pending.popleft().result()
             while pending:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         finally:  # the consumer stopped early (quota reached) or failed: drop what is queued
             for fut in pending:
                 fut.cancel()

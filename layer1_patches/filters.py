@@ -26,8 +26,12 @@ class WhiteFilter:
     name: str = "white"
 
     def rejects(self, patch: np.ndarray) -> bool:
-        bright = np.count_nonzero(channel_min(patch) > self.level)
-        return bool(bright > self.max_fraction * patch.shape[0] * patch.shape[1])
+        limit = self.max_fraction * patch.shape[0] * patch.shape[1]
+        # A glass pixel has three bright bytes, so few bright bytes in the contiguous buffer settle most tissue
+        # patches exactly, at a third of the cost of the per-pixel minimum.
+        if np.count_nonzero(patch.reshape(-1) > self.level) <= 3 * limit:
+            return False
+        return bool(np.count_nonzero(channel_min(patch) > self.level) > limit)
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,10 @@ class BlackFilter:
     name: str = "black"
 
     def rejects(self, patch: np.ndarray) -> bool:
-        dark = np.count_nonzero(channel_max(patch) < self.level)
-        return bool(dark > self.max_fraction * patch.shape[0] * patch.shape[1])
+        limit = self.max_fraction * patch.shape[0] * patch.shape[1]
+        if np.count_nonzero(patch.reshape(-1) < self.level) <= 3 * limit:  # exact shortcut, as for white
+            return False
+        return bool(np.count_nonzero(channel_max(patch) < self.level) > limit)
 
 
 def channel_min(patch: np.ndarray) -> np.ndarray:

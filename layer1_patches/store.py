@@ -39,6 +39,7 @@ from layer1_patches.errors import CamnetError
 SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
 GROW = 256  # rows added when a dataset fills up
+WRITE_CACHE_BYTES = 64 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 
 
@@ -113,7 +114,9 @@ class PatchWriter:
         self.n = 0
         self.tmp.unlink(missing_ok=True)
         try:
-            self._f = h5py.File(self.tmp, "w")
+            # A chunk cache smaller than one patch: patch chunks, written once and whole, then bypass it (a copy
+            # less per patch), while the small coords/labels chunks, filled 64 rows at a time, stay cached.
+            self._f = h5py.File(self.tmp, "w", rdcc_nbytes=WRITE_CACHE_BYTES)
         except OSError as err:
             raise CamnetError(f"cannot write {self.tmp}: {err}") from None
         size = patch_size
@@ -163,7 +166,7 @@ class PatchWriter:
             if ds.shape[0] < end:
                 ds.resize(max(end, ds.shape[0] + GROW), axis=0)
         if self.codec == "jpeg":
-            for i, patch in enumerate(patches):
+            for i, patch in enumerate(patches):  # row by row: h5py turns equal-length encodings into a 2-D array
                 self._patches[self.n + i] = self._encode(patch)
         else:
             self._patches[self.n:end] = patches

@@ -9,7 +9,7 @@ from matplotlib.path import Path as MplPath
 from layer1_patches.annotations import load_annotations
 from layer1_patches.config import MetadataConfig
 from layer1_patches.errors import CamnetError
-from layer1_patches.extract import ExtractRequest, extract_slide, parse_shard, slide_identity
+from layer1_patches.extract import ExtractRequest, extract_slide, ordered_map, parse_shard, slide_identity
 from layer1_patches.store import PatchStore
 
 from .conftest import CMU, make_config
@@ -152,3 +152,24 @@ def test_synthetic_slide_mask_and_labels_match_ground_truth(tmp_path: Path, synt
     clear = (tumour_share > 0.6) | (tumour_share < 0.4)  # away from the 0.5 threshold
     assert clear.sum() > 100 and labels.sum() > 10
     assert np.array_equal(labels[clear], (tumour_share[clear] >= 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("threads", "n", "chunk"), [(1, 37, 16), (2, 37, 16), (3, 100, 7), (2, 5, 16), (2, 0, 4)])
+def test_ordered_map_yields_every_item_in_input_order(threads: int, n: int, chunk: int) -> None:
+    items = np.arange(n).reshape(-1, 1) if n else np.empty((0, 1), np.int64)
+    out = list(ordered_map(lambda v: (v * 2, None), items, threads, ahead=10, chunk=chunk))
+    assert [int(p[0]) for p, _ in out] == [2 * i for i in range(n)]
+
+
+def test_ordered_map_stops_reading_when_the_consumer_stops() -> None:
+    calls: list[int] = []
+
+    def fn(v: np.ndarray) -> tuple[np.ndarray, str | None]:
+        calls.append(int(v[0]))
+        return v, None
+
+    gen = ordered_map(fn, np.arange(10_000).reshape(-1, 1), 2, ahead=64, chunk=16)
+    first = [int(next(gen)[0][0]) for _ in range(20)]
+    gen.close()
+    assert first == list(range(20))
+    assert len(calls) < 200  # bounded read-ahead, not the whole slide

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from layer1_patches.config import FilterConfig
 from layer1_patches.filters import BlackFilter, WhiteFilter, filters_from_config, first_reject
@@ -29,3 +30,26 @@ def test_config_can_disable_filters() -> None:
     assert [f.name for f in filters_from_config(FilterConfig())] == ["white", "black"]
     assert filters_from_config(FilterConfig(white=None, black=None)) == []
     assert first_reject(_patch(0.9), filters_from_config(FilterConfig())) == "white"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_byte_count_shortcut_never_changes_a_decision(seed: int) -> None:
+    """The filters first count bright/dark bytes (a bound); the decisions must equal the per-pixel rule."""
+    rng = np.random.default_rng(seed)
+    white, black = WhiteFilter(200, 0.5), BlackFilter(30, 0.5)
+    outcomes: set[tuple[bool, bool]] = set()
+    for _ in range(200):
+        # Mixtures of glass, dark and tissue-like pixels around the thresholds, plus one-bright-channel pixels
+        # that fool the byte count but are not glass.
+        kinds = rng.choice(4, size=(32, 32), p=rng.dirichlet(np.ones(4)))
+        patch = rng.integers(40, 190, size=(32, 32, 3), dtype=np.uint8)
+        patch[kinds == 0] = rng.integers(201, 256, size=(int((kinds == 0).sum()), 3), dtype=np.uint8)
+        patch[kinds == 1] = rng.integers(0, 30, size=(int((kinds == 1).sum()), 3), dtype=np.uint8)
+        patch[kinds == 2, 0] = 250
+        patch[kinds == 3, 1] = 5
+        per_pixel_white = np.count_nonzero(patch.min(axis=2) > 200) > 0.5 * 32 * 32
+        per_pixel_black = np.count_nonzero(patch.max(axis=2) < 30) > 0.5 * 32 * 32
+        assert white.rejects(patch) == per_pixel_white
+        assert black.rejects(patch) == per_pixel_black
+        outcomes.add((per_pixel_white, per_pixel_black))
+    assert {(True, False), (False, True), (False, False)} <= outcomes

@@ -101,3 +101,45 @@ def test_read_is_rgb_not_bgr(tmp_path: Path) -> None:
     with Slide(path) as slide:
         patch = slide.read_rgb(0, 0, 0, 64, 64)
     assert patch[..., 0].min() > 200 and patch[..., 2].max() < 20
+
+
+def _public_rgb(slide: Slide, x: int, y: int, level: int, size: int) -> np.ndarray:
+    """openslide-python's public API (un-premultiplied RGBA) composited over white in float: the reference."""
+    import openslide
+
+    with openslide.OpenSlide(str(slide.path)) as osr:
+        rgba = np.asarray(osr.read_region((x, y), level, (size, size))).astype(np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("x", "y"), [(0, 0), (1000, 1200), (2100, 2900), (-50, 0)])
+def test_buffer_read_equals_openslide_public_read(x: int, y: int) -> None:
+    """The fast read (OpenSlide's C call into our buffer) gives the public API's pixels, edges included."""
+    with Slide(CMU) as slide:
+        fast = slide.read_rgb(x, y, 0, 224, 224)
+        expected = _public_rgb(slide, x, y, 0, 224)
+    if (x, y) == (2100, 2900):  # past the slide's corner: no data, so white
+        assert fast[-1, -1].tolist() == [255, 255, 255]
+    assert fast.shape == (224, 224, 3) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    # Un-premultiplying then compositing rounds twice: at most 1 grey level apart where partly transparent.
+    assert np.abs(fast.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_buffer_read_path_is_active_with_the_pinned_openslide_python() -> None:
+    """The fast path uses a private openslide-python function; a release that drops it must be noticed."""
+    from layer1_patches import slide as slide_module
+
+    with Slide(CMU) as slide:
+        assert slide_module._READ_INTO is not None and slide._handle is not None
+
+
+def test_public_read_fallback_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from layer1_patches import slide as slide_module
+
+    with Slide(CMU) as slide:
+        fast = [slide.read_rgb(x, y, 0, 128, 128) for x, y in ((0, 0), (2150, 2900))]
+        monkeypatch.setattr(slide_module, "_READ_INTO", None)
+        slow = [slide.read_rgb(x, y, 0, 128, 128) for x, y in ((0, 0), (2150, 2900))]
+    for a, b in zip(fast, slow, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

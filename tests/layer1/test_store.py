@@ -56,6 +56,18 @@ def test_jpeg_codec_decodes_close_to_original(tmp_path: Path) -> None:
     assert np.abs(got[:, :16].astype(int) - patches[[0, 5], :16]).mean() < 3
 
 
+def test_jpeg_batch_of_identical_patches(tmp_path: Path) -> None:
+    """Equal-length encodings in one batch must still be stored one per row (not as a 2-D array)."""
+    path = tmp_path / "s.h5"
+    patches = np.full((5, 32, 32, 3), 200, np.uint8)
+    with PatchWriter(path, 32, "jpeg") as w:
+        w.append(patches, np.zeros((5, 2), np.int64), np.zeros(5), np.zeros(5), np.ones(5))
+        w.finish(SlideMeta("s", "/x/s.svs"), {"patch_size": 32}, {}, {})
+    with PatchStore(path) as store:
+        assert len(store) == 5
+        assert np.abs(store.read(np.arange(5)).astype(int) - 200).max() <= 2
+
+
 def test_unfinished_writer_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     _write(path, "lz4", finish=False)
