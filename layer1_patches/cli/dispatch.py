@@ -15,20 +15,32 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
                         help=f"override a config key{hint} (repeatable)")
 
 
-def build_parser(package: str, description: str, commands: tuple[str, ...]) -> argparse.ArgumentParser:
+def build_parser(package: str, description: str, commands: tuple[str, ...],
+                 argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given `argv` naming a command, only that command's module is imported.
+
+    A SLURM array task is one command; importing every command's dependencies (scikit-image, scipy, TensorFlow
+    in the later layers) cost each task about half a second before it did any work.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m {package}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in commands:
+    for name in _needed(commands, argv):
         importlib.import_module(f"{package}.cli.{name}").register(sub)
     return parser
+
+
+def _needed(commands: tuple[str, ...], argv: list[str] | None) -> tuple[str, ...]:
+    """The command `argv` names (its first word that is not an option), or all of them (help, errors)."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    return (words[0],) if words and words[0] in commands else commands
 
 
 def run(package: str, description: str, commands: tuple[str, ...], argv: list[str] | None = None) -> int:
     """Parse, run the command; a `CamnetError` becomes `error: ...` on stderr and exit status 2."""
     from layer1_patches.errors import CamnetError
 
-    args = build_parser(package, description, commands).parse_args(argv)
+    args = build_parser(package, description, commands, argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -158,3 +158,26 @@ def test_layer1_does_not_import_tensorflow() -> None:
             "import layer1_patches.cli.demo; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("argv", "wanted"), [
+    (["task", "--manifest", "m.json"], ("task",)),
+    (["-v", "extract", "--help"], ("extract",)),
+    (["--help"], None),
+    (["bogus"], None),
+    ([], None),
+])
+def test_only_the_named_command_is_imported(argv: list[str], wanted: tuple[str, ...] | None) -> None:
+    from layer1_patches.cli import COMMANDS
+    from layer1_patches.cli.dispatch import _needed
+
+    assert _needed(COMMANDS, argv) == (wanted or COMMANDS)
+
+
+def test_an_array_task_does_not_import_the_other_commands() -> None:
+    """Regression: every task paid for importing all commands (synthetic slides, scikit-image drawing, ...)."""
+    code = ("import sys; from layer1_patches.cli import COMMANDS; from layer1_patches.cli.dispatch import build_parser;"
+            "build_parser('layer1_patches', '', COMMANDS, ['status', '--help']);"
+            "print(sorted(m for m in sys.modules if m.startswith('layer1_patches.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "['layer1_patches.cli.dispatch', 'layer1_patches.cli.status']"

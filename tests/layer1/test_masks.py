@@ -87,3 +87,33 @@ def test_saturation_equals_skimage_hsv() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, size=(50, 60, 3), dtype=np.uint8)
     rgb[0, 0] = 0  # black: saturation 0, not a division by zero
     np.testing.assert_allclose(hsv_saturation(rgb), color.rgb2hsv(rgb)[..., 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mask_steps_match_scikit_image(seed: int) -> None:
+    """Otsu, disk and small-region removal are written out (a fifth of a second of imports per SLURM task);
+    they must give scikit-image's results."""
+    from skimage import filters, morphology
+
+    from layer1_patches.masks import disk, otsu_threshold, remove_small_regions
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(0.1, 0.03, 5000), rng.normal(0.5 + 0.1 * seed, 0.1, 3000)])
+    values = values.astype(np.float32).reshape(80, 100)
+    assert otsu_threshold(values) == pytest.approx(filters.threshold_otsu(values), abs=1e-9)
+    for radius in (1, 2, 5):
+        assert np.array_equal(disk(radius), morphology.disk(radius).astype(bool))
+    mask = rng.random((120, 90)) > 0.55
+    for size in (1, 3, 10):
+        assert np.array_equal(remove_small_regions(mask, size), morphology.remove_small_objects(mask, max_size=size))
+
+
+def test_otsu_on_the_real_slide_matches_scikit_image() -> None:
+    from skimage import filters
+
+    from layer1_patches.masks import hsv_saturation, otsu_threshold
+
+    with Slide(CMU) as slide:
+        rgb, _, _ = slide.read_downsampled(8)
+    saturation = hsv_saturation(rgb)
+    assert otsu_threshold(saturation) == pytest.approx(filters.threshold_otsu(saturation), abs=1e-9)
