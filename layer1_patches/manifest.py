@@ -16,6 +16,16 @@ from layer1_patches.errors import CamnetError
 MANIFEST_VERSION = 1
 
 
+def largest_first(pairs: list[tuple[Path, Path | None]]) -> list[tuple[Path, Path | None]]:
+    """Array order: the biggest slide files first, ties by path.
+
+    SLURM starts an array's tasks in index order, so a large slide listed last would run on alone while the
+    other slots idle (longest-processing-time-first scheduling). File size stands in for the work; for
+    formats that keep pixels beside a small index file (MIRAX) it only affects the order.
+    """
+    return sorted(pairs, key=lambda pair: (-pair[0].stat().st_size, str(pair[0])))
+
+
 @dataclass(frozen=True)
 class ManifestEntry:
     slide: str

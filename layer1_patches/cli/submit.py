@@ -10,7 +10,7 @@ from typing import Any
 from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
 from layer1_patches.errors import CamnetError
-from layer1_patches.manifest import Manifest, ManifestEntry
+from layer1_patches.manifest import Manifest, ManifestEntry, largest_first
 from layer1_patches.runner import discover_slides, pair_annotations
 from layer1_patches.slurmjobs import REPO, SBATCH_SCRIPT, array_spec, record_submission, sbatch
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(s) for s in slides if not s.is_file()]
     if missing:
         raise CamnetError(f"slide {missing[0]}: no such file")
-    pairs = pair_annotations(slides, args.annotations)
+    pairs = largest_first(pair_annotations(slides, args.annotations))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(str(args.config.resolve()), str(out),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layer1_patches.errors import CamnetError
 from layer1_patches.extract import output_path
-from layer1_patches.manifest import Manifest, ManifestEntry
+from layer1_patches.manifest import Manifest, ManifestEntry, largest_first
 from layer1_patches.runner import discover_slides, pair_annotations
 from layer3_inference.pipeline.config import Experiment
 
@@ -95,7 +95,7 @@ def write_manifests(exp: Experiment) -> Manifest:
     if missing:
         raise CamnetError(f"config key 'slides': slide {missing[0]}: no such file")
     annotations = Path(exp.cfg.annotations) if exp.cfg.annotations else None
-    pairs = pair_annotations(slides, annotations)
+    pairs = largest_first(pair_annotations(slides, annotations))
     entries = tuple(ManifestEntry(str(s.resolve()), str(a.resolve()) if a else None) for s, a in pairs)
     for folder in (layout.patches, layout.heatmaps, layout.logs, layout.no_annotations):
         folder.mkdir(parents=True, exist_ok=True)

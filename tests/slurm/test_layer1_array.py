@@ -64,14 +64,16 @@ def test_array_with_a_corrupt_slide_then_resubmit_the_failed_index(slurm_cluster
 
     shutil.copy(CMU, slides / "broken.tiff")  # the user replaces the corrupt file
     proc = cli(slurm_cluster, "status", "--manifest", str(out / "manifest.json"), "--resubmit")
-    assert "resubmitted 1 slides" in proc.stdout and "indices [0]" in proc.stdout, proc.stdout
+    entries = json.loads((out / "manifest.json").read_text())["entries"]
+    assert [Path(e["slide"]).name for e in entries][-1] == "broken.tiff"  # largest slides first
+    assert "resubmitted 1 slides" in proc.stdout and "indices [2]" in proc.stdout, proc.stdout
     assert slurm_cluster.wait(proc.stdout.split("as job ")[1].split(":")[0], timeout=180) == "COMPLETED"
     rows, text = status_rows(slurm_cluster, out / "manifest.json")
     assert set(rows.values()) == {"finished"}, text
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
     assert {k: after[k] for k in before} == before  # finished slides were not touched
     with PatchStore(out / "broken.h5") as store:
-        assert len(store) == 5 and store.attrs["seed"] == 0  # manifest index 0 seeds it
+        assert len(store) == 5 and store.attrs["seed"] == 2  # its manifest index (2) seeds it
 
 
 def test_dense_with_two_subtasks_equals_a_single_process_run(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
