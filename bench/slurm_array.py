@@ -1,7 +1,7 @@
 """Layer 1 as a SLURM array on the local cluster: 4 slides at %1 vs %2, and SLURM's overhead per task.
 
     slurm/local/start.sh && export SLURM_CONF=/tmp/camnet-slurm/slurm.conf
-    .venv/bin/python bench/slurm_array.py [--size 16384] [--slides 4] [--rounds 3]
+    .venv/bin/python bench/slurm_array.py [--size 30000] [--slides 4] [--rounds 5]
 
 Each task extracts one synthetic slide densely with one reader thread on one CPU, so two tasks can use the
 two cores. Prints wall times, the %2 over %1 speed-up per round and its median (target >= 1.7 on 2 cores),
@@ -66,9 +66,9 @@ def run_array(slides: Path, out: Path, throttle: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--size", type=int, default=30000)
     parser.add_argument("--slides", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if shutil.which("sbatch") is None:
         raise SystemExit("no sbatch: start the local cluster (slurm/local/start.sh) and export SLURM_CONF")
