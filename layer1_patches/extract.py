@@ -200,6 +200,7 @@ def ordered_map(fn: Callable[[np.ndarray], tuple[np.ndarray, str | None]], items
     def run(part: np.ndarray) -> list[tuple[np.ndarray, str | None]]:
         return [fn(item) for item in part]
 
+    chunk = max(1, min(chunk, ahead // threads))  # keep the read-ahead (memory) near `ahead` patches
     with ThreadPoolExecutor(threads) as pool:
         pending: deque[Future[list[tuple[np.ndarray, str | None]]]] = deque()
         in_flight = max(threads, ahead // chunk)

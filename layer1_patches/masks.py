@@ -117,6 +117,7 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
 def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
     """The histogram bin centre that maximises the between-class variance (`skimage.filters.threshold_otsu`)."""
     counts, edges = np.histogram(values, bins=nbins, range=(float(values.min()), float(values.max())))
+    counts = counts.astype(np.float32)  # as scikit-image does: float64 counts can pick a neighbouring bin
     centres = (edges[:-1] + edges[1:]) / 2
     weight1 = np.cumsum(counts)
     weight2 = np.cumsum(counts[::-1])[::-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ POWER_TIMES_MPP = 10.0
 # un-premultiplies into a PIL RGBA image, which we would convert again: ~0.3 ms of a ~1.2 ms patch, most of it
 # holding the GIL. Private in openslide-python, so every use falls back to the public API when it is missing;
 # tests/layer1/test_slide.py checks both paths give the same pixels and that the fast one is active.
-_READ_INTO = getattr(lowlevel, "_read_region", None)
+# The buffer is read as bytes B, G, R, A: true of 0xAARRGGBB words on little-endian machines only.
+_READ_INTO = getattr(lowlevel, "_read_region", None) if sys.byteorder == "little" else None
 _UINT32_P = ctypes.POINTER(ctypes.c_uint32)
 OPAQUE = np.uint32(0xFF000000)
 

@@ -117,6 +117,8 @@ def cohort_status(out: Path, slides: list[str], finished: list[bool]) -> list[Sl
     result = []
     for index, (slide, done) in enumerate(zip(slides, finished, strict=True)):
         task = read_task_state(out, index)
+        if task is not None and task.slide != slide:
+            task = None  # written for another slide: the manifest was rewritten (new slides, changed sizes)
         if done:
             result.append(SlideStatus(index, slide, "finished"))
         elif index in queued:

@@ -115,7 +115,7 @@ class PatchWriter:
         self.tmp.unlink(missing_ok=True)
         try:
             # A chunk cache smaller than one patch: patch chunks, written once and whole, then bypass it (a copy
-            # less per patch), while the small coords/labels chunks, filled 64 rows at a time, stay cached.
+            # less per patch), while the small coords/labels chunks, filled a batch at a time, stay cached.
             self._f = h5py.File(self.tmp, "w", rdcc_nbytes=WRITE_CACHE_BYTES)
         except OSError as err:
             raise CamnetError(f"cannot write {self.tmp}: {err}") from None

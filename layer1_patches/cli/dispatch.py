@@ -31,9 +31,14 @@ def build_parser(package: str, description: str, commands: tuple[str, ...],
 
 
 def _needed(commands: tuple[str, ...], argv: list[str] | None) -> tuple[str, ...]:
-    """The command `argv` names (its first word that is not an option), or all of them (help, errors)."""
-    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
-    return (words[0],) if words and words[0] in commands else commands
+    """The module of the command `argv` names (its first word), or all of them (top-level help, errors)."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg in ("-h", "--help"):
+            return commands  # before the command: the top-level help lists every command
+        if not arg.startswith("-"):
+            module = arg.replace("-", "_")  # command `fetch-weights` lives in module `fetch_weights`
+            return (module,) if module in commands else commands
+    return commands
 
 
 def run(package: str, description: str, commands: tuple[str, ...], argv: list[str] | None = None) -> int:

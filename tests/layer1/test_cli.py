@@ -164,6 +164,7 @@ def test_layer1_does_not_import_tensorflow() -> None:
     (["task", "--manifest", "m.json"], ("task",)),
     (["-v", "extract", "--help"], ("extract",)),
     (["--help"], None),
+    (["-h", "extract"], None),  # top-level help must list every command
     (["bogus"], None),
     ([], None),
 ])
@@ -181,3 +182,11 @@ def test_an_array_task_does_not_import_the_other_commands() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('layer1_patches.cli.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "['layer1_patches.cli.dispatch', 'layer1_patches.cli.status']"
+
+
+def test_hyphenated_command_imports_only_its_module() -> None:
+    """Layer 2's `fetch-weights` lives in module `fetch_weights`; it must not import every command (TensorFlow)."""
+    from layer1_patches.cli.dispatch import _needed
+    from layer2_training.cli import COMMANDS
+
+    assert _needed(COMMANDS, ["fetch-weights", "--backbone", "resnet50"]) == ("fetch_weights",)

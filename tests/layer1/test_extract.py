@@ -161,15 +161,33 @@ def test_ordered_map_yields_every_item_in_input_order(threads: int, n: int, chun
     assert [int(p[0]) for p, _ in out] == [2 * i for i in range(n)]
 
 
-def test_ordered_map_stops_reading_when_the_consumer_stops() -> None:
-    calls: list[int] = []
+class _Recorder:
+    """An `ordered_map` function that records which items it was called on."""
 
-    def fn(v: np.ndarray) -> tuple[np.ndarray, str | None]:
-        calls.append(int(v[0]))
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, v: np.ndarray) -> tuple[np.ndarray, str | None]:
+        self.calls.append(int(v[0]))
         return v, None
 
+
+def test_ordered_map_stops_reading_when_the_consumer_stops() -> None:
+    fn = _Recorder()
     gen = ordered_map(fn, np.arange(10_000).reshape(-1, 1), 2, ahead=64, chunk=16)
     first = [int(next(gen)[0][0]) for _ in range(20)]
     gen.close()
     assert first == list(range(20))
-    assert len(calls) < 200  # bounded read-ahead, not the whole slide
+    assert len(fn.calls) < 200  # bounded read-ahead, not the whole slide
+
+
+def test_ordered_map_read_ahead_stays_near_ahead_with_many_threads() -> None:
+    """Regression: chunks of 16 per thread let 8 threads read 128 patches ahead when `ahead` asked for 8."""
+    import time
+
+    fn = _Recorder()
+    gen = ordered_map(fn, np.arange(1000).reshape(-1, 1), 8, ahead=8, chunk=16)
+    next(gen)
+    time.sleep(0.2)
+    assert len(fn.calls) <= 9
+    gen.close()

@@ -117,3 +117,16 @@ def test_otsu_on_the_real_slide_matches_scikit_image() -> None:
         rgb, _, _ = slide.read_downsampled(8)
     saturation = hsv_saturation(rgb)
     assert otsu_threshold(saturation) == pytest.approx(filters.threshold_otsu(saturation), abs=1e-9)
+
+
+def test_otsu_picks_scikit_images_bin_on_many_histograms() -> None:
+    """Regression: float64 bin counts chose a neighbouring bin in about 1 of 300 histograms."""
+    from skimage import filters
+
+    from layer1_patches.masks import otsu_threshold
+
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        values = np.concatenate([rng.normal(0.1, 0.03, rng.integers(100, 5000)),
+                                 rng.normal(rng.uniform(0.3, 0.8), 0.1, rng.integers(100, 5000))]).astype(np.float32)
+        assert otsu_threshold(values) == filters.threshold_otsu(values), seed
