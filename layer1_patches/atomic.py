@@ -15,23 +15,20 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    # The pid keeps two writers of one file (two SLURM steps, say) from renaming each other's half file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=1))
-
-
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    # The pid keeps two writers of one file (two SLURM steps, say) from renaming each other's half file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=1))
 
 
 @contextmanager

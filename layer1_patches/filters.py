@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,12 +27,7 @@ class WhiteFilter:
     name: str = "white"
 
     def rejects(self, patch: np.ndarray) -> bool:
-        limit = self.max_fraction * patch.shape[0] * patch.shape[1]
-        # A glass pixel has three bright bytes, so few bright bytes in the contiguous buffer settle most tissue
-        # patches exactly, at a third of the cost of the per-pixel minimum.
-        if np.count_nonzero(patch.reshape(-1) > self.level) <= 3 * limit:
-            return False
-        return bool(np.count_nonzero(channel_min(patch) > self.level) > limit)
+        return _share_exceeds(patch, lambda a: a > self.level, channel_min, self.max_fraction)
 
 
 @dataclass(frozen=True)
@@ -43,10 +39,21 @@ class BlackFilter:
     name: str = "black"
 
     def rejects(self, patch: np.ndarray) -> bool:
-        limit = self.max_fraction * patch.shape[0] * patch.shape[1]
-        if np.count_nonzero(patch.reshape(-1) < self.level) <= 3 * limit:  # exact shortcut, as for white
-            return False
-        return bool(np.count_nonzero(channel_max(patch) < self.level) > limit)
+        return _share_exceeds(patch, lambda a: a < self.level, channel_max, self.max_fraction)
+
+
+def _share_exceeds(patch: np.ndarray, hit: Callable[[np.ndarray], np.ndarray],
+                   per_pixel: Callable[[np.ndarray], np.ndarray], max_fraction: float) -> bool:
+    """More than `max_fraction` of the pixels are hits, where a pixel is a hit when `per_pixel` of its three
+    channels is (white: the minimum above the level, so all three are; black: the maximum below it).
+
+    A hit pixel has three hit bytes, so few hit bytes in the contiguous buffer settle most patches exactly, at a
+    third of the cost of the per-pixel reduction.
+    """
+    limit = max_fraction * patch.shape[0] * patch.shape[1]
+    if np.count_nonzero(hit(patch.reshape(-1))) <= 3 * limit:
+        return False
+    return bool(np.count_nonzero(hit(per_pixel(patch))) > limit)
 
 
 def channel_min(patch: np.ndarray) -> np.ndarray:

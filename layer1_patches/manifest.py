@@ -41,6 +41,14 @@ class Manifest:
     shards: int = 1  # dense subtasks per slide
     unpaired: tuple[str, ...] = field(default_factory=tuple)  # slides without annotation (normal only)
 
+    @classmethod
+    def for_slides(cls, config: str, out: str, pairs: list[tuple[Path, Path | None]], overrides: tuple[str, ...],
+                   shards: int = 1) -> Manifest:
+        """The manifest of an array over `pairs`, in array order (`largest_first`), paths made absolute."""
+        ordered = largest_first(pairs)
+        entries = tuple(ManifestEntry(str(s.resolve()), str(a.resolve()) if a else None) for s, a in ordered)
+        return cls(config, out, entries, overrides, shards, tuple(str(s) for s, a in ordered if a is None))
+
     def entry(self, index: int, path: Path) -> ManifestEntry:
         if not 0 <= index < len(self.entries):
             raise CamnetError(f"manifest {path}: task index {index} is past the end "

@@ -10,7 +10,7 @@ from typing import Any
 from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
 from layer1_patches.errors import CamnetError
-from layer1_patches.manifest import Manifest, ManifestEntry, largest_first
+from layer1_patches.manifest import Manifest
 from layer1_patches.runner import discover_slides, pair_annotations
 from layer1_patches.slurmjobs import REPO, SBATCH_SCRIPT, array_spec, record_submission, sbatch
 
@@ -57,13 +57,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(s) for s in slides if not s.is_file()]
     if missing:
         raise CamnetError(f"slide {missing[0]}: no such file")
-    pairs = largest_first(pair_annotations(slides, args.annotations))
+    pairs = pair_annotations(slides, args.annotations)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(str(args.config.resolve()), str(out),
-                        tuple(ManifestEntry(str(s.resolve()), str(a.resolve()) if a else None) for s, a in pairs),
-                        tuple(args.overrides), args.shards,
-                        tuple(str(s) for s, a in pairs if a is None))
+    manifest = Manifest.for_slides(str(args.config.resolve()), str(out), pairs, tuple(args.overrides), args.shards)
     path = manifest.save(out / "manifest.json")
     if args.annotations and manifest.unpaired:
         print(f"{len(manifest.unpaired)} slides without annotation (normal patches only):")

@@ -151,19 +151,25 @@ def read_heatmaps(path: Path) -> list[tuple[Path, Heatmap]]:
 def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: list[PatchStore],
                          read_slide: Callable[[Heatmap, np.ndarray], np.ndarray] | None) -> Selection:
     """Top-k cells over all heatmaps; pixels from a store with those coords, else from the slide."""
-    entries = [(float(p), j, i) for j, (_, hm) in enumerate(heatmaps) for i, p in enumerate(hm.prob)]
-    if not entries:
+    probs = [hm.prob for _, hm in heatmaps]
+    flat = np.concatenate(probs) if probs else np.zeros(0)
+    if not len(flat):
         raise CamnetError("patch selection is empty: the heatmaps hold no tissue cells")
-    entries.sort(key=lambda e: -e[0])
-    chosen = entries[:k]
+    heatmap_of = np.repeat(np.arange(len(probs)), [len(p) for p in probs])
+    cell_of = np.concatenate([np.arange(len(p)) for p in probs])
+    top = np.argsort(-flat, kind="stable")[:k]  # stable: ties keep heatmap, then cell order
+    chosen = [(float(flat[t]), int(heatmap_of[t]), int(cell_of[t])) for t in top]
     coords = np.array([heatmaps[j][1].coords[i] for _, j, i in chosen], np.int64)
     prob = np.array([p for p, _, _ in chosen])
     if stores:
         # Grid coordinates repeat across slides: a cell's pixels must come from its own slide's store.
+        by_slide: dict[Any, list[int]] = {}
+        for s, st in enumerate(stores):
+            by_slide.setdefault(st.attrs.get("slide_name"), []).append(s)
         pairs = []
         for cell, (_, j, _) in zip(coords, chosen, strict=True):
             name = heatmaps[j][1].attrs.get("slide_name")
-            own = [s for s, st in enumerate(stores) if st.attrs.get("slide_name") == name]
+            own = by_slide.get(name, [])
             if not own:
                 raise CamnetError(f"heatmap {heatmaps[j][0]}: no given patch store (--store) is of slide {name}")
             (s, i), = by_coords([stores[s] for s in own], cell[None])
@@ -185,16 +191,22 @@ def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]
     from layer1_patches.extract import PatchReader
     from layer1_patches.slide import Slide, WorkingResolution
 
+    # One open slide per heatmap, not one per selected patch; OpenSlide closes it when the reader is dropped.
+    readers: dict[str, PatchReader] = {}
+
     def read(hm: Heatmap, xy: np.ndarray) -> np.ndarray:
         a = hm.attrs
         if not a.get("slide_path") or a.get("downsample") is None:
             raise CamnetError(f"heatmap of slide {a.get('slide_name', '?')} lacks slide_path/downsample attributes: "
                               "give the patch store (--store)")
-        level = int(a.get("level", 0))
-        with Slide(Path(str(a["slide_path"]))) as slide:
+        key = f"{a['slide_path']}|{a.get('level', 0)}|{a['downsample']}"
+        if key not in readers:
+            slide = Slide(Path(str(a["slide_path"])))
+            level = int(a.get("level", 0))
             res = WorkingResolution(level, slide.level_downsamples[level], float(a["downsample"]),
                                     float(a.get("working_mpp", 0.0)), 0.0)
-            patch, _ = PatchReader(slide, res, patch_size, [])(xy)
+            readers[key] = PatchReader(slide, res, patch_size, [])
+        patch, _ = readers[key](xy)
         return patch
 
     return read

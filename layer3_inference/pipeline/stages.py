@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layer1_patches.errors import CamnetError
 from layer1_patches.extract import output_path
-from layer1_patches.manifest import Manifest, ManifestEntry, largest_first
+from layer1_patches.manifest import Manifest
 from layer1_patches.runner import discover_slides, pair_annotations
 from layer3_inference.pipeline.config import Experiment
 
@@ -95,15 +95,14 @@ def write_manifests(exp: Experiment) -> Manifest:
     if missing:
         raise CamnetError(f"config key 'slides': slide {missing[0]}: no such file")
     annotations = Path(exp.cfg.annotations) if exp.cfg.annotations else None
-    pairs = largest_first(pair_annotations(slides, annotations))
-    entries = tuple(ManifestEntry(str(s.resolve()), str(a.resolve()) if a else None) for s, a in pairs)
+    pairs = pair_annotations(slides, annotations)
     for folder in (layout.patches, layout.heatmaps, layout.logs, layout.no_annotations):
         folder.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(exp.cfg.layer1.config, str(layout.patches), entries, tuple(exp.cfg.layer1.overrides), 1,
-                        tuple(str(s) for s, a in pairs if a is None))
+    manifest = Manifest.for_slides(exp.cfg.layer1.config, str(layout.patches), pairs,
+                                   tuple(exp.cfg.layer1.overrides))
     manifest.save(layout.manifest)
-    Manifest(exp.cfg.heatmap.config, str(layout.heatmaps), entries, tuple(exp.cfg.heatmap.overrides)).save(
-        layout.heatmap_manifest)
+    Manifest(exp.cfg.heatmap.config, str(layout.heatmaps), manifest.entries,
+             tuple(exp.cfg.heatmap.overrides)).save(layout.heatmap_manifest)
     return manifest
 
 
