@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
 
-.PHONY: venv horovod test lint demo bench clean
+.PHONY: system venv horovod test lint demo bench clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,13 @@ lint: $(STAMP)
 	$(BIN)/mypy layer1_patches layer2_training layer3_inference bench
 	$(BIN)/hadolint containers/Dockerfile
 
-test: $(STAMP) $(HVD) lint
-	$(BIN)/pytest -q
+# As root on Debian/Ubuntu, installs the system packages the full suite needs (SLURM, munge, OpenMPI, cmake, g++).
+system:
+	@bash .ci/system-packages
+
+# With the local SLURM cluster when one can run here (root + slurm-wlm): slurm/local/with-cluster.sh.
+test: system $(STAMP) $(HVD) lint
+	bash slurm/local/with-cluster.sh $(BIN)/pytest -q
 
 # the whole chain on a synthetic cohort + the bundled slide: local SLURM cluster when one answers, else here
 demo: $(STAMP)
