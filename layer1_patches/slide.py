@@ -25,7 +25,7 @@ from layer1_patches.errors import CamnetError
 POWER_TIMES_MPP = 10.0
 
 # OpenSlide's C read into a caller-owned buffer. openslide-python's `read_region` wraps the same call, then
-# un-premultiplies into a PIL RGBA image, which we would convert again: ~0.3 ms of a ~1.2 ms patch, most of it
+# un-premultiplies into a PIL RGBA image, which we would convert again: ~0.25 ms of a ~1.2 ms patch, most of it
 # holding the GIL. Private in openslide-python, so every use falls back to the public API when it is missing;
 # tests/layer1/test_slide.py checks both paths give the same pixels and that the fast one is active.
 # The buffer is read as bytes B, G, R, A: true of 0xAARRGGBB words on little-endian machines only.
