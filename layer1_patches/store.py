@@ -22,6 +22,7 @@ writers fill `.<name>.partial` and rename it when done, so a killed run leaves a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,11 @@ SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
 GROW = 256  # rows added when a dataset fills up
 WRITE_CACHE_BYTES = 64 * 1024
+# Written patches are read later by another job, usually on another node, so keeping them in this node's page
+# cache only makes the kernel reclaim memory for them. Every DROP_CACHE_BYTES the writer asks the kernel to
+# start writing them out and to drop what is already on disk. Measured with 4 dense slides on 2 busy cores
+# (bench/slurm_array.py's cohort, run 2 at a time): 3-18 % faster; 1 at a time with an idle core: 2 % slower.
+DROP_CACHE_BYTES = 64 * 1024 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 
 
@@ -112,6 +118,7 @@ class PatchWriter:
         self.codec = codec
         self.jpeg_quality = jpeg_quality
         self.n = 0
+        self._bytes_since_drop = 0
         self.tmp.unlink(missing_ok=True)
         try:
             # A chunk cache smaller than one patch: patch chunks, written once and whole, then bypass it (a copy
@@ -175,6 +182,17 @@ class PatchWriter:
         self._tumour[self.n:end] = tumour_fraction
         self._tissue[self.n:end] = tissue_fraction
         self.n = end
+        self._bytes_since_drop += patches.nbytes
+        if self._bytes_since_drop >= DROP_CACHE_BYTES:
+            self._bytes_since_drop = 0
+            self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        fd = self._f.id.get_vfd_handle()
+        # Advice only: a platform or file system without it loses nothing but the page cache saving.
+        if hasattr(os, "posix_fadvise") and isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def finish(self, meta: SlideMeta, coords_attrs: dict[str, Any], extra_attrs: dict[str, Any],
                masks: dict[str, np.ndarray]) -> Path:

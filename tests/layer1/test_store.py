@@ -103,3 +103,39 @@ def test_read_any_index_pattern_equals_row_by_row(tmp_path: Path, codec: str) ->
         rows = np.stack([store.read([i])[0] for i in range(40)])
         for idx in (np.arange(5, 30), rng.permutation(40)[:17], np.array([3, 3, 9, 2, 9]), np.arange(0, 40, 3)):
             np.testing.assert_array_equal(store.read(idx), rows[idx])
+
+
+def test_writer_drops_written_patches_from_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from layer1_patches import store as store_mod
+
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, advice))
+        real(fd, offset, length, advice)  # the real advice, so a dropped page cache must not corrupt the file
+
+    monkeypatch.setattr(store_mod, "DROP_CACHE_BYTES", 3 * 32 * 32 * 3)  # every 3 patches
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    patches = _write(tmp_path / "s.h5", "none")  # appends 4, then 6 patches
+
+    assert calls == [(0, os.POSIX_FADV_DONTNEED)] * 2
+    with PatchStore(tmp_path / "s.h5") as store:
+        np.testing.assert_array_equal(store.read(np.arange(10)), patches)
+
+
+def test_writer_without_page_cache_advice_still_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from layer1_patches import store as store_mod
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(store_mod, "DROP_CACHE_BYTES", 1)
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    patches = _write(tmp_path / "s.h5", "none")
+    with PatchStore(tmp_path / "s.h5") as store:
+        np.testing.assert_array_equal(store.read(np.arange(10)), patches)

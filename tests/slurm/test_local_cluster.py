@@ -59,3 +59,17 @@ def test_failing_job_reports_failed(slurm_cluster: SlurmCluster, tmp_path: Path)
 
     assert slurm_cluster.wait(job, timeout=45) == "FAILED"
     assert "ExitCode=3:0" in slurm_cluster.show_job(job)
+
+
+def test_jobs_are_bound_to_their_cpus(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    # Regression: with task/none a 1-CPU task used both cores when it ran alone, so `%1` timed a different
+    # machine than `%2` and the array bench understated the throttle's speed-up. Production clusters bind.
+    body = 'grep Cpus_allowed_list /proc/self/status | cut -f2 > "cpus-$SLURM_ARRAY_TASK_ID.txt"; sleep 3\n'
+    script = write_script(tmp_path / "bind.sh", body)
+    args = ["-J", "camnet-test-bind", "--array=0-1%2", "--cpus-per-task=1", "-o", "bind-%a.out", str(script)]
+    job = slurm_cluster.submit(args, cwd=tmp_path)
+
+    assert slurm_cluster.wait(job, timeout=45) == "COMPLETED"
+    cpus = [(tmp_path / f"cpus-{i}.txt").read_text().strip() for i in (0, 1)]
+    assert all(c.isdigit() for c in cpus), f"a 1-CPU task may run on more than one CPU: {cpus}"
+    assert cpus[0] != cpus[1], f"two concurrent 1-CPU tasks share a CPU: {cpus}"
