@@ -43,8 +43,8 @@ GROW = 256  # rows added when a dataset fills up
 WRITE_CACHE_BYTES = 64 * 1024
 # Written patches are read later by another job, usually on another node, so keeping them in this node's page
 # cache only makes the kernel reclaim memory for them. Every DROP_CACHE_BYTES the writer asks the kernel to
-# start writing them out and to drop what is already on disk. Measured with 4 dense slides on 2 busy cores
-# (bench/slurm_array.py's cohort, run 2 at a time): 3-18 % faster; 1 at a time with an idle core: 2 % slower.
+# start writing them out and to drop what is already on disk. bench/page_cache.py: 4 dense slides 2 at a time
+# on 2 cores ran 9 % faster; 1 at a time, with the other core idle to do the kernel's work, 3 % slower.
 DROP_CACHE_BYTES = 64 * 1024 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 
