@@ -53,7 +53,7 @@ def make_stores(out: Path, slides: int, per_slide: int, size: int) -> Path:
 
 
 def config(index: Path, run: Path, batch: int, steps: int) -> object:
-    from layer1_patches.typedconfig import from_mapping
+    from layer1_patches.shared.typedconfig import from_mapping
     from layer2_training.config import Layer2Config
 
     return from_mapping(Layer2Config, {
@@ -122,7 +122,7 @@ def bench_train(index: Path, out: Path, batch: int, steps: int, rounds: int) -> 
             super().__init__()
             self.ticks: list[float] = []
 
-        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:  # noqa: ARG002 - Keras' signature
             self.ticks.append(time.perf_counter())
 
     seconds = {"in_memory": 0.0, "pipeline": 0.0}

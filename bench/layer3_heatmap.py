@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from layer1_patches.shared.typedconfig import from_mapping  # noqa: E402
 from layer1_patches.synth import write_cohort  # noqa: E402
-from layer1_patches.typedconfig import from_mapping  # noqa: E402
 from layer3_inference.config import HeatmapConfig  # noqa: E402
 
 
@@ -40,10 +40,11 @@ def make_run(run_dir: Path, patch: int, mpp: float) -> Path:
     model = build_model("mobilenetv2", patch, patch, HeadConfig(dropout=0.0), None, None)
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
     model.save(str(run_dir / "export" / "model.keras"))
-    sidecar = {"sidecar_version": 1, "model_file": "export/model.keras", "backbone": "mobilenetv2",
-               "patch_size": patch, "input_size": patch, "working_mpp": mpp, "level": 0, "threshold": 0.5,
-               "config_hash": "bench"}
-    (run_dir / "model.json").write_text(json.dumps(sidecar, indent=1))
+    from layer2_training.sidecar import SIDECAR, ModelSidecar
+
+    sidecar = ModelSidecar(model_file="export/model.keras", patch_size=patch, working_mpp=mpp, level=0,
+                           threshold=0.5, backbone="mobilenetv2", input_size=patch, config_hash="bench")
+    (run_dir / SIDECAR).write_text(json.dumps(sidecar.to_dict(), indent=1))
     return run_dir
 
 

@@ -19,11 +19,10 @@ from defusedxml import DefusedXmlException
 from skimage.draw import polygon as fill_polygon
 
 from layer1_patches.config import AnnotationConfig
-from layer1_patches.errors import CamnetError
 from layer1_patches.masks import Mask
+from layer1_patches.shared.errors import CamnetError
 
 log = logging.getLogger(__name__)
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 EDGE_TOLERANCE = 1.0  # level-0 px: annotation tools snap vertices onto the last pixel edge
 
 
@@ -172,12 +171,3 @@ def _raster(points: np.ndarray, shape: tuple[int, int], ds_x: float, ds_y: float
     rr, cc = fill_polygon(points[:, 1] / ds_y - 0.5, points[:, 0] / ds_x - 0.5, shape)
     out[rr, cc] = True
     return out
-
-
-def find_annotation(slide: Path, directory: Path) -> Path | None:
-    """The annotation paired with a slide by file stem, if any."""
-    for suffix in ANNOTATION_SUFFIXES:
-        candidate = directory / f"{slide.stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None

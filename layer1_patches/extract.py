@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,11 @@ from PIL import Image
 
 from layer1_patches import __version__
 from layer1_patches.annotations import check_inside, load_annotations, tumour_mask
-from layer1_patches.config import Layer1Config, MetadataConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.masks import masker_from_config
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import config_hash, to_dict
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
 from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
 from layer1_patches.tiler import (
@@ -31,7 +32,6 @@ from layer1_patches.tiler import (
     label_patches,
     shard,
 )
-from layer1_patches.typedconfig import config_hash, to_dict
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0
@@ -98,12 +98,18 @@ def make_tiler(cfg: Layer1Config, seed: int) -> Tiler:
     return RandomTiler(cfg.sampling.random, seed)
 
 
+def store_hash(cfg: Layer1Config) -> str:
+    """The identity of a store's content: the resolved config without `reader`, whose threads and batch size change
+    the speed of extraction, never its patches (a rerun with other reader settings skips a finished store)."""
+    return config_hash(replace(cfg, reader=ReaderConfig()))
+
+
 def extract_slide(req: ExtractRequest) -> ExtractResult:
     """Run one extraction; raises `CamnetError` on bad input, leaving no file under the final name."""
     start = time.monotonic()
     cfg = req.config
     out = req.output
-    digest = config_hash(cfg)
+    digest = store_hash(cfg)
     if req.shard is not None and cfg.sampling.mode != "dense":
         raise CamnetError("--shard needs sampling.mode: dense (random sampling is not split)")
     if not req.overwrite and is_complete(out):
@@ -224,7 +230,7 @@ def _run_stream(stream: CandidateStream, reader: PatchReader, writer: PatchWrite
     labels, _ = label_patches(tumour_fraction, cfg.labels)
     if stream.quota is not None:
         result.requested[stream.name] = stream.quota
-    batch = cfg.reader.batch
+    batch = cfg.reader.batch_size
     buf = np.empty((batch, cfg.patch_size, cfg.patch_size, 3), dtype=np.uint8)
     keep: list[int] = []
     accepted = 0

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from layer1_patches.atomic import write_json_atomic
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.atomic import write_json_atomic
+from layer1_patches.shared.errors import CamnetError, ConfigError
+from layer1_patches.shared.typedconfig import from_mapping, required
 from layer1_patches.store import PatchStore, is_complete
 
 log = logging.getLogger(__name__)
@@ -26,19 +27,21 @@ MPP_TOLERANCE = 0.1  # relative, as resolution.mpp_tolerance
 
 @dataclass(frozen=True)
 class IndexEntry:
-    path: str  # relative to the index file's folder when below it
-    slide_name: str
-    patient: str
-    node: str
-    centre: str
-    split: str
-    n_patches: int
-    n_tumour: int
-    n_normal: int
-    patch_size: int
-    level: int
-    working_mpp: float
-    config_hash: str
+    """One finished patch store as Layer 2 sees it (`entries[i]` of `index.json`)."""
+
+    path: str = required("the store; relative to the index file's folder when below it")
+    slide_name: str = required("slide file stem")
+    patient: str = required("patient id from the slide name (metadata.name_regex); '' when it has none")
+    node: str = required("lymph node id from the slide name; '' when it has none")
+    centre: str = required("centre id from the slide name; '' when it has none")
+    split: str = required("train, val, test (or the split names configured)")
+    n_patches: int = required("patches in the store", min=0)
+    n_tumour: int = required("patches labelled 1 (tumour)", min=0)
+    n_normal: int = required("patches labelled 0 (normal)", min=0)
+    patch_size: int = required("patch side in pixels at the working resolution", min=1)
+    level: int = required("pyramid level the patches were read from", min=0)
+    working_mpp: float = required("micrometres per pixel of the patches (0: slide without mpp)", min=0)
+    config_hash: str = required("hash of the resolved Layer 1 config that wrote the store")
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,11 @@ class DatasetIndex:
             if data.get("index_version") != INDEX_VERSION:
                 raise CamnetError(f"dataset index {path}: version {data.get('index_version')!r}, "
                                   f"expected {INDEX_VERSION}")
-            entries = tuple(IndexEntry(**e) for e in data["entries"])
+            entries = tuple(from_mapping(IndexEntry, e) for e in data["entries"])
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CamnetError(f"dataset index {path}: malformed ({err})") from None
+        except ConfigError as err:
+            raise CamnetError(f"dataset index {path}: entry {str(err).replace('config key', 'key', 1)}") from None
         if not entries:
             raise CamnetError(f"dataset index {path}: lists no patch stores")
         return cls(path.parent.resolve(), str(data.get("split_by", "")), entries)

@@ -17,10 +17,9 @@ from PIL import Image
 from scipy import ndimage
 
 from layer1_patches.config import TissueConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.cohort import MASK_SUFFIXES, find_mask
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide
-
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
 
 
 @dataclass(frozen=True)
@@ -164,11 +163,8 @@ class ExternalMasker:
     directory: Path
 
     def __call__(self, slide: Slide) -> Mask:
-        for suffix in MASK_SUFFIXES:
-            path = self.directory / f"{slide.name}{suffix}"
-            if path.is_file():
-                break
-        else:
+        path = find_mask(slide.name, self.directory)
+        if path is None:
             raise CamnetError(f"tissue mask for slide {slide.name}: none of "
                               f"{self.directory}/{slide.name}{{{','.join(MASK_SUFFIXES)}}} exists")
         try:

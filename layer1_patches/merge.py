@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import output_path
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
 
 

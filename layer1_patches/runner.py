@@ -5,43 +5,19 @@ One bad slide never stops the others; it shows as `failed` with its error line.
 
 from __future__ import annotations
 
-import glob
 import logging
 import multiprocessing
 import sys
 import time
-from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.annotations import find_annotation
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import ExtractRequest, ExtractResult, extract_slide
+from layer1_patches.shared.errors import CamnetError
 
 log = logging.getLogger(__name__)
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
-
-
-def discover_slides(patterns: Iterable[str]) -> list[Path]:
-    """Slides from folders (by known suffix), globs or plain paths, sorted and without repeats."""
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            found += [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
-        elif any(ch in pattern for ch in "*?["):
-            found += [Path(p) for p in sorted(glob.glob(pattern))]
-        else:
-            found.append(path)  # missing files fail per slide, with the file named
-    return list(dict.fromkeys(found))
-
-
-def pair_annotations(slides: list[Path], directory: Path | None) -> list[tuple[Path, Path | None]]:
-    if directory is not None and not directory.is_dir():
-        raise CamnetError(f"annotation folder {directory}: no such folder")
-    return [(s, find_annotation(s, directory) if directory else None) for s in slides]
 
 
 def _run_one(req: ExtractRequest) -> ExtractResult:

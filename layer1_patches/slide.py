@@ -18,7 +18,7 @@ from openslide import lowlevel
 from PIL import Image
 
 from layer1_patches.config import ResolutionConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 
 # Objective power of a slide at a given level-0 mpp when the slide does not say: 10 um / mpp
 # is the usual microscope convention (0.25 um/px = 40x, 0.5 um/px = 20x).

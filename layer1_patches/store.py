@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,8 +34,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from layer1_patches.atomic import partial_path
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.atomic import partial_path
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import bounded, required
 
 SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
@@ -53,25 +54,25 @@ JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stor
 class SlideMeta:
     """Per-file attributes; everything downstream needs to know where patches came from."""
 
-    slide_name: str
-    slide_path: str
-    patient: str = ""
-    node: str = ""
-    centre: str = ""
-    vendor: str = ""
-    mpp: float = 0.0  # level-0 micrometres per pixel
-    working_mpp: float = 0.0  # micrometres per pixel of the stored patches
-    magnification: float = 0.0  # objective power of the stored patches (0 when unknown)
-    level: int = 0  # slide level the patches were read from
-    downsample: float = 1.0  # working downsample relative to level 0
-    patch_size: int = 0
-    stride: int = 0  # working pixels; 0 for random sampling
-    sampling_mode: str = ""
-    seed: int = 0
-    shard: str = ""  # "i/K" for a dense shard, "" for a whole slide
-    package_version: str = ""
-    config_hash: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    slide_name: str = required("slide file stem")
+    slide_path: str = required("absolute path of the slide read")
+    patient: str = bounded("", doc="patient id from the slide name (metadata.name_regex)")
+    node: str = bounded("", doc="lymph node id from the slide name")
+    centre: str = bounded("", doc="centre id from the slide name (Camelyon17: patient // 20)")
+    vendor: str = bounded("", doc="OpenSlide's vendor of the slide")
+    mpp: float = bounded(0.0, min=0, doc="level-0 micrometres per pixel (0: unknown)")
+    working_mpp: float = bounded(0.0, min=0, doc="micrometres per pixel of the stored patches (0: unknown)")
+    magnification: float = bounded(0.0, min=0, doc="objective power of the stored patches (0: unknown)")
+    level: int = bounded(0, min=0, doc="slide level the patches were read from")
+    downsample: float = bounded(1.0, min_exclusive=0, doc="working downsample relative to level 0")
+    patch_size: int = bounded(0, min=0, doc="patch side in pixels at the working resolution")
+    stride: int = bounded(0, min=0, doc="dense grid step in working pixels; 0 for random sampling")
+    sampling_mode: str = bounded("", doc="random or dense")
+    seed: int = bounded(0, doc="seed of random sampling (sampling.seed + array index)")
+    shard: str = bounded("", doc="'i/K' for a dense shard, '' for a whole slide")
+    package_version: str = bounded("", doc="CamNet version that wrote the store")
+    config_hash: str = bounded("", doc="hash of the resolved Layer 1 config")
+    extra: dict[str, str] = bounded({}, doc="free-form string attributes for other tools (CamNet writes none)")
 
 
 def _require_lz4() -> Any:

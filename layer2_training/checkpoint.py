@@ -24,7 +24,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from layer2_training.distributed import Dist, any_rank, average_variables
+from layer2_training.distributed import Dist, any_rank, average_variables, updated_state
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted.json"
@@ -137,7 +137,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
-        average_variables(self.dist, list(self.model.non_trainable_variables))
+        average_variables(self.dist, updated_state(self.model))
         if not self.dist.is_chief:
             return
         value = logs.get(self.monitor)

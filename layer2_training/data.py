@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.index import DatasetIndex
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 from layer2_training.config import DataConfig
 
@@ -159,6 +159,18 @@ def row_runs(keys: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def covering_keys(keys: np.ndarray, max_gap: int) -> np.ndarray:
+    """Sorted unique `keys` with the keys inside their `row_runs` gaps added: the rows read to get `keys`.
+
+    Rows in a small gap are read and dropped rather than splitting the read; `PatchStore.read` then makes
+    one HDF5 call per contiguous stretch of these rows, that is one per run.
+    """
+    runs = np.array(row_runs(keys, max_gap), dtype=np.int64).reshape(-1, 2)
+    starts, lengths = keys[runs[:, 0]], keys[runs[:, 1] - 1] - keys[runs[:, 0]] + 1
+    offsets = np.cumsum(lengths) - lengths  # where each run starts in the result
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 class BatchReader:
     """Reads planned batches from the split's stores in groups of consecutive batches.
 
@@ -213,19 +225,20 @@ class BatchReader:
             return self._stores[k]
 
     def read_positions(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Images, labels and sample ids at split positions `pos` (any order), read as contiguous runs."""
+        """Images, labels and sample ids at split positions `pos` (any order, repeats allowed).
+
+        Each store is asked once for its covering rows; `PatchStore.read` reads them as contiguous runs.
+        """
         s = self.split
         pos = np.asarray(pos, dtype=np.int64)
-        keys, inverse = np.unique(s.store[pos].astype(np.int64) * self.SPAN_KEY + s.row[pos],
-                                  return_inverse=True)
+        wanted = s.store[pos].astype(np.int64) * self.SPAN_KEY + s.row[pos]
+        cover = covering_keys(np.unique(wanted), self.MAX_GAP)
+        parts = np.split(cover, np.flatnonzero(np.diff(cover // self.SPAN_KEY)) + 1)  # one per store
+        blocks = [self._store(int(p[0] // self.SPAN_KEY)).read(p % self.SPAN_KEY) for p in parts if len(p)]
         size = s.patch_size
-        uniq = np.empty((len(keys), size, size, 3), dtype=np.uint8)
-        for a, b in row_runs(keys, self.MAX_GAP):
-            k, r0 = divmod(int(keys[a]), self.SPAN_KEY)
-            r1 = int(keys[b - 1] % self.SPAN_KEY) + 1
-            block = self._store(k).read(np.arange(r0, r1))
-            uniq[a:b] = block[keys[a:b] % self.SPAN_KEY - r0]
-        return uniq[inverse.reshape(-1)], s.label[pos].astype(np.float32), s.sample_id[pos]
+        # a single store's block is used as read; several are joined (the empty array covers empty `pos`)
+        images = blocks[0] if len(blocks) == 1 else np.concatenate([np.empty((0, size, size, 3), np.uint8), *blocks])
+        return images[np.searchsorted(cover, wanted)], s.label[pos].astype(np.float32), s.sample_id[pos]
 
     def read_group(self, epoch: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Batches first..first+count-1 of an epoch concatenated, and the batch bounds (count + 1)."""

@@ -70,6 +70,28 @@ def broadcast_variables(dist: Dist, variables: list[Any]) -> None:
         hvd_tf.broadcast_variables(variables, root_rank=0)
 
 
+def updated_state(model: tf.keras.Model) -> list[Any]:
+    """The model's non-trainable variables that training changes: those of trainable layers (BatchNorm
+    moving statistics), in `model.non_trainable_variables` order, the same on every rank.
+
+    Variables of frozen layers (the whole backbone in the head phase, the blocks before `fine_tune_from`
+    afterwards) are left out: frozen layers get no gradients and run BatchNorm in inference mode, so those
+    variables keep the values broadcast at the start, identical on every rank, and averaging them would
+    allreduce the frozen weights (MobileNetV2: 2.3M values; ResNet50: 23.6M) every epoch for nothing.
+    """
+    frozen: set[Any] = set()
+
+    def walk(layer: Any) -> None:
+        if not layer.trainable:
+            frozen.update(v.ref() for v in layer.weights)  # a frozen layer's weights include its sublayers'
+            return
+        for sub in getattr(layer, "layers", []):  # nested models (the backbone) may be partly frozen
+            walk(sub)
+
+    walk(model)
+    return [v for v in model.non_trainable_variables if v.ref() not in frozen]
+
+
 def average_variables(dist: Dist, variables: list[Any]) -> None:
     """Average non-trained state (BatchNorm moving statistics) over ranks.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer2_training.config import HeadConfig
 from layer2_training.stain import StainNormalize
 from layer2_training.weights import build_backbone, spec

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from layer1_patches.atomic import write_text_atomic
-from layer1_patches.errors import CamnetError
-from layer1_patches.typedconfig import config_hash, read_yaml, to_dict
+from layer1_patches.shared.atomic import write_text_atomic
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import config_hash, read_yaml, to_dict
 from layer2_training.config import Layer2Config
 
 CONFIG = "config.yaml"

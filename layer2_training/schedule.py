@@ -21,7 +21,7 @@ def peak_lr(cfg: ScheduleConfig, ranks: int) -> float:
 
 def lr_at(step: float, cfg: ScheduleConfig, ranks: int, steps_per_epoch: int, total_epochs: int,
           switch_epoch: int = 0, switch_factor: float = 1.0) -> float:
-    """Pure-Python twin of `WarmupSchedule`, for tests and for logging."""
+    """Pure-Python twin of `WarmupSchedule`: the schedule in plain arithmetic, which the tests hold it to."""
     peak = peak_lr(cfg, ranks)
     epoch = step / steps_per_epoch
     scale = switch_factor if switch_epoch > 0 and epoch >= switch_epoch else 1.0

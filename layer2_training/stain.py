@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 
 # Ruderman's l-alpha-beta space, as in Reinhard et al. 2001
 _RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
@@ -46,11 +46,18 @@ def reinhard_stats(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.reduce_mean(lab, axis=0), tf.math.reduce_std(lab, axis=0)
 
 
-def _reinhard_one(image: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
-    lab = rgb_to_lab(image)
-    mu, sd = tf.reduce_mean(lab, axis=0), tf.math.reduce_std(lab, axis=0)
+def reinhard(images: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
+    """Each image of an (n, h, w, 3) batch moved from its own l-alpha-beta mean and std onto (mean, std).
+
+    The statistics are per image, but as reductions over the pixel axis of (n, pixels, 3) they are one op
+    for the whole batch rather than a `map_fn` loop of small ops per image.
+    """
+    shape = tf.shape(images)
+    lab = tf.reshape(rgb_to_lab(images), [shape[0], shape[1] * shape[2], 3])
+    mu = tf.reduce_mean(lab, axis=1, keepdims=True)
+    sd = tf.math.reduce_std(lab, axis=1, keepdims=True)
     out = (lab - mu) / (sd + _EPS) * std + mean
-    return tf.reshape(lab_to_rgb(out), tf.shape(image))
+    return tf.reshape(lab_to_rgb(tf.reshape(out, [-1, 3])), shape)
 
 
 def _percentile(v: tf.Tensor, q: float) -> tf.Tensor:
@@ -115,7 +122,7 @@ def normalize(images: tf.Tensor, method: str, params: dict[str, Any]) -> tf.Tens
     x = tf.cast(images, tf.float32)
     if method == "reinhard":
         mean, std = tf.constant(params["mean"], tf.float32), tf.constant(params["std"], tf.float32)
-        out = tf.map_fn(lambda im: _reinhard_one(im, mean, std), x)
+        out = reinhard(x, mean, std)
     elif method == "macenko":
         he, mx = tf.constant(params["he"], tf.float32), tf.constant(params["max_c"], tf.float32)
         out = tf.map_fn(lambda im: _macenko_one(im, he, mx), x)

@@ -10,15 +10,15 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.atomic import atomic_path, write_text_atomic
-from layer1_patches.errors import CamnetError
 from layer1_patches.index import DatasetIndex
-from layer1_patches.typedconfig import config_hash
+from layer1_patches.shared.atomic import atomic_path, write_text_atomic
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import config_hash
 from layer2_training import data, metrics, rundir
 from layer2_training.augment import make_transform
 from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
@@ -27,11 +27,11 @@ from layer2_training.distributed import Dist, broadcast_variables, wrap_optimize
 from layer2_training.losses import make_loss
 from layer2_training.model import build_model, check_phases, set_phase
 from layer2_training.schedule import make_schedule
+from layer2_training.sidecar import SIDECAR, ModelSidecar, StainSidecar
 from layer2_training.stain import fit_reference, read_reference
 from layer2_training.weights import resolve_weights, spec
 
 log = logging.getLogger(__name__)
-SIDECAR_VERSION = 1
 
 
 @dataclass
@@ -103,21 +103,18 @@ def segments(start: tuple[int, int], head_epochs: int, epochs: int) -> list[tupl
     return out
 
 
-def sidecar(p: Prepared, steps: int) -> dict[str, Any]:
+def sidecar(p: Prepared, steps: int) -> ModelSidecar:
     entry = p.index.entries[0]
-    return {
-        "sidecar_version": SIDECAR_VERSION, "model_file": "export/model.keras",
-        "backbone": p.cfg.model.backbone, "patch_size": p.patch_size, "input_size": p.input_size,
-        "resized_in_model": p.input_size != p.patch_size,
-        "working_mpp": entry.working_mpp, "level": entry.level,
-        "input": "RGB 0-255 (uint8 or float), shape (n, patch_size, patch_size, 3); all preprocessing is "
-                 "inside the model",
-        "output": "sigmoid probability of class 1", "classes": ["normal", "tumour"],
-        "threshold": p.cfg.output.threshold, "preprocessing": spec(p.cfg.model.backbone).preprocessing,
-        "stain": {"method": p.stain[0], "params": p.stain[1], "reference": p.cfg.stain.reference,
-                  "in_model": True} if p.stain else {"method": "none"},
-        "config_hash": config_hash(p.cfg), "steps_per_epoch": steps,
-    }
+    # p.stain's method is the config's Literal, typed str by the tuple
+    stain = StainSidecar(cast(Any, p.stain[0]), p.stain[1], p.cfg.stain.reference) if p.stain else StainSidecar()
+    return ModelSidecar(
+        model_file="export/model.keras", patch_size=p.patch_size, working_mpp=entry.working_mpp,
+        level=entry.level, threshold=p.cfg.output.threshold, backbone=p.cfg.model.backbone,
+        input_size=p.input_size, resized_in_model=p.input_size != p.patch_size,
+        input="RGB 0-255 (uint8 or float), shape (n, patch_size, patch_size, 3); all preprocessing is "
+              "inside the model",
+        output="sigmoid probability of class 1", preprocessing=spec(p.cfg.model.backbone).preprocessing,
+        stain=stain, config_hash=config_hash(p.cfg), steps_per_epoch=steps)
 
 
 def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.ndarray:
@@ -138,7 +135,7 @@ def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) ->
     export.mkdir(exist_ok=True)
     with atomic_path(export / "model.keras") as tmp:
         model.save(str(tmp))
-    rundir.write_json(p.run_dir / "model.json", sidecar(p, steps))
+    rundir.write_json(p.run_dir / SIDECAR, sidecar(p, steps).to_dict())
     results: dict[str, Any] = {"best_" + p.cfg.output.monitor: float(state.best.numpy())}
     curves = {}
     for name, split in (("val", p.val), ("test", p.test)):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 
 
 @dataclass(frozen=True)

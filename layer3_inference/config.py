@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from layer1_patches.config import AnnotationConfig, TissueConfig
-from layer1_patches.errors import ConfigError
-from layer1_patches.typedconfig import bounded, load_config
+from layer1_patches.shared.errors import ConfigError
+from layer1_patches.shared.typedconfig import bounded, load_config
 
 
 @dataclass(frozen=True)
 class MatchConfig:
     """How the model's training resolution (from its `model.json`) is found on a slide."""
 
-    by: Literal["mpp", "level"] = "mpp"  # level: the pyramid index recorded at training, as is
-    mpp_tolerance: float = bounded(0.1, min=0, max=1, doc="relative; a level within it is read as is")
-    assume_mpp: float | None = bounded(None, min_exclusive=0, doc="level-0 um/px for slides without it")
+    by: Literal["mpp", "level"] = bounded("mpp", doc="mpp: the model's working mpp; level: the pyramid level "
+                                          "recorded at training, read as is")
+    mpp_tolerance: float = bounded(0.1, min=0, max=1, doc="by mpp, relative: a level this close is read as is, "
+                                   "else a finer level is resized")
+    assume_mpp: float | None = bounded(None, min_exclusive=0, doc="level-0 mpp (micrometres per pixel) for slides "
+                                       "whose metadata lacks it; null: such slides are an error")
 
 
 @dataclass(frozen=True)
 class GridConfig:
-    stride: int | None = bounded(None, min=1, doc="working pixels; default = patch size (no overlap)")
-    min_tissue: float = bounded(0.5, min=0, max=1, doc="tissue share of a patch for it to be predicted")
+    stride: int | None = bounded(None, min=1, doc="working pixels between grid positions; null: the patch size "
+                                 "(no overlap)")
+    min_tissue: float = bounded(0.5, min=0, max=1, doc="tissue share a patch needs to be predicted")
 
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    threads: int = bounded(2, min=1, max=64, doc="slide reading/decoding threads")
-    batch_size: int = bounded(64, min=1)
+    threads: int = bounded(2, min=1, max=64, doc="threads reading and decoding the slide's patches")
+    batch_size: int = bounded(64, min=1, doc="patches per model call; ranks split a slide at batch boundaries")
     prefetch: int = bounded(4, min=1, doc="batches read ahead of the model")
 
 
@@ -37,33 +41,38 @@ class ReaderConfig:
 class ScoreConfig:
     """Slide-level score from the patch probabilities."""
 
-    method: Literal["max", "percentile"] = "max"
-    percentile: float = bounded(99.0, min=0, max=100)
+    method: Literal["max", "percentile"] = bounded("max", doc="the highest patch probability, or a percentile")
+    percentile: float = bounded(99.0, min=0, max=100, doc="method percentile: percentile (0-100) of the patch "
+                                "probabilities")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    map_downsample: float = bounded(16.0, min=1, doc="level-0 px per pixel of the probability map")
-    smooth_sigma: float = bounded(0.0, min=0, doc="Gaussian sigma in map pixels; 0 = none")
-    thumbnail_size: int = bounded(1024, min=64, doc="longest side of the heatmap PNG's thumbnail")
-    colormap: str = "jet"
+    map_downsample: float = bounded(16.0, min=1, doc="downsample (relative to level 0) of the probability map: "
+                                    "level-0 pixels per map pixel")
+    smooth_sigma: float = bounded(0.0, min=0, doc="Gaussian sigma in map pixels, over predicted pixels only; 0: none")
+    thumbnail_size: int = bounded(1024, min=64, doc="pixels on the longest side of heatmap.png and overlay.png")
+    colormap: str = bounded("jet", doc="matplotlib colormap of the probabilities")
     alpha: float = bounded(0.5, min=0, max=1, doc="heatmap opacity over tissue")
-    npy: bool = True  # also write grid.npy (rows x cols, NaN = no prediction)
-    geojson_tiles: bool = True  # tiles as QuPath detections (can be large for big slides)
-    threshold: float | None = bounded(None, min=0, max=1, doc="default: the model's threshold")
-    min_region_um2: float = bounded(0.0, min=0, doc="thresholded regions smaller than this are not contoured")
+    npy: bool = bounded(True, doc="also write grid.npy (rows x cols, NaN = no prediction)")
+    geojson_tiles: bool = bounded(True, doc="patches as QuPath detections in the GeoJSON (large for big slides)")
+    threshold: float | None = bounded(None, min=0, max=1, doc="probability for tumour regions and area; null: the "
+                                      "model's threshold")
+    min_region_um2: float = bounded(0.0, min=0, doc="square micrometres: thresholded regions smaller than this are "
+                                    "not contoured")
 
 
 @dataclass(frozen=True)
 class HeatmapConfig:
-    match: MatchConfig = field(default_factory=MatchConfig)
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-    grid: GridConfig = field(default_factory=GridConfig)
-    reader: ReaderConfig = field(default_factory=ReaderConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    match: MatchConfig = bounded(MatchConfig(), doc="where the model's training resolution (model.json) is on "
+                                 "each slide")
+    tissue: TissueConfig = bounded(TissueConfig(), doc="tissue mask (Layer 1's): background is never predicted")
+    grid: GridConfig = bounded(GridConfig(), doc="the patch grid over tissue")
+    reader: ReaderConfig = bounded(ReaderConfig(), doc="reading patches ahead of the model")
+    score: ScoreConfig = bounded(ScoreConfig(), doc="slide score from the patch probabilities")
+    output: OutputConfig = bounded(OutputConfig(), doc="map, images and GeoJSON per slide")
 
-    def validate(self, path: str) -> None:
+    def validate(self, _path: str) -> None:
         import matplotlib
 
         if self.output.colormap not in matplotlib.colormaps:
@@ -74,10 +83,14 @@ class HeatmapConfig:
 class FrocConfig:
     """Camelyon16 lesion detection: detections are local maxima of the map above `detection_threshold`."""
 
-    detection_threshold: float = bounded(0.5, min=0, max=1)
-    dilation_um: float = bounded(75.0, min=0, doc="tumour regions closer than this merge into one lesion")
-    itc_um: float = bounded(275.0, min=0, doc="lesions with a shorter major axis are ITCs (not counted)")
-    fp_rates: list[float] = bounded([0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+    detection_threshold: float = bounded(0.5, min=0, max=1, doc="map regions at or above this probability are "
+                                         "detections, at their maximum")
+    dilation_um: float = bounded(75.0, min=0, doc="micrometres: tumour regions closer than this merge into one "
+                                 "lesion")
+    itc_um: float = bounded(275.0, min=0, doc="micrometres: lesions with a shorter major axis are isolated tumour "
+                            "cells (not counted)")
+    fp_rates: list[float] = bounded([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], doc="false positives per slide at which "
+                                    "sensitivity is reported; the FROC score is their mean")
 
     def validate(self, path: str) -> None:
         if not self.fp_rates or any(r <= 0 for r in self.fp_rates):
@@ -86,11 +99,14 @@ class FrocConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
-    threshold: float | None = bounded(None, min=0, max=1, doc="default: the threshold the heatmap used")
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    froc: FrocConfig = field(default_factory=FrocConfig)
-    missing_annotation: Literal["negative", "skip"] = "negative"  # Camelyon16: normal slides have none
+    annotation: AnnotationConfig = bounded(AnnotationConfig(), doc="tumour annotations (as in Layer 1): the "
+                                           "ground truth")
+    threshold: float | None = bounded(None, min=0, max=1, doc="probability for pixel Dice and IoU; null: the "
+                                      "threshold the heatmap used")
+    score: ScoreConfig = bounded(ScoreConfig(), doc="slide score for the slide-level AUC")
+    froc: FrocConfig = bounded(FrocConfig(), doc="Camelyon16 lesion detection (FROC)")
+    missing_annotation: Literal["negative", "skip"] = bounded(
+        "negative", doc="slides without annotation file: negative (tumour-free, as Camelyon16's normals) or skip")
 
 
 def load_heatmap_config(path: Path | None, overrides: list[str] | None = None) -> HeatmapConfig:

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from layer1_patches.annotations import check_inside, find_annotation, load_annotations, tumour_mask
-from layer1_patches.atomic import atomic_path, write_text_atomic
-from layer1_patches.errors import CamnetError
+from layer1_patches.annotations import check_inside, load_annotations, tumour_mask
+from layer1_patches.shared.atomic import atomic_path, write_text_atomic
+from layer1_patches.shared.cohort import find_annotation
+from layer1_patches.shared.errors import CamnetError
 from layer3_inference.config import EvaluateConfig, FrocConfig
 from layer3_inference.grid import map_shape, render_map, resample_mask
 from layer3_inference.outputs import Probabilities, finished_hash, read_probabilities, slide_score
+from layer3_inference.summaries import EvaluationSummary, to_json
 
 
 @dataclass
@@ -210,7 +210,7 @@ def plot(results: list[SlideEval], curve: tuple[np.ndarray, np.ndarray], out: Pa
     return written
 
 
-def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateConfig) -> EvaluationSummary:
     if not annotations.is_dir():
         raise CamnetError(f"annotation folder {annotations}: no such folder")
     results = []
@@ -224,21 +224,19 @@ def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateC
         raise CamnetError(f"no slide in {heatmaps} has an annotation in {annotations} (missing_annotation: skip)")
     fps, sens, at, score = froc(results, cfg.froc.fp_rates)
     tumour = [r for r in results if r.label == 1]
-    summary: dict[str, Any] = {
-        "slides": len(results), "tumour_slides": len(tumour), "slide_auc": slide_auc(results),
-        "froc_score": None if math.isnan(score) else score,
-        "froc_sensitivity": {str(r): (None if math.isnan(s) else s)
-                             for r, s in zip(cfg.froc.fp_rates, at, strict=True)},
-        "mean_dice_tumour_slides": _mean([r.dice for r in tumour]),
-        "mean_iou_tumour_slides": _mean([r.iou for r in tumour]),
-        "mean_pixel_auc": _mean([r.pixel_auc for r in results]),
-        "score_method": cfg.score.method, "threshold": cfg.threshold,
-    }
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "cohort.csv", cohort_csv(results))
-        summary["plots"] = plot(results, (fps, sens), out)
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        summary = EvaluationSummary(
+            slides=len(results), tumour_slides=len(tumour), slide_auc=slide_auc(results),
+            froc_score=None if math.isnan(score) else score,
+            froc_sensitivity={str(r): (None if math.isnan(s) else s)
+                              for r, s in zip(cfg.froc.fp_rates, at, strict=True)},
+            mean_dice_tumour_slides=_mean([r.dice for r in tumour]),
+            mean_iou_tumour_slides=_mean([r.iou for r in tumour]),
+            mean_pixel_auc=_mean([r.pixel_auc for r in results]),
+            score_method=cfg.score.method, threshold=cfg.threshold, plots=plot(results, (fps, sens), out))
+        write_text_atomic(out / "summary.json", to_json(summary))
     except OSError as err:
         raise CamnetError(f"evaluation output {out}: cannot write ({err.strerror or err})") from None
     return summary

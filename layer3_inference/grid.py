@@ -13,8 +13,8 @@ import numpy as np
 from scipy import ndimage
 
 from layer1_patches.config import LabelConfig
-from layer1_patches.errors import CamnetError
 from layer1_patches.masks import Mask
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import WorkingResolution
 from layer1_patches.tiler import SlideField
 

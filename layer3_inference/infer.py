@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import config_hash
 from layer1_patches.slide import Slide
-from layer1_patches.typedconfig import config_hash
 from layer3_inference import outputs
 from layer3_inference.config import HeatmapConfig
 from layer3_inference.grid import plan_grid, shard_batches
@@ -225,11 +225,56 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
             t0 = time.perf_counter()
             info = outputs.SlideInfo.of(slide, res, tissue, cfg.output.thumbnail_size)
             threshold = cfg.output.threshold if cfg.output.threshold is not None else spec.threshold
-            summary = outputs.write_slide(final, info, grid, all_probs, cfg, spec, threshold, digest,
-                                          req.overwrite, times, ranks.size, start)
-            result.score = summary["slide_score"]
+            written = outputs.SlideOutput(info, grid, all_probs, cfg, spec, threshold, digest, times, ranks.size,
+                                          start)
+            result.score = outputs.write_slide(final, written).slide_score
             times["write_s"] = time.perf_counter() - t0
     result.seconds = time.perf_counter() - start
     log.info("%s: %d patches on %d rank(s), %.1f s (model %.1f s, waiting on reads %.1f s)", result.slide,
              result.patches, ranks.size, result.seconds, times.get("model_s", 0.0), times.get("wait_s", 0.0))
     return result
+
+
+@dataclass(frozen=True)
+class CohortRun:
+    results: list[HeatmapResult]
+    rank: int  # this process's rank: rank 0 reports
+
+    @property
+    def failed(self) -> bool:
+        return any(r.status == "failed" for r in self.results)
+
+    def table(self) -> str:
+        header = f"{'slide':32} {'status':8} {'patches':>8} {'score':>7} {'seconds':>8}  note"
+        lines = [header, "-" * len(header)]
+        for r in self.results:
+            score = f"{r.score:.3f}" if r.score is not None else "-"
+            lines.append(f"{r.slide[:32]:32} {r.status:8} {r.patches:>8} {score:>7} {r.seconds:>8.1f}  {r.error}")
+        ok = sum(r.status != "failed" for r in self.results)
+        lines.append(f"{ok}/{len(self.results)} slides ok")
+        return "\n".join(lines)
+
+
+def heatmap_cohort(spec: ModelSpec, slides: list[Path], out_dir: Path, cfg: HeatmapConfig, overwrite: bool = False,
+                   strict: bool = False) -> CohortRun:
+    """Heatmaps of `slides` with the run dir's model, on every rank started with this process.
+
+    One bad slide does not stop the cohort: it is logged and listed `failed`; with `strict` (one slide, an
+    array task) its error propagates as the command's one error line instead.
+    """
+    from layer3_inference.model import load_model
+
+    ranks = init_ranks()
+    model_fn = compile_model(load_model(spec), spec.patch_size)
+    results: list[HeatmapResult] = []
+    for i, slide in enumerate(slides):
+        req = HeatmapRequest(Path(slide), out_dir, cfg, overwrite)
+        try:
+            results.append(heatmap_slide(req, spec, model_fn, ranks))
+        except CamnetError as err:
+            if strict:
+                raise
+            log.error("%s", err)
+            results.append(HeatmapResult(Path(slide).stem, "", "failed", error=str(err)))
+        log.info("[%d/%d] %s %s", i + 1, len(slides), results[-1].slide, results[-1].status)
+    return CohortRun(results, ranks.rank)

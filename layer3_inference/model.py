@@ -2,26 +2,25 @@
 
 The sidecar (`<run>/model.json`, written by Layer 2 when training finishes) says at which resolution and
 patch size the model was trained; inference resolves that on each slide with Layer 1's own resolution code,
-so it reads exactly what training read. `sidecar_from_layer2` is the one place that knows Layer 2's keys.
+so it reads exactly what training read. The sidecar's keys are Layer 2's contract, `layer2_training.sidecar`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layer1_patches.config import ResolutionConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
+from layer2_training.sidecar import SIDECAR, ModelSidecar
 from layer3_inference.config import MatchConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-SIDECAR = "model.json"
 
 
 @dataclass(frozen=True)
@@ -43,31 +42,12 @@ class ModelSpec:
                 "level": self.level, "threshold": self.threshold, "config_hash": self.config_hash}
 
 
-def sidecar_from_layer2(run_dir: Path, data: dict[str, Any]) -> ModelSpec:
-    """Adapter for Layer 2's `model.json` (layer2_training.train.sidecar, sidecar_version 1).
-
-    Assumed: `model_file` relative to the run dir, `patch_size` = the model's input side, `working_mpp` and
-    `level` of the training patches, `threshold` in [0, 1]; `backbone` and `config_hash` are informative.
-    """
-    where = run_dir / SIDECAR
-
-    def need(key: str, kind: type, check: Any = None) -> Any:
-        if key not in data:
-            raise CamnetError(f"run dir {run_dir}: {where} has no key '{key}' (incomplete or foreign run)")
-        value = data[key]
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or (check is not None and not check(value)):
-            raise CamnetError(f"run dir {run_dir}: {where} key '{key}' has an invalid value {value!r}")
-        return value
-
-    return ModelSpec(
-        run_dir=run_dir, model_file=run_dir / need("model_file", str),
-        patch_size=need("patch_size", int, lambda v: v >= 8),
-        working_mpp=float(need("working_mpp", float, lambda v: v > 0)), level=need("level", int, lambda v: v >= 0),
-        threshold=float(need("threshold", float, lambda v: 0 <= v <= 1)),
-        backbone=str(data.get("backbone", "unknown")), config_hash=str(data.get("config_hash", "")))
+def sidecar_from_layer2(run_dir: Path, data: Any) -> ModelSpec:
+    """Layer 3's view of Layer 2's sidecar, validated by its contract (`layer2_training.sidecar`)."""
+    car = ModelSidecar.from_mapping(data, f"run dir {run_dir}: {run_dir / SIDECAR}")
+    return ModelSpec(run_dir=run_dir, model_file=run_dir / car.model_file, patch_size=car.patch_size,
+                     working_mpp=car.working_mpp, level=car.level, threshold=car.threshold, backbone=car.backbone,
+                     config_hash=car.config_hash)
 
 
 def read_spec(run_dir: Path) -> ModelSpec:
@@ -82,8 +62,6 @@ def read_spec(run_dir: Path) -> ModelSpec:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CamnetError(f"run dir {run_dir}: {path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise CamnetError(f"run dir {run_dir}: {path} is not a JSON object")
     spec = sidecar_from_layer2(run_dir, data)
     if not spec.model_file.is_file():
         raise CamnetError(f"run dir {run_dir}: model file {spec.model_file} (key 'model_file' of {path}) is missing")

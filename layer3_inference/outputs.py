@@ -23,13 +23,14 @@ from scipy import ndimage
 from skimage import measure
 
 from layer1_patches import __version__
-from layer1_patches.atomic import partial_path
-from layer1_patches.errors import CamnetError
 from layer1_patches.masks import Mask
+from layer1_patches.shared.atomic import partial_path
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import HeatmapConfig, ScoreConfig
 from layer3_inference.grid import TissueGrid, map_shape, render_map, resample_mask
 from layer3_inference.model import ModelSpec
+from layer3_inference.summaries import HeatmapSummary, to_json
 
 SUMMARY = "summary.json"
 PROBS = "probabilities.h5"
@@ -216,10 +217,25 @@ def tile_features(grid: TissueGrid, probs: np.ndarray, threshold: float) -> list
     return out
 
 
-def write_slide(final: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarray, cfg: HeatmapConfig,
-                spec: ModelSpec, threshold: float, digest: str, overwrite: bool, times: dict[str, float],
-                n_ranks: int, start: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SlideOutput:
+    """Everything one slide's outputs are made of: the slide, its grid and probabilities, and how they came."""
+
+    info: SlideInfo
+    grid: TissueGrid
+    probs: np.ndarray
+    cfg: HeatmapConfig
+    spec: ModelSpec
+    threshold: float
+    digest: str  # run hash: config + model
+    times: dict[str, float]
+    n_ranks: int
+    start: float  # perf_counter() when the slide began
+
+
+def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
     """Write every output of one slide, then rename the folder into place; returns the summary."""
+    info, grid, probs, cfg, threshold, times = o.info, o.grid, o.probs, o.cfg, o.threshold, o.times
     tmp = partial_path(final)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -247,22 +263,21 @@ def write_slide(final: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarra
         geojson = {"type": "FeatureCollection", "features": regions + tiles}
         (tmp / f"{info.name}.geojson").write_text(json.dumps(geojson, separators=(",", ":")))
         tissue_px = float(info.tissue.array.sum())
-        summary = {
-            "slide": info.name, "slide_path": info.path, "run_hash": digest, "model": spec.identity(),
-            "patches": len(grid), "grid_shape": list(grid.shape), "footprint": grid.footprint, "step": grid.step,
-            "level": info.res.level, "downsample": info.res.downsample, "working_mpp": info.res.mpp,
-            "mpp": info.mpp, "dimensions": list(info.dimensions),
-            "tissue_area_mm2": tissue_px * info.tissue.ds_x * info.tissue.ds_y * info.mpp ** 2 / 1e6,
-            "tumour_area_mm2": float(np.sum(prob_map >= threshold)) * um2_per_px / 1e6,
-            "threshold": threshold, "slide_score": slide_score(probs, cfg.score), "score_method": cfg.score.method,
-            "max_probability": float(probs.max()), "mean_probability": float(probs.mean()),
-            "tumour_regions": len(regions), "ranks": n_ranks, "batch_size": cfg.reader.batch_size,
-            "reader_threads": cfg.reader.threads, "times": {k: round(v, 3) for k, v in times.items()},
-            "seconds": round(time.perf_counter() - start, 3),
-            "patches_per_s": round(len(grid) / max(times.get("infer_s", 0.0), 1e-9), 1),
-            "package_version": __version__,
-        }
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        summary = HeatmapSummary(
+            slide=info.name, slide_path=info.path, run_hash=o.digest, model=o.spec.identity(),
+            patches=len(grid), grid_shape=list(grid.shape), footprint=grid.footprint, step=grid.step,
+            level=info.res.level, downsample=info.res.downsample, working_mpp=info.res.mpp,
+            mpp=info.mpp, dimensions=list(info.dimensions),
+            tissue_area_mm2=tissue_px * info.tissue.ds_x * info.tissue.ds_y * info.mpp ** 2 / 1e6,
+            tumour_area_mm2=float(np.sum(prob_map >= threshold)) * um2_per_px / 1e6,
+            threshold=threshold, slide_score=slide_score(probs, cfg.score), score_method=cfg.score.method,
+            max_probability=float(probs.max()), mean_probability=float(probs.mean()),
+            tumour_regions=len(regions), ranks=o.n_ranks, batch_size=cfg.reader.batch_size,
+            reader_threads=cfg.reader.threads, times={k: round(v, 3) for k, v in times.items()},
+            seconds=round(time.perf_counter() - o.start, 3),
+            patches_per_s=round(len(grid) / max(times.get("infer_s", 0.0), 1e-9), 1),
+            package_version=__version__)
+        (tmp / SUMMARY).write_text(to_json(summary))
         if final.exists():  # finished ones were skipped unless --overwrite; anything else is a leftover
             shutil.rmtree(final)
         os.replace(tmp, final)

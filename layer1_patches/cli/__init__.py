@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from layer1_patches.cli.dispatch import run
+from layer1_patches.shared.cli import run
 
-COMMANDS = ("synth", "extract", "index", "submit", "status", "task", "merge", "demo")
+COMMANDS = ("synth", "extract", "index", "submit", "status", "task", "merge")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import ExtractRequest, extract_slide, parse_shard
-from layer1_patches.runner import discover_slides, pair_annotations, run_many, summary_table
+from layer1_patches.runner import run_many, summary_table
+from layer1_patches.shared.cli import add_overrides
+from layer1_patches.shared.cohort import discover_slides, pair_annotations
+from layer1_patches.shared.errors import CamnetError
 
 
 def register(sub: Any) -> None:

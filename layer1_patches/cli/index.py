@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.index import build_index
+from layer1_patches.shared.errors import CamnetError
 
 
 def register(sub: Any) -> None:

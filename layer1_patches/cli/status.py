@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from layer1_patches.extract import output_path
-from layer1_patches.manifest import Manifest
-from layer1_patches.slurmjobs import cohort_status, record_submission, sbatch
+from layer1_patches.shared.manifest import Manifest
+from layer1_patches.shared.slurm import LAYER1_SCRIPT, array_sbatch_args, cohort_status, record_submission, sbatch
 from layer1_patches.store import is_complete
 
 
@@ -24,8 +24,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layer1_patches.cli.submit import sbatch_args
-
     manifest = Manifest.load(args.manifest)
     out = Path(manifest.out)
     slides = [e.slide for e in manifest.entries]
@@ -38,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     print("summary: " + ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing")))
     redo = [r.index for r in rows if r.status in ("failed", "missing")]
     if args.resubmit and redo:
-        job = sbatch(sbatch_args(args.manifest.resolve(), manifest, redo, args.max_parallel, args.sbatch_arg),
-                     cwd=Path(os.getcwd()))
+        command = array_sbatch_args(LAYER1_SCRIPT, args.manifest.resolve(), manifest, redo, args.max_parallel,
+                                    args.sbatch_arg)
+        job = sbatch(command, cwd=Path(os.getcwd()))
         record_submission(out, job, redo)
         print(f"resubmitted {len(redo)} slides as job {job}: indices {redo}")
     return 0 if counts["failed"] == 0 else 1

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
 from layer1_patches.config import load_layer1_config
-from layer1_patches.errors import CamnetError
-from layer1_patches.manifest import Manifest
-from layer1_patches.runner import discover_slides, pair_annotations
-from layer1_patches.slurmjobs import REPO, SBATCH_SCRIPT, array_spec, record_submission, sbatch
+from layer1_patches.shared.cli import add_overrides
+from layer1_patches.shared.cohort import pair_annotations, require_slides
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.manifest import Manifest
+from layer1_patches.shared.slurm import LAYER1_SCRIPT, array_sbatch_args, record_submission, sbatch
 
 
 def register(sub: Any) -> None:
@@ -31,32 +31,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def sbatch_args(manifest_path: Path, manifest: Manifest, indices: list[int], throttle: int | None,
-                extra: list[str]) -> list[str]:
-    logs = Path(manifest.out) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    for value in (manifest_path, REPO):
-        if "," in str(value):  # sbatch --export splits its value on commas
-            raise CamnetError(f"{value}: a path with a comma cannot be passed to sbatch --export; rename it")
-    args = [f"--array={array_spec(indices, throttle)}", f"--output={logs}/%x_%A_%a.out",
-            f"--export=ALL,CAMNET_MANIFEST={manifest_path},CAMNET_ROOT={REPO}"]
-    if manifest.shards > 1:
-        args.append(f"--ntasks={manifest.shards}")
-    return [*args, *extra, str(SBATCH_SCRIPT)]
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = load_layer1_config(args.config, args.overrides)  # fail here, not in N array tasks
     if args.shards < 1 or (args.shards > 1 and cfg.sampling.mode != "dense"):
         raise CamnetError(f"--shards {args.shards}: must be 1, or above 1 with sampling.mode: dense")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise CamnetError(f"--max-parallel {args.max_parallel}: must be at least 1")
-    slides = discover_slides(args.slides)
-    if not slides:
-        raise CamnetError(f"no slides found in {' '.join(args.slides)}")
-    missing = [str(s) for s in slides if not s.is_file()]
-    if missing:
-        raise CamnetError(f"slide {missing[0]}: no such file")
+    slides = require_slides(args.slides)
     pairs = pair_annotations(slides, args.annotations)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         for slide in manifest.unpaired:
             print(f"  {slide}")
     extra = [*args.sbatch_arg, *([f"--dependency={args.dependency}"] if args.dependency else [])]
-    command = sbatch_args(path, manifest, list(range(len(pairs))), args.max_parallel, extra)
+    command = array_sbatch_args(LAYER1_SCRIPT, path, manifest, list(range(len(pairs))), args.max_parallel, extra)
     if args.dry_run:
         print("sbatch " + " ".join(command))
         return 0

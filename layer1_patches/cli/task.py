@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from layer1_patches.config import load_layer1_config
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import ExtractRequest, extract_slide
-from layer1_patches.manifest import Manifest
 from layer1_patches.merge import merge_shards
-from layer1_patches.slurmjobs import TaskState, write_task_state
+from layer1_patches.shared.manifest import Manifest
+from layer1_patches.shared.slurm import array_task_index, recorded_task
 
 
 def register(sub: Any) -> None:
@@ -26,46 +24,25 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _index(args: argparse.Namespace) -> int:
-    if args.index is not None:
-        return int(args.index)
-    raw = os.environ.get("SLURM_ARRAY_TASK_ID", "")
-    if not raw.isdigit():
-        raise CamnetError("--index not given and SLURM_ARRAY_TASK_ID is not set (submit with --array)")
-    return int(raw)
-
-
 def run(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.manifest)
-    index = _index(args)
+    index = array_task_index(args.index)
     entry = manifest.entry(index, args.manifest)
     out = Path(manifest.out)
     slide = Path(entry.slide)
-    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", ""))
-    lead = os.environ.get("SLURM_PROCID", "0") == "0"  # one state writer per array task
-
-    def record(state: str, error: str = "") -> None:
-        if lead or state == "failed":
-            write_task_state(out, TaskState(index, entry.slide, state, job, error, time.time()))
-
-    try:
-        if args.merge:
+    if args.merge:
+        with recorded_task(out, index, entry.slide):
             merged = merge_shards(out, slide, manifest.shards)
-            record("done")
-            print(f"merged {manifest.shards} shards into {merged}")
-            return 0
-        record("running")
+        print(f"merged {manifest.shards} shards into {merged}")
+        return 0
+    shard = None
+    if args.shard_from_env and manifest.shards > 1:
+        shard = (int(os.environ.get("SLURM_PROCID", "0")), manifest.shards)
+    # a shard's task is done only when the merge step has run
+    with recorded_task(out, index, entry.slide, final=shard is None):
         cfg = load_layer1_config(Path(manifest.config), list(manifest.overrides))
-        shard = None
-        if args.shard_from_env and manifest.shards > 1:
-            shard = (int(os.environ.get("SLURM_PROCID", "0")), manifest.shards)
         annotation = Path(entry.annotation) if entry.annotation else None
         # The array index, not the job id, seeds random sampling: a resubmitted task redraws the same patches.
         result = extract_slide(ExtractRequest(slide, out, cfg, annotation, shard, task_seed=index))
-        if shard is None:
-            record("done")
-        print(f"{result.slide}: {result.status}, patches {result.counts}, rejects {result.rejects}")
-        return 0
-    except CamnetError as err:
-        record("failed", str(err))
-        raise
+    print(f"{result.slide}: {result.status}, patches {result.counts}, rejects {result.rejects}")
+    return 0

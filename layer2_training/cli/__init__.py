@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from layer1_patches.cli.dispatch import run
+from layer1_patches.shared.cli import run
 
 COMMANDS = ("train", "fetch_weights")
 

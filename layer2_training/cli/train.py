@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
+from layer1_patches.shared.cli import add_overrides
 from layer2_training.config import load_layer2_config
 
 

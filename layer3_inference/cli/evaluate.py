@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
+from layer1_patches.shared.cli import add_overrides
 from layer3_inference.config import load_evaluate_config
 
 
@@ -27,7 +26,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_evaluate_config(args.config, args.overrides)
     from layer3_inference.evaluate import evaluate_cohort
+    from layer3_inference.summaries import to_json
 
-    summary = evaluate_cohort(args.heatmaps, args.annotations, args.out, cfg)
-    print(json.dumps(summary, indent=1, sort_keys=True))
+    print(to_json(evaluate_cohort(args.heatmaps, args.annotations, args.out, cfg)), end="")
     return 0

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
+from layer1_patches.shared.cli import add_overrides
 
 
 def register(sub: Any) -> None:

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.cli.dispatch import add_overrides
-from layer1_patches.errors import CamnetError
-from layer3_inference.pipeline.config import REPO, load_experiment
+from layer1_patches.shared.cli import add_overrides
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.slurm import REPO
+from layer3_inference.pipeline.config import load_experiment
 
 DEMO_CONFIG = REPO / "configs" / "experiment" / "demo.yaml"
 

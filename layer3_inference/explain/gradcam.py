@@ -41,9 +41,3 @@ def cams(flat: tf.keras.Model, patches: np.ndarray, layer: str, score: str, batc
             out[name].append(np.asarray(cam, np.float32).reshape(len(x), *patches.shape[1:3]))
     return {name: np.concatenate(parts) if parts else np.zeros((0, *patches.shape[1:3]), np.float32)
             for name, parts in out.items()}
-
-
-def mass_share(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of a map's (non-negative) mass inside `mask`; NaN for an all-zero map."""
-    total = float(np.clip(cam, 0, None).sum())
-    return float(np.clip(cam, 0, None)[mask].sum()) / total if total > 0 else float("nan")

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from layer1_patches.atomic import atomic_path
+from layer1_patches.shared.atomic import atomic_path
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:

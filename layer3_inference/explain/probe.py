@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 
 BACKBONE = "backbone"
 _CONV = (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D, tf.keras.layers.SeparableConv2D)

@@ -37,7 +37,7 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer3_inference.explain.config import RcvConfig
 
 
@@ -74,7 +74,7 @@ def activations(taps: tf.keras.Model, layers: list[str], patches: np.ndarray, ba
 class IsotropicScaler(BaseEstimator, TransformerMixin):
     """Centre, then divide every feature by the same scale (root mean feature variance)."""
 
-    def fit(self, x: np.ndarray, y: Any = None) -> IsotropicScaler:
+    def fit(self, x: np.ndarray, y: Any = None) -> IsotropicScaler:  # noqa: ARG002 - scikit-learn's fit(X, y)
         self.mean_ = x.mean(axis=0)
         scale = float(np.sqrt(np.mean(x.var(axis=0))))
         self.scale_ = scale if scale > 0 else 1.0

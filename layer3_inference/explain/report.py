@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from layer1_patches.atomic import write_bytes_atomic
+from layer1_patches.shared.atomic import write_bytes_atomic
 
 LIST_KEYS = ("tcav_boot", "random_tcav", "rank_correlation")
 

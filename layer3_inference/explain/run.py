@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from layer1_patches.errors import CamnetError
-from layer1_patches.typedconfig import config_hash, to_dict
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import config_hash, to_dict
 from layer3_inference.explain import concepts, dist, plots, report
 from layer3_inference.explain import select as sel
 from layer3_inference.explain.config import CONCEPTS, ExplainConfig

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 from layer3_inference.explain.config import SelectConfig
 
@@ -57,7 +57,13 @@ def _gather(stores: list[PatchStore], pairs: list[tuple[int, int]], prob: np.nda
     if not pairs:
         raise CamnetError("patch selection is empty: no patch matches the selection "
                           "(check select.mode and its keys, or the stores' labels)")
-    rgb = np.concatenate([stores[s].read([i]) for s, i in pairs])
+    which = np.array([s for s, _ in pairs], np.int64)
+    rows = np.array([i for _, i in pairs], np.int64)
+    size = stores[0].patch_size  # one size: open_stores checks it
+    rgb = np.empty((len(pairs), size, size, 3), np.uint8)
+    for s in np.unique(which):  # one read per store: PatchStore.read turns sorted rows into few hyperslab reads
+        at = np.flatnonzero(which == s)
+        rgb[at] = stores[s].read(rows[at])
     return Selection(rgb=rgb, coords=np.array([stores[s].coords[i] for s, i in pairs], np.int64),
                      label=np.array([int(stores[s].labels[i]) for s, i in pairs], np.int64),
                      source=[str(stores[s].path) for s, _ in pairs], row=np.array([i for _, i in pairs], np.int64),

@@ -18,6 +18,7 @@ from layer1_patches.extract import ExtractRequest, extract_slide
 from layer1_patches.store import PatchStore
 from layer1_patches.synth import write_cohort
 from layer2_training.model import BACKBONE_NAME, BackbonePreprocess
+from layer2_training.sidecar import SIDECAR, ModelSidecar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,9 +82,8 @@ def export(model: tf.keras.Model, run_dir: Path, patch: int) -> Path:
     """`run_dir/export/model.keras` + `run_dir/model.json`, the layout Layer 2's trainer writes."""
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
     model.save(str(run_dir / "export" / "model.keras"))
-    sidecar = {"sidecar_version": 1, "model_file": "export/model.keras", "backbone": "tiny",
-               "patch_size": patch, "input_size": patch, "resized_in_model": False, "working_mpp": 0.5,
-               "level": 0, "output": "sigmoid probability of class 1", "classes": ["normal", "tumour"],
-               "threshold": 0.5, "preprocessing": "tf", "stain": {"method": "none"}}
-    (run_dir / "model.json").write_text(json.dumps(sidecar, indent=1))
+    sidecar = ModelSidecar(model_file="export/model.keras", patch_size=patch, working_mpp=0.5, level=0, threshold=0.5,
+                           backbone="tiny", input_size=patch, output="sigmoid probability of class 1",
+                           preprocessing="tf")
+    (run_dir / SIDECAR).write_text(json.dumps(sidecar.to_dict(), indent=1))
     return run_dir

@@ -8,7 +8,6 @@ explain (afterany: a failed explanation should not cost the user the rest of the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -18,15 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from layer1_patches.atomic import write_json_atomic, write_text_atomic
-from layer1_patches.cli.submit import sbatch_args as layer1_sbatch_args
-from layer1_patches.errors import CamnetError
-from layer1_patches.slurmjobs import array_spec, record_submission, sbatch
+from layer1_patches.shared.atomic import read_json_object, write_json_atomic, write_text_atomic
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.slurm import REPO, SCRIPTS, array_sbatch_args, array_spec, record_submission, sbatch
 from layer3_inference.pipeline import stages
-from layer3_inference.pipeline.config import REPO, Experiment, StageSlurm, resolved_yaml
+from layer3_inference.pipeline.config import Experiment, StageSlurm, resolved_yaml
 from layer3_inference.pipeline.stages import STAGES, Layout
 
-SLURM = REPO / "slurm"
 Print = Callable[[str], None]
 
 
@@ -84,41 +81,29 @@ def submit(exp: Experiment, echo: Print = print) -> dict[str, str]:
     manifest = stages.write_manifests(exp)
     write_text_atomic(layout.resolved, resolved_yaml(exp))
     n = len(manifest.entries)
-    logs = layout.logs
+    commands = stages.commands(exp, manifest)
     jobs: dict[str, str] = {}
-
-    def single(stage: str, script: Path, args: list[str], env: dict[str, str] | None = None,
-               array: str | None = None) -> None:
-        res = sbatch_resources(getattr(exp.cfg.slurm, stage), stage)
-        output = f"--output={logs}/{stage}_%A_%a.out" if array else f"--output={logs}/{stage}_%j.out"
-        command = [f"--job-name={exp.cfg.name}-{stage}", output, *([f"--array={array}"] if array else []), *res,
-                   *_dependency(jobs, stage), str(script), *args]
-        with _environ({**job_env(exp), **(env or {})}):
-            jobs[stage] = sbatch(command, cwd=REPO)
-        echo(f"  {stage:9s} job {jobs[stage]}")
-
     echo(f"submitting {exp.cfg.name}: {n} slides, outputs in {exp.out}")
-    l1 = exp.cfg.slurm.layer1
-    extra = [f"--job-name={exp.cfg.name}-layer1", *sbatch_resources(l1, "layer1")]
-    with _environ(job_env(exp)):
-        jobs["layer1"] = sbatch(layer1_sbatch_args(layout.manifest, manifest, list(range(n)), l1.max_parallel,
-                                                   extra), cwd=REPO)
-    record_submission(layout.patches, jobs["layer1"], list(range(n)))
-    echo(f"  {'layer1':9s} job {jobs['layer1']} (array of {n})")
-    single("index", SLURM / "pipeline_step.sbatch", stages.index_argv(exp))
-    train_sets = stages.sets(stages.layer2_sets(layout, exp.cfg.layer2.overrides))
-    single("layer2", SLURM / "layer2_train.sbatch", [exp.cfg.layer2.config, *train_sets])
-    hm = exp.cfg.slurm.heatmap
-    single("heatmap", SLURM / "layer3_heatmap.sbatch", [],
-           {"CAMNET_MANIFEST": str(layout.heatmap_manifest), "CAMNET_MODEL": str(layout.run_dir),
-            "CAMNET_OUT": str(layout.heatmaps), "CAMNET_CONFIG": exp.cfg.heatmap.config},
-           array=array_spec(list(range(n)), hm.max_parallel))
-    record_submission(layout.heatmaps, jobs["heatmap"], list(range(n)))
-    single("evaluate", SLURM / "pipeline_step.sbatch", stages.evaluate_argv(exp))
-    if exp.cfg.explain.enabled:
-        single("explain", SLURM / "layer3_explain.sbatch", stages.explain_args(exp, manifest),
-               {"CAMNET_CONFIG": exp.cfg.explain.config})
-    single("report", SLURM / "pipeline_step.sbatch", stages.report_argv(exp))
+    for stage in STAGES:
+        if not stages.enabled(stage, exp):
+            continue
+        cmd = commands[stage]
+        res = getattr(exp.cfg.slurm, stage)
+        head = [f"--job-name={exp.cfg.name}-{stage}", *sbatch_resources(res, stage), *_dependency(jobs, stage)]
+        script = SCRIPTS / cmd.script
+        if stage == "layer1":  # Layer 1's own array arguments (logs, dense shards), as its `submit` uses
+            args = array_sbatch_args(script, layout.manifest, manifest, list(range(n)), res.max_parallel, head)
+            assert args[-2:] == cmd.script_args()  # the same command line either way
+        else:
+            output = f"--output={layout.logs}/{stage}_%A_%a.out" if cmd.array else \
+                f"--output={layout.logs}/{stage}_%j.out"
+            array = [f"--array={array_spec(list(range(n)), res.max_parallel)}"] if cmd.array else []
+            args = [*head, output, *array, str(script), *cmd.script_args()]
+        with _environ(job_env(exp)):
+            jobs[stage] = sbatch(args, cwd=REPO)
+        if cmd.array:
+            record_submission(layout.patches if stage == "layer1" else layout.heatmaps, jobs[stage], list(range(n)))
+        echo(f"  {stage:9s} job {jobs[stage]}" + (f" (array of {n})" if cmd.array else ""))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "slurm", "jobs": jobs})
     return jobs
 
@@ -153,70 +138,53 @@ def _run_module(argv: list[str], log: Path) -> None:
 
 
 def _save_timing(layout: Layout, run: StageRun, start: float) -> None:
-    try:
-        data = json.loads(layout.timings.read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = read_json_object(layout.timings)
     data[run.stage] = {"status": run.status, "seconds": round(run.seconds, 2), "start": start,
                        "end": start + run.seconds}
     write_json_atomic(layout.timings, data)
 
 
 def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list[StageRun]:
-    """Every stage in order as subprocesses (what the SLURM jobs run); finished stages are skipped."""
-    from layer3_inference.pipeline.report import write_report
-
+    """Every stage in order as subprocesses (the commands the SLURM jobs run); finished stages are skipped."""
     layout = Layout(exp.out)
     manifest = stages.write_manifests(exp)
     write_text_atomic(layout.resolved, resolved_yaml(exp))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "local", "jobs": {}})
+    commands = stages.commands(exp, manifest)
     n = len(manifest.entries)
-    work: dict[str, Callable[[Path], None]] = {
-        "layer1": lambda log: _layer1_local(layout.manifest, n, exp.cfg.local_workers, log),
-        "index": lambda log: _run_module(stages.index_argv(exp), log),
-        "layer2": lambda log: _run_module(stages.layer2_argv(exp), log),
-        "heatmap": lambda log: _run_module(stages.heatmap_argv(exp, manifest), log),
-        "evaluate": lambda log: _run_module(stages.evaluate_argv(exp), log),
-        "explain": lambda log: _run_module(stages.explain_argv(exp, manifest), log),
-        "report": lambda log: None,
-    }
     runs: list[StageRun] = []
     for i, stage in enumerate(STAGES, 1):
         head = f"[{i}/{len(STAGES)}] {stage:9s}"
         if not stages.enabled(stage, exp):
             echo(f"{head} disabled")
             continue
-        start = time.time()
-        if stage == "report":
-            # the report includes its own stage's timing only as "running": write it after the others
-            path = write_report(exp)
-            runs.append(StageRun(stage, "done", time.time() - start))
-            _save_timing(layout, runs[-1], start)
-            echo(f"{head} done in {runs[-1].seconds:.0f} s: {path}")
-            continue
-        if not force and stages.finished(stage, exp, manifest):
+        # the report shows the other stages' timings: it is always rewritten, last
+        if stage != "report" and not force and stages.finished(stage, exp, manifest):
             echo(f"{head} finished before, skipped")
             runs.append(StageRun(stage, "skipped", 0.0))
             continue
-        echo(f"{head} running (log {layout.logs / (stage + '.log')})")
+        log = layout.logs / f"{stage}.log"
+        echo(f"{head} running (log {log})")
+        start = time.time()
         try:
-            work[stage](layout.logs / f"{stage}.log")
+            if commands[stage].array:
+                _array_local(commands[stage], n, exp.cfg.local_workers, log)
+            else:
+                _run_module(commands[stage].local_argv(), log)
         except CamnetError:
             _save_timing(layout, StageRun(stage, "failed", time.time() - start), start)
             raise
         runs.append(StageRun(stage, "done", time.time() - start))
         _save_timing(layout, runs[-1], start)
-        echo(f"{head} done in {runs[-1].seconds:.0f} s")
+        echo(f"{head} done in {runs[-1].seconds:.0f} s" + (f": {layout.report}" if stage == "report" else ""))
     return runs
 
 
-def _layer1_local(manifest: Path, n: int, workers: int, log: Path) -> None:
-    # One `layer1_patches task` per slide, as the SLURM array runs them: same seeds, same task state files.
+def _array_local(cmd: stages.StageCommand, n: int, workers: int, log: Path) -> None:
+    # One task per manifest index, as the SLURM array runs them: same seeds, same task state files.
     def one(i: int) -> None:
-        _run_module(["layer1_patches", "task", "--manifest", str(manifest), "--index", str(i)],
-                    log.with_name(f"layer1_{i}.log"))
+        _run_module(cmd.local_argv(i), log.with_name(f"{cmd.stage}_{i}.log"))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(one, i) for i in range(n)]:
             future.result()
-

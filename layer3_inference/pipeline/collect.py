@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -14,10 +13,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from layer1_patches.typedconfig import to_dict
+from layer1_patches.shared.atomic import read_json_object
+from layer1_patches.shared.typedconfig import to_dict
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment, resolved_yaml
-from layer3_inference.pipeline.stages import Layout
+from layer3_inference.pipeline.layout import Layout
 from layer3_inference.pipeline.status import StageStatus, stage_status, stage_timings
 
 MAX_PANELS = 8
@@ -52,12 +52,6 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _bytes(path: Path) -> bytes | None:
@@ -133,7 +127,7 @@ def versions() -> dict[str, str]:
 
 def store_rejects(path: Path) -> int | None:
     """Patches Layer 1 rejected for this slide (all reasons), or None before its store exists."""
-    from layer1_patches.errors import CamnetError
+    from layer1_patches.shared.errors import CamnetError
     from layer1_patches.store import PatchStore
 
     try:
@@ -158,7 +152,7 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
         stem = Path(entry.slide).stem
         ix = by_name.get(stem, {})
         ev = by_eval.get(stem, {})
-        hm = _json(final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
+        hm = read_json_object(final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
         rows.append({"slide": stem, "patient": ix.get("patient", ""), "split": ix.get("split", ""),
                      "annotated": "yes" if entry.annotation else "no", "tumour_patches": ix.get("n_tumour"),
                      "normal_patches": ix.get("n_normal"), "rejects": store_rejects(layout.patches / f"{stem}.h5"),
@@ -172,7 +166,7 @@ def collect(exp: Experiment) -> ReportData:
     from layer3_inference.outputs import final_dir
 
     layout = Layout(exp.out)
-    index = _json(layout.index)
+    index = read_json_object(layout.index)
     evaluate_rows = read_csv(layout.evaluate / "cohort.csv")
     images = {name: data for name, path in (("roc", layout.run_dir / "roc.png"),
                                             ("froc", layout.evaluate / "froc.png"),
@@ -187,18 +181,18 @@ def collect(exp: Experiment) -> ReportData:
             views.append(SlideView(Path(entry.slide).stem,
                                    _bytes(final_dir(layout.heatmaps, Path(entry.slide)) / "heatmap.png"),
                                    mask_png(store)))
-    explain = _json(layout.explain / "summary.json") or None
+    explain = read_json_object(layout.explain / "summary.json") or None
     panels = [(p.stem, p.read_bytes()) for p in sorted((layout.explain / "panels").glob("*.png"))[:MAX_PANELS]]
     configs = {"experiment": resolved_yaml(exp)}
     configs.update({k: yaml.safe_dump(to_dict(v), sort_keys=False) for k, v in exp.layers.items()})
-    run_env = _json(layout.run_dir / "environment.json")
+    run_env = read_json_object(layout.run_dir / "environment.json")
     vers = versions()
     if run_env.get("git_commit"):
         vers["git commit (training)"] = str(run_env["git_commit"])
     return ReportData(
         name=exp.cfg.name, out=str(exp.out), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cohort=cohort_rows(exp, index, evaluate_rows), splits=index.get("summary", {}),
-        history=read_history(layout.run_dir / "history.csv"), metrics=_json(layout.run_dir / "metrics.json"),
-        evaluate_summary=_json(layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
+        history=read_history(layout.run_dir / "history.csv"), metrics=read_json_object(layout.run_dir / "metrics.json"),
+        evaluate_summary=read_json_object(layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
         explain_summary=explain, images=images, slides=views, panels=panels, status=stage_status(exp),
         timings=stage_timings(exp), configs=configs, versions=vers)

@@ -7,34 +7,35 @@ fails at submission with one line naming the key or file, not hours later in an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from layer1_patches.errors import ConfigError
-from layer1_patches.typedconfig import bounded, load_config, to_dict
-
-REPO = Path(__file__).resolve().parents[2]
+from layer1_patches.shared.errors import ConfigError
+from layer1_patches.shared.typedconfig import bounded, load_config, to_dict
+from layer3_inference.pipeline.layout import Layout, layer2_sets
 
 
 @dataclass(frozen=True)
 class LayerRef:
-    config: str = ""
+    config: str = bounded("", doc="the layer's YAML config")
     overrides: list[str] = bounded([], doc="`key.path=value` items, as --set on the layer's command line")
 
 
 @dataclass(frozen=True)
 class Layer1Ref(LayerRef):
-    config: str = "configs/layer1/random.yaml"
+    config: str = bounded("configs/layer1/random.yaml", doc="Layer 1's YAML config")
 
 
 @dataclass(frozen=True)
 class IndexRef:
-    split_by: Literal["patient", "centre"] = "patient"
+    split_by: Literal["patient", "centre"] = bounded("patient", doc="patient: shuffled patients cut by fractions; "
+                                                     "centre: whole centres per split")
     fractions: dict[str, float] = bounded({"train": 0.7, "val": 0.15, "test": 0.15},
-                                          doc="split name -> share of patients (split_by patient)")
+                                          doc="split name -> share of patients, relative to their sum (split_by "
+                                              "patient)")
     centres: dict[str, list[str]] = bounded({}, doc="split name -> centres (split_by centre)")
     seed: int = bounded(0, min=0, doc="patient shuffle seed")
 
@@ -48,46 +49,47 @@ class IndexRef:
 
 @dataclass(frozen=True)
 class Layer2Ref(LayerRef):
-    config: str = "configs/layer2/resnet50.yaml"
+    config: str = bounded("configs/layer2/resnet50.yaml", doc="Layer 2's YAML config")
 
 
 @dataclass(frozen=True)
 class HeatmapRef(LayerRef):
-    config: str = "configs/layer3/heatmap.yaml"
+    config: str = bounded("configs/layer3/heatmap.yaml", doc="the heatmap YAML config")
 
 
 @dataclass(frozen=True)
 class EvaluateRef(LayerRef):
-    config: str = "configs/layer3/evaluate.yaml"
+    config: str = bounded("configs/layer3/evaluate.yaml", doc="the evaluation YAML config")
 
 
 @dataclass(frozen=True)
 class ExplainRef(LayerRef):
-    config: str = "configs/layer3/explain.yaml"
-    enabled: bool = True
+    config: str = bounded("configs/layer3/explain.yaml", doc="the explain YAML config")
+    enabled: bool = bounded(True, doc="run the explain stage; false: the report has no explanations")
 
 
 @dataclass(frozen=True)
 class StageSlurm:
-    partition: str | None = None  # null: the cluster's default partition
-    time: str | None = None  # e.g. "04:00:00"; null: the sbatch script's default
+    partition: str | None = bounded(None, doc="sbatch --partition; null: the cluster's default partition")
+    time: str | None = bounded(None, doc="sbatch --time, e.g. \"04:00:00\"; null: the sbatch script's default")
     cpus: int | None = bounded(None, min=1, doc="CPUs per task (rank); null: the script's default")
-    gpus: int = bounded(0, min=0, doc="GPUs per node (--gres=gpu:N)")
+    gpus: int = bounded(0, min=0, doc="GPUs per node (--gres=gpu:N); 0: none")
     ranks: int = bounded(1, min=1, doc="tasks per job (Horovod / MPI ranks) on one node")
-    max_parallel: int | None = bounded(None, min=1, doc="array throttle %M (array stages)")
-    account: str | None = None
+    max_parallel: int | None = bounded(None, min=1, doc="array stages (layer1, heatmap): tasks running at once "
+                                       "(%M); null: no limit")
+    account: str | None = bounded(None, doc="sbatch --account; null: your default account")
     extra: list[str] = bounded([], doc="more sbatch options, e.g. [--mem=16G, --qos=short]")
 
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    layer1: StageSlurm = field(default_factory=StageSlurm)
-    index: StageSlurm = field(default_factory=StageSlurm)
-    layer2: StageSlurm = field(default_factory=StageSlurm)
-    heatmap: StageSlurm = field(default_factory=StageSlurm)
-    evaluate: StageSlurm = field(default_factory=StageSlurm)
-    explain: StageSlurm = field(default_factory=StageSlurm)
-    report: StageSlurm = field(default_factory=StageSlurm)
+    layer1: StageSlurm = bounded(StageSlurm(), doc="the Layer 1 array: one task per slide")
+    index: StageSlurm = bounded(StageSlurm(), doc="the dataset index job")
+    layer2: StageSlurm = bounded(StageSlurm(), doc="the training job (its ranks on one node)")
+    heatmap: StageSlurm = bounded(StageSlurm(), doc="the heatmap array: one task per slide")
+    evaluate: StageSlurm = bounded(StageSlurm(), doc="the evaluation job")
+    explain: StageSlurm = bounded(StageSlurm(), doc="the explain job")
+    report: StageSlurm = bounded(StageSlurm(), doc="the report job")
 
     def validate(self, path: str) -> None:
         # Checked on load, not at submission: a failure half-way through `submit` would leave a partial chain.
@@ -103,22 +105,27 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "experiment"
-    slides: list[str] = bounded([], doc="slide files, folders or globs")
-    annotations: str | None = None  # folder of <slide stem>.xml/.geojson; null: normal patches only
-    out: str = "experiments/experiment"
-    container: str | None = None  # Apptainer/Singularity image (CAMNET_SIF) for every SLURM stage
-    bind: str | None = None  # extra container binds (CAMNET_BIND), e.g. "/data,/scratch"
+    name: str = bounded("experiment", doc="experiment name, without '/'; SLURM job names are `<name>-<stage>`")
+    slides: list[str] = bounded([], doc="slide files, folders or globs (required)")
+    annotations: str | None = bounded(None, doc="folder of `<slide stem>.xml` / `.geojson`; null: normal patches "
+                                      "only, every slide tumour-free in evaluate")
+    out: str = bounded("experiments/experiment", doc="output folder of the whole experiment (see the output files "
+                       "section)")
+    container: str | None = bounded(None, doc="Apptainer/Singularity image every SLURM stage runs in (CAMNET_SIF); "
+                                    "null: none")
+    bind: str | None = bounded(None, doc="extra container binds (CAMNET_BIND), e.g. \"/data,/scratch\"; null: "
+                               "none")
     local_workers: int = bounded(1, min=1, max=64, doc="slides processed at once by the local runner")
-    layer1: Layer1Ref = field(default_factory=Layer1Ref)
-    index: IndexRef = field(default_factory=IndexRef)
-    layer2: Layer2Ref = field(default_factory=Layer2Ref)
-    heatmap: HeatmapRef = field(default_factory=HeatmapRef)
-    evaluate: EvaluateRef = field(default_factory=EvaluateRef)
-    explain: ExplainRef = field(default_factory=ExplainRef)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    layer1: Layer1Ref = bounded(Layer1Ref(), doc="Layer 1: patch extraction, one run per slide")
+    index: IndexRef = bounded(IndexRef(), doc="the dataset index: train/val/test splits")
+    layer2: Layer2Ref = bounded(Layer2Ref(), doc="Layer 2: training; the pipeline sets data.index and "
+                                "output.run_dir")
+    heatmap: HeatmapRef = bounded(HeatmapRef(), doc="Layer 3 heatmaps, one run per slide")
+    evaluate: EvaluateRef = bounded(EvaluateRef(), doc="Layer 3 evaluation against the annotations")
+    explain: ExplainRef = bounded(ExplainRef(), doc="Layer 3 interpretability")
+    slurm: SlurmConfig = bounded(SlurmConfig(), doc="SLURM resources per stage (the local runner ignores them)")
 
-    def validate(self, path: str) -> None:
+    def validate(self, _path: str) -> None:
         if not self.slides:
             raise ConfigError("config key 'slides': lists no slides (files, folders or globs)")
         if not self.name or "/" in self.name:
@@ -187,8 +194,6 @@ class Experiment:
 def load_experiment(path: Path, overrides: list[str] | None = None, base: Path | None = None) -> Experiment:
     cfg = load_config(ExperimentConfig, path, overrides)
     cfg = resolve_paths(cfg, base or Path.cwd())
-    from layer3_inference.pipeline.stages import Layout, layer2_sets
-
     # validated as the chain will run it: with the index and run dir the chain places
     forced = {"layer2": layer2_sets(Layout(Path(cfg.out)), cfg.layer2.overrides)}
     return Experiment(cfg, Path(path).resolve(), load_layer_configs(cfg, forced))

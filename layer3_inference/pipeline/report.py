@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.atomic import write_text_atomic
+from layer1_patches.shared.atomic import write_text_atomic
 from layer3_inference.pipeline.collect import ReportData
 from layer3_inference.pipeline.config import Experiment
-from layer3_inference.pipeline.stages import Layout
+from layer3_inference.pipeline.layout import Layout
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}

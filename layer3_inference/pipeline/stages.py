@@ -1,6 +1,8 @@
 """The stages of an experiment, where each writes, how each knows it is finished, and its command line.
 
-Both runners (SLURM and local) build their commands here, so a stage does the same work either way.
+Both runners (SLURM and local) run the command lines built here: SLURM through the stage's sbatch script (which
+takes the command line as its arguments), the local runner as subprocesses, an array stage once per manifest
+index. So a stage does the same work either way, configured by its command line alone.
 """
 
 from __future__ import annotations
@@ -8,92 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import output_path
-from layer1_patches.manifest import Manifest
-from layer1_patches.runner import discover_slides, pair_annotations
+from layer1_patches.shared.cohort import pair_annotations, require_slides
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.manifest import Manifest
 from layer3_inference.pipeline.config import Experiment
+from layer3_inference.pipeline.layout import Layout, layer2_sets
 
 STAGES = ("layer1", "index", "layer2", "heatmap", "evaluate", "explain", "report")
 ARRAY_STAGES = frozenset({"layer1", "heatmap"})
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Every output of one experiment lives under `out`; stages find each other's files here."""
-
-    out: Path
-
-    @property
-    def patches(self) -> Path:
-        return self.out / "patches"
-
-    @property
-    def manifest(self) -> Path:
-        return self.patches / "manifest.json"
-
-    @property
-    def index(self) -> Path:
-        return self.patches / "index.json"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.out / "run"
-
-    @property
-    def heatmaps(self) -> Path:
-        return self.out / "heatmaps"
-
-    @property
-    def heatmap_manifest(self) -> Path:
-        return self.heatmaps / "manifest.json"
-
-    @property
-    def evaluate(self) -> Path:
-        return self.out / "evaluate"
-
-    @property
-    def explain(self) -> Path:
-        return self.out / "explain"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "report" / "index.html"
-
-    @property
-    def state(self) -> Path:
-        return self.out / "pipeline"
-
-    @property
-    def jobs(self) -> Path:
-        return self.state / "jobs.json"
-
-    @property
-    def timings(self) -> Path:
-        return self.state / "timings.json"
-
-    @property
-    def resolved(self) -> Path:
-        return self.state / "experiment.yaml"
-
-    @property
-    def logs(self) -> Path:
-        return self.state / "logs"
-
-    @property
-    def no_annotations(self) -> Path:
-        return self.state / "no_annotations"
-
-
 def write_manifests(exp: Experiment) -> Manifest:
     """The cohort, fixed once: Layer 1's manifest, and the same slides for the heatmap array."""
     layout = Layout(exp.out)
-    slides = discover_slides(exp.cfg.slides)
-    if not slides:
-        raise CamnetError(f"config key 'slides': no slides found in {' '.join(exp.cfg.slides)}")
-    missing = [str(s) for s in slides if not s.is_file()]
-    if missing:
-        raise CamnetError(f"config key 'slides': slide {missing[0]}: no such file")
+    slides = require_slides(exp.cfg.slides, "config key 'slides': ")
     annotations = Path(exp.cfg.annotations) if exp.cfg.annotations else None
     pairs = pair_annotations(slides, annotations)
     for folder in (layout.patches, layout.heatmaps, layout.logs, layout.no_annotations):
@@ -110,37 +41,47 @@ def stores(exp: Experiment, manifest: Manifest) -> list[Path]:
     return [output_path(Layout(exp.out).patches, Path(e.slide), None) for e in manifest.entries]
 
 
-def index_argv(exp: Experiment) -> list[str]:
-    layout, ix = Layout(exp.out), exp.cfg.index
-    argv = ["layer1_patches", "index", "--inputs", str(layout.patches), "--out", str(layout.index),
-            "--split-by", ix.split_by, "--fractions", ",".join(f"{k}={v}" for k, v in ix.fractions.items()),
-            "--seed", str(ix.seed)]
-    if ix.centres:
-        argv += ["--centres", *(f"{k}={','.join(v)}" for k, v in ix.centres.items())]
-    return argv
+# The sbatch script of each stage and the command it runs: a script takes the rest of the stage's command line
+# as its arguments, so SLURM and the local runner run the same `python -m` command.
+SCRIPTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "layer1": ("layer1_extract.sbatch", ("layer1_patches", "task")),
+    "index": ("pipeline_step.sbatch", ()),
+    "layer2": ("layer2_train.sbatch", ("layer2_training", "train")),
+    "heatmap": ("layer3_heatmap.sbatch", ("layer3_inference", "pipeline", "heatmap-task")),
+    "evaluate": ("pipeline_step.sbatch", ()),
+    "explain": ("layer3_explain.sbatch", ("layer3_inference", "explain")),
+    "report": ("pipeline_step.sbatch", ()),
+}
 
 
-def layer2_sets(layout: Layout, overrides: list[str]) -> list[str]:
-    # The chain owns where the index and the run dir are; a user's value for them would break the next stage.
-    owned = ("data.index=", "output.run_dir=")
-    kept = [o for o in overrides if not o.replace(" ", "").startswith(owned)]
-    return [*kept, f"data.index={layout.index}", f"output.run_dir={layout.run_dir}"]
+@dataclass(frozen=True)
+class StageCommand:
+    """One stage's command line, `python -m ARGV...`; an array stage's task adds `--index i` (SLURM: its id)."""
+
+    stage: str
+    argv: tuple[str, ...]
+
+    @property
+    def script(self) -> str:
+        return SCRIPTS[self.stage][0]
+
+    @property
+    def array(self) -> bool:
+        return self.stage in ARRAY_STAGES
+
+    def script_args(self) -> list[str]:
+        """The arguments of the stage's sbatch script: its command line without what the script runs itself."""
+        fixed = SCRIPTS[self.stage][1]
+        if self.argv[:len(fixed)] != fixed:  # a bug in this module, not user input
+            raise ValueError(f"stage {self.stage}: {self.argv} does not start with {fixed}")
+        return list(self.argv[len(fixed):])
+
+    def local_argv(self, index: int | None = None) -> list[str]:
+        return [*self.argv, *(["--index", str(index)] if index is not None else [])]
 
 
 def sets(overrides: list[str]) -> list[str]:
     return [item for o in overrides for item in ("--set", o)]
-
-
-def layer2_argv(exp: Experiment) -> list[str]:
-    overrides = layer2_sets(Layout(exp.out), exp.cfg.layer2.overrides)
-    return ["layer2_training", "train", "--config", exp.cfg.layer2.config, *sets(overrides)]
-
-
-def heatmap_argv(exp: Experiment, manifest: Manifest) -> list[str]:
-    layout = Layout(exp.out)
-    return ["layer3_inference", "heatmap", "--config", exp.cfg.heatmap.config, "--model", str(layout.run_dir),
-            "--slides", *(e.slide for e in manifest.entries), "--out", str(layout.heatmaps),
-            *sets(exp.cfg.heatmap.overrides)]
 
 
 def annotations_dir(exp: Experiment) -> Path:
@@ -148,40 +89,54 @@ def annotations_dir(exp: Experiment) -> Path:
     return Path(exp.cfg.annotations) if exp.cfg.annotations else Layout(exp.out).no_annotations
 
 
-def evaluate_argv(exp: Experiment) -> list[str]:
+def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
+    """Every stage's command line: the one route by which a stage gets its configuration."""
+    layout, cfg, ix = Layout(exp.out), exp.cfg, exp.cfg.index
+    index = ["layer1_patches", "index", "--inputs", str(layout.patches), "--out", str(layout.index),
+             "--split-by", ix.split_by, "--fractions", ",".join(f"{k}={v}" for k, v in ix.fractions.items()),
+             "--seed", str(ix.seed)]
+    if ix.centres:
+        index += ["--centres", *(f"{k}={','.join(v)}" for k, v in ix.centres.items())]
+    argv = {
+        "layer1": ["layer1_patches", "task", "--manifest", str(layout.manifest)],
+        "index": index,
+        "layer2": ["layer2_training", "train", "--config", cfg.layer2.config,
+                   *sets(layer2_sets(layout, cfg.layer2.overrides))],
+        # the heatmap manifest carries the heatmap config and its overrides, as Layer 1's carries Layer 1's
+        "heatmap": ["layer3_inference", "pipeline", "heatmap-task", "--manifest", str(layout.heatmap_manifest),
+                    "--model", str(layout.run_dir)],
+        "evaluate": ["layer3_inference", "evaluate", "--config", cfg.evaluate.config, "--heatmaps",
+                     str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--out", str(layout.evaluate),
+                     *sets(cfg.evaluate.overrides)],
+        "explain": ["layer3_inference", "explain", "--config", cfg.explain.config, "--model", str(layout.run_dir),
+                    "--store", *map(str, stores(exp, manifest)), "--out", str(layout.explain),
+                    *sets(cfg.explain.overrides)],
+        "report": ["layer3_inference", "pipeline", "report", "--config", str(layout.resolved)],
+    }
+    return {stage: StageCommand(stage, tuple(args)) for stage, args in argv.items()}
+
+
+def array_output(stage: str, exp: Experiment) -> Path:
+    """Where an array stage writes (and its tasks record their state)."""
     layout = Layout(exp.out)
-    return ["layer3_inference", "evaluate", "--config", exp.cfg.evaluate.config, "--heatmaps",
-            str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--out", str(layout.evaluate),
-            *sets(exp.cfg.evaluate.overrides)]
+    return layout.patches if stage == "layer1" else layout.heatmaps
 
 
-def explain_args(exp: Experiment, manifest: Manifest) -> list[str]:
-    """Arguments after `explain --config X` (slurm/layer3_explain.sbatch adds that part itself)."""
-    layout = Layout(exp.out)
-    return ["--model", str(layout.run_dir), "--store", *map(str, stores(exp, manifest)), "--out",
-            str(layout.explain), *sets(exp.cfg.explain.overrides)]
+def entries_done(stage: str, exp: Experiment, manifest: Manifest) -> list[bool]:
+    """Per manifest entry of an array stage: is its output complete (by the layer's own completion marker)?"""
+    from layer1_patches.store import is_complete
+    from layer3_inference.outputs import final_dir, finished_hash
 
-
-def explain_argv(exp: Experiment, manifest: Manifest) -> list[str]:
-    return ["layer3_inference", "explain", "--config", exp.cfg.explain.config, *explain_args(exp, manifest)]
-
-
-def report_argv(exp: Experiment) -> list[str]:
-    return ["layer3_inference", "pipeline", "report", "--config", str(Layout(exp.out).resolved)]
+    if stage == "layer1":
+        return [is_complete(p) for p in stores(exp, manifest)]
+    return [finished_hash(final_dir(array_output(stage, exp), Path(e.slide))) is not None for e in manifest.entries]
 
 
 def finished(stage: str, exp: Experiment, manifest: Manifest | None) -> bool:
     """Whether a stage's outputs are complete, judged by each layer's own completion marker."""
-    from layer1_patches.store import is_complete
-    from layer3_inference.outputs import final_dir, finished_hash
-
     layout = Layout(exp.out)
     if stage in ARRAY_STAGES:
-        if manifest is None:
-            return False
-        if stage == "layer1":
-            return all(is_complete(p) for p in stores(exp, manifest))
-        return all(finished_hash(final_dir(layout.heatmaps, Path(e.slide))) is not None for e in manifest.entries)
+        return manifest is not None and all(entries_done(stage, exp, manifest))
     marker = {"index": layout.index, "layer2": layout.run_dir / "metrics.json",
               "evaluate": layout.evaluate / "summary.json", "explain": layout.explain / "summary.json",
               "report": layout.report}[stage]

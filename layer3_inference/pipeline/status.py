@@ -6,7 +6,6 @@ seen in scontrol are kept in OUT/pipeline/timings.json, so the report still has 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections import Counter
@@ -15,11 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.atomic import write_json_atomic
-from layer1_patches.slurmjobs import cohort_status
+from layer1_patches.shared.atomic import read_json_object, write_json_atomic
+from layer1_patches.shared.manifest import Manifest
+from layer1_patches.shared.slurm import cohort_status
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment
-from layer3_inference.pipeline.stages import STAGES, Layout
+from layer3_inference.pipeline.layout import Layout
+from layer3_inference.pipeline.stages import STAGES
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE"})
@@ -34,11 +35,7 @@ class StageStatus:
 
 
 def read_jobs(layout: Layout) -> dict[str, Any]:
-    try:
-        data = json.loads(layout.jobs.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_object(layout.jobs)
 
 
 def parse_scontrol(text: str) -> list[dict[str, str]]:
@@ -97,24 +94,16 @@ def job_times(records: list[dict[str, str]]) -> tuple[float, float] | None:
     return (min(starts), max(ends)) if starts and ends else None
 
 
-def _array_detail(exp: Experiment, stage: str) -> tuple[str, str]:
-    from layer1_patches.store import is_complete
-    from layer3_inference.outputs import final_dir, finished_hash
-
-    layout = Layout(exp.out)
-    manifest = stages.load_manifest(exp)
+def _array_detail(exp: Experiment, stage: str, manifest: Manifest | None) -> tuple[bool, str, str]:
+    """(every entry finished, per-state counts, the first failed slide's error) of an array stage."""
     if manifest is None:
-        return "", ""
-    slides = [e.slide for e in manifest.entries]
-    if stage == "layer1":
-        out, done = layout.patches, [is_complete(p) for p in stages.stores(exp, manifest)]
-    else:
-        out, done = layout.heatmaps, [finished_hash(final_dir(layout.heatmaps, Path(s))) is not None for s in slides]
-    rows = cohort_status(out, slides, done)
+        return False, "", ""
+    done = stages.entries_done(stage, exp, manifest)
+    rows = cohort_status(stages.array_output(stage, exp), [e.slide for e in manifest.entries], done)
     counts = Counter(r.status for r in rows)
     text = ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing") if counts[k])
     first_error = next((f"{Path(r.slide).name}: {r.detail}" for r in rows if r.status == "failed"), "")
-    return text, first_error
+    return all(done), text, first_error
 
 
 def stage_status(exp: Experiment) -> list[StageStatus]:
@@ -130,10 +119,13 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
         if not stages.enabled(stage, exp):
             result.append(StageStatus(stage, job, "disabled"))
             continue
-        detail, error = _array_detail(exp, stage) if stage in stages.ARRAY_STAGES else ("", "")
+        if stage in stages.ARRAY_STAGES:
+            done, detail, error = _array_detail(exp, stage, manifest)
+        else:
+            done, detail, error = stages.finished(stage, exp, manifest), "", ""
         state, reason = job_summary(scontrol(job)) if job and not local else ("", "")
         # a queued or running job is about to rewrite its outputs: those of an earlier run are not "finished"
-        if state not in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING") and stages.finished(stage, exp, manifest):
+        if state not in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING") and done:
             result.append(StageStatus(stage, job, "finished", detail))
             continue
         if local or not job:
@@ -155,11 +147,7 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
 
 
 def _read_timings(layout: Layout) -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads(layout.timings.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_object(layout.timings)
 
 
 def stage_timings(exp: Experiment) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from layer1_patches.config import Layer1Config
-from layer1_patches.typedconfig import from_mapping
+from layer1_patches.shared.typedconfig import from_mapping
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REPO = Path(__file__).resolve().parents[2]

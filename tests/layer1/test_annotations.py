@@ -8,7 +8,7 @@ import pytest
 
 from layer1_patches.annotations import check_inside, load_annotations, tumour_mask
 from layer1_patches.config import AnnotationConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 
 DIMS = (2000, 1000)
 

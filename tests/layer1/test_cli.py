@@ -44,8 +44,8 @@ def test_extract_one_slide(tmp_path: Path, cmu_xml: Path) -> None:
     ("make", "needles"),
     [
         (lambda d: d / "missing.svs", ["missing.svs", "no such file"]),
-        (lambda d: DATA / "unopenable.tiff", ["unopenable.tiff", "cannot open"]),
-        (lambda d: DATA / "unreadable.svs", ["unreadable.svs", "cannot read region"]),
+        (lambda _d: DATA / "unopenable.tiff", ["unopenable.tiff", "cannot open"]),
+        (lambda _d: DATA / "unreadable.svs", ["unreadable.svs", "cannot read region"]),
         (lambda d: _blank_slide(d / "nompp.tif", resolution=False), ["nompp.tif", "no mpp", "assume_mpp"]),
         (lambda d: _blank_slide(d / "blank.tif"), ["blank.tif", "no tissue found"]),
     ],
@@ -99,6 +99,15 @@ def test_bad_config_and_arguments(tmp_path: Path, args: list[str], needles: list
     assert_no_output(tmp_path / "out")
 
 
+def test_old_reader_batch_key_is_an_unknown_key(tmp_path: Path) -> None:
+    # renamed to reader.batch_size, as in Layer 3; a config written before the rename must not pass silently
+    old = tmp_path / "old.yaml"
+    old.write_text("patch_size: 64\nreader:\n  threads: 1\n  batch: 8\n")
+    proc = run_cli("extract", "--config", str(old), "--slide", str(CMU), "--out", str(tmp_path / "out"))
+    assert_one_error(proc, "old.yaml", "config key 'reader.batch': unknown key", "known: batch_size, threads")
+    assert_no_output(tmp_path / "out")
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     proc = run_cli("extract", "--config", str(tmp_path / "none.yaml"), "--slide", str(CMU), "--out", str(tmp_path))
     assert_one_error(proc, "none.yaml", "cannot read")
@@ -130,7 +139,7 @@ def test_many_slides_one_bad_does_not_stop_the_others(tmp_path: Path) -> None:
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     args = ["extract", "--config", str(REPO / "configs" / "layer1" / "dense.yaml"), "--slide", str(CMU),
-            "--set", "patch_size=16", "--set", "reader.threads=1", "--set", "reader.batch=8",
+            "--set", "patch_size=16", "--set", "reader.threads=1", "--set", "reader.batch_size=8",
             "--set", "output.codec=gzip", "--set", "output.gzip_level=9"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "layer1_patches", *args, "--out", str(killed)], cwd=REPO,
@@ -155,7 +164,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
 def test_layer1_does_not_import_tensorflow() -> None:
     code = ("import sys, layer1_patches.cli, layer1_patches.extract, layer1_patches.index, layer1_patches.runner;"
-            "import layer1_patches.cli.demo; print('tensorflow' in sys.modules)")
+            "import layer1_patches.cli.synth; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 
@@ -170,23 +179,23 @@ def test_layer1_does_not_import_tensorflow() -> None:
 ])
 def test_only_the_named_command_is_imported(argv: list[str], wanted: tuple[str, ...] | None) -> None:
     from layer1_patches.cli import COMMANDS
-    from layer1_patches.cli.dispatch import _needed
+    from layer1_patches.shared.cli import _needed
 
     assert _needed(COMMANDS, argv) == (wanted or COMMANDS)
 
 
 def test_an_array_task_does_not_import_the_other_commands() -> None:
     """Regression: every task paid for importing all commands (synthetic slides, scikit-image drawing, ...)."""
-    code = ("import sys; from layer1_patches.cli import COMMANDS; from layer1_patches.cli.dispatch import build_parser;"
+    code = ("import sys; from layer1_patches.cli import COMMANDS; from layer1_patches.shared.cli import build_parser;"
             "build_parser('layer1_patches', '', COMMANDS, ['status', '--help']);"
             "print(sorted(m for m in sys.modules if m.startswith('layer1_patches.cli.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert out.stdout.strip() == "['layer1_patches.cli.dispatch', 'layer1_patches.cli.status']"
+    assert out.stdout.strip() == "['layer1_patches.cli.status']"
 
 
 def test_hyphenated_command_imports_only_its_module() -> None:
     """Layer 2's `fetch-weights` lives in module `fetch_weights`; it must not import every command (TensorFlow)."""
-    from layer1_patches.cli.dispatch import _needed
+    from layer1_patches.shared.cli import _needed
     from layer2_training.cli import COMMANDS
 
     assert _needed(COMMANDS, ["fetch-weights", "--backbone", "resnet50"]) == ("fetch_weights",)

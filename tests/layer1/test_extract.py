@@ -8,8 +8,8 @@ from matplotlib.path import Path as MplPath
 
 from layer1_patches.annotations import load_annotations
 from layer1_patches.config import MetadataConfig
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import ExtractRequest, extract_slide, ordered_map, parse_shard, slide_identity
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 
 from .conftest import CMU, make_config
@@ -191,3 +191,20 @@ def test_ordered_map_read_ahead_stays_near_ahead_with_many_threads() -> None:
     time.sleep(0.2)
     assert len(fn.calls) <= 9
     gen.close()
+
+
+def test_reader_settings_do_not_change_a_stores_identity(tmp_path: Path) -> None:
+    """Regression: reader.threads / reader.batch_size were part of the store's config hash, so a rerun with more
+    threads (or a renamed reader key) refused finished stores as "finished with a different config"."""
+    slow = make_config(patch_size=32, reader={"threads": 1, "batch_size": 8},
+                       sampling={"mode": "random", "random": {"per_class": 20}})
+    fast = make_config(patch_size=32, reader={"threads": 2, "batch_size": 64},
+                       sampling={"mode": "random", "random": {"per_class": 20}})
+    first = extract_slide(ExtractRequest(CMU, tmp_path / "a", slow))
+    again = extract_slide(ExtractRequest(CMU, tmp_path / "a", fast))
+    assert first.status == "done" and again.status == "skipped"
+    other = extract_slide(ExtractRequest(CMU, tmp_path / "b", fast))
+    with PatchStore(Path(first.output)) as a, PatchStore(Path(other.output)) as b:
+        assert a.attrs["config_hash"] == b.attrs["config_hash"]
+        assert np.array_equal(a.coords, b.coords)
+        assert np.array_equal(a.read(np.arange(len(a))), b.read(np.arange(len(b))))

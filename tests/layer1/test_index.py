@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.index import DatasetIndex, build_index
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchWriter, SlideMeta
 
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from layer1_patches.config import TissueConfig
-from layer1_patches.errors import CamnetError
 from layer1_patches.masks import ExternalMasker, Mask, OtsuMasker, otsu_tissue
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide
 
 from .conftest import CMU

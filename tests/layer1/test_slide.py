@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from layer1_patches.config import ResolutionConfig
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, resolve_resolution, rgba_to_rgb
 
 from .conftest import CMU, DATA

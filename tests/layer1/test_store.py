@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import CODECS, PatchStore, PatchWriter, SlideMeta, is_complete, partial_path
 
 
@@ -131,7 +131,7 @@ def test_writer_without_page_cache_advice_still_writes(tmp_path: Path, monkeypat
 
     from layer1_patches import store as store_mod
 
-    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+    def refuse(_fd: int, _offset: int, _length: int, _advice: int) -> None:
         raise OSError(95, "Operation not supported")
 
     monkeypatch.setattr(store_mod, "DROP_CACHE_BYTES", 1)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from layer1_patches.errors import CamnetError, ConfigError
-from layer1_patches.typedconfig import from_mapping
+from layer1_patches.shared.errors import CamnetError, ConfigError
+from layer1_patches.shared.typedconfig import from_mapping
 from layer2_training.config import Layer2Config
 from tests.layer2.conftest import base_config, run_cli, write_config, write_store
 

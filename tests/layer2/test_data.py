@@ -120,3 +120,69 @@ def test_dataset_batches_follow_the_plan_from_a_mid_epoch_start(tiny_index: Path
         np.testing.assert_array_equal(y.ravel(), labels)
         assert x.shape == planned.shape
     reader.close()
+
+
+def test_covering_keys_fill_the_small_gaps_of_each_run() -> None:
+    key = data.BatchReader.SPAN_KEY
+    keys = np.array([0, 1, 2, 5, 20, 21, key + 3, key + 4])
+    np.testing.assert_array_equal(data.covering_keys(keys, max_gap=2), [0, 1, 2, 3, 4, 5, 20, 21, key + 3, key + 4])
+    np.testing.assert_array_equal(data.covering_keys(keys, max_gap=0), keys)
+    assert len(data.covering_keys(np.array([], np.int64), max_gap=2)) == 0
+
+
+def split_with_gaps_and_repeats(index_path: Path) -> tuple[data.SplitData, DataConfig]:
+    """Subsampled rows (gaps of varied size within each store) and oversampled ones (repeated rows)."""
+    cfg = DataConfig(index=str(index_path), read_block=4, shuffle_window=3, max_per_slide=8, balance="oversample")
+    split = data.load_split(data.load_index(index_path), "train", cfg, seed=0, balance=True)
+    assert len(np.unique(split.sample_id)) < len(split) and len(set(split.store.tolist())) > 1
+    gaps = np.diff(split.row)[np.diff(split.store) == 0]
+    assert np.any((gaps > 1) & (gaps <= 1 + data.BatchReader.MAX_GAP)) and np.any(gaps > 1 + data.BatchReader.MAX_GAP)
+    return split, cfg
+
+
+def test_reader_batches_hold_exactly_the_planned_patches(tiny_index: Path) -> None:
+    """Pins every batch of an epoch, read by groups (as training does) and alone, against the stores."""
+    split, cfg = split_with_gaps_and_repeats(tiny_index)
+    stores = [PatchStore(p) for p in split.paths]
+    reader = data.BatchReader(split, 3, 0, 1, 7, cfg, shuffle=True)
+
+    def expected(pos: np.ndarray) -> np.ndarray:
+        return np.stack([stores[split.store[p]].read([split.row[p]])[0] for p in pos])
+
+    try:
+        plan = reader.plan(0)
+        for g0, k in reader.groups(0, reader.steps):
+            images, labels, bounds = reader.read_group(0, g0, k)
+            for j in range(k):
+                pos = plan[g0 + j]
+                np.testing.assert_array_equal(images[bounds[j]:bounds[j + 1]], expected(pos))
+                np.testing.assert_array_equal(labels[bounds[j]:bounds[j + 1]], split.label[pos])
+                np.testing.assert_array_equal(reader.read(0, g0 + j)[0], expected(pos))
+        pos = np.random.default_rng(0).integers(0, len(split), 50)  # any order, repeats, all stores
+        images, labels, ids = reader.read_positions(pos)
+        np.testing.assert_array_equal(images, expected(pos))
+        np.testing.assert_array_equal(ids, split.sample_id[pos])
+        assert reader.read_positions(np.array([], np.int64))[0].shape == (0, 32, 32, 3)
+    finally:
+        reader.close()
+        for store in stores:
+            store.close()
+
+
+def test_reader_makes_one_hdf5_read_per_run(tiny_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows in small gaps are read along, so a read costs one hyperslab call per run, not per stretch."""
+    import h5py
+
+    split, cfg = split_with_gaps_and_repeats(tiny_index)
+    reader = data.BatchReader(split, 3, 0, 1, 7, cfg, shuffle=True)
+    calls = []
+    read_direct = h5py.Dataset.read_direct
+    monkeypatch.setattr(h5py.Dataset, "read_direct", lambda ds, *a, **k: calls.append(1) or read_direct(ds, *a, **k))
+    try:
+        for pos in (np.arange(len(split)), np.concatenate(reader.plan(0)[:5])):
+            calls.clear()
+            reader.read_positions(pos)
+            keys = np.unique(split.store[pos].astype(np.int64) * reader.SPAN_KEY + split.row[pos])
+            assert len(calls) == len(data.row_runs(keys, reader.MAX_GAP))
+    finally:
+        reader.close()

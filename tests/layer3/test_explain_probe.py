@@ -7,7 +7,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from layer1_patches.errors import CamnetError  # noqa: E402
+from layer1_patches.shared.errors import CamnetError  # noqa: E402
 from layer3_inference.explain import probe, toy  # noqa: E402
 
 

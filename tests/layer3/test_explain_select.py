@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchWriter, SlideMeta
 from layer3_inference.explain import select
 from layer3_inference.explain.config import SelectConfig
@@ -117,3 +117,22 @@ def test_heatmap_cell_takes_pixels_from_its_own_slide(tmp_path: Path, stores: li
     write_heatmap(tmp_path / "hm2", "zzz", coords, np.array([0.2, 0.8]))
     with pytest.raises(CamnetError, match="no given patch store .* is of slide zzz"):
         select.select_from_heatmaps(select.read_heatmaps(tmp_path / "hm2"), 1, stores, None)
+
+
+def test_gather_reads_each_store_once_in_selection_order(stores: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: explain read its selection one patch (one HDF5 read) at a time."""
+    want = {(s, i): stores[s].read([i])[0] for s, i in [(0, 0), (0, 4), (0, 2), (1, 2), (1, 0)]}
+    calls: list[tuple[str, list[int]]] = []
+    real = type(stores[0]).read
+
+    def counted(self, indices):  # type: ignore[no-untyped-def]
+        calls.append((self.path.name, list(np.asarray(indices))))
+        return real(self, indices)
+
+    monkeypatch.setattr(type(stores[0]), "read", counted)
+    pairs = [(1, 2), (0, 4), (0, 0), (1, 0), (0, 2), (0, 4)]  # interleaved, with a repeat
+    sel = select._gather(stores, pairs)
+    assert sorted(name for name, _ in calls) == ["a.h5", "b.h5"]
+    for k, pair in enumerate(pairs):
+        assert np.array_equal(sel.rgb[k], want[pair])
+    assert list(sel.row) == [i for _, i in pairs] and list(sel.label) == [int(stores[s].labels[i]) for s, i in pairs]

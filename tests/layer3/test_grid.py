@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.masks import Mask
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import WorkingResolution
 from layer3_inference.grid import plan_grid, render_map, resample_mask, shard_batches
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layer1_patches.errors import CamnetError
 from layer1_patches.extract import PatchReader
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import load_heatmap_config
 from layer3_inference.infer import HeatmapRequest, Ranks, compile_model, heatmap_slide, predict
@@ -68,7 +68,7 @@ def test_outputs_are_complete_and_atomic(one_slide) -> None:  # type: ignore[no-
     assert 0 <= summary["slide_score"] <= 1 and set(summary["times"]) >= {"infer_s", "model_s", "wait_s"}
 
 
-def test_background_is_never_scored(one_slide, synth_slides: list[Path]) -> None:  # type: ignore[no-untyped-def]
+def test_background_is_never_scored(one_slide) -> None:  # type: ignore[no-untyped-def]
     _, _, final = one_slide
     with h5py.File(final / "probabilities.h5") as f:
         grid, tissue, prob_map = f["grid"][()], f["tissue"][()], f["map"][()]

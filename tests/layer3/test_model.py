@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide
 from layer3_inference.config import MatchConfig
 from layer3_inference.model import load_model, read_spec, working_resolution
@@ -81,7 +81,7 @@ def test_slide_smaller_than_one_patch(tmp_path: Path) -> None:
         working_resolution(slide, big, MatchConfig())
 
 
-def test_resolution_is_found_by_mpp(tiny_run: Path, synth_slides: list[Path], tmp_path: Path) -> None:
+def test_resolution_is_found_by_mpp(synth_slides: list[Path], tmp_path: Path) -> None:
     coarse = read_spec(write_run_dir(tmp_path / "coarse", working_mpp=1.0))
     with Slide(synth_slides[0]) as slide:
         res = working_resolution(slide, coarse, MatchConfig())

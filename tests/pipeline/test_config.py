@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from layer1_patches.errors import ConfigError
-from layer1_patches.typedconfig import describe
+from layer1_patches.shared.errors import ConfigError
+from layer1_patches.shared.typedconfig import describe
 from layer3_inference.pipeline.config import ExperimentConfig, load_experiment
 
 from .conftest import REPO, run_pipeline, write_experiment
@@ -25,6 +25,7 @@ def test_every_key_is_documented() -> None:
     rows = describe(ExperimentConfig)
     keys = {r[0] for r in rows}
     assert {"slides", "layer2.overrides", "slurm.heatmap.max_parallel", "index.fractions", "container"} <= keys
+    assert [key for key, _, _, doc in rows if not doc.strip()] == []  # and the README table is generated from these
 
 
 def _status(tmp_path: Path, **keys: object) -> tuple[int, str, str]:

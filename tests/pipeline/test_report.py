@@ -9,8 +9,9 @@ import pytest
 
 from layer3_inference.pipeline.collect import ReportData
 from layer3_inference.pipeline.config import load_experiment
+from layer3_inference.pipeline.layout import Layout
 from layer3_inference.pipeline.report import line_chart, render
-from layer3_inference.pipeline.stages import Layout, write_manifests
+from layer3_inference.pipeline.stages import write_manifests
 
 from .conftest import report_tables, run_pipeline, write_experiment
 

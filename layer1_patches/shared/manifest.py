@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from layer1_patches.atomic import write_json_atomic
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.atomic import write_json_atomic
+from layer1_patches.shared.errors import CamnetError
 
 MANIFEST_VERSION = 1
 

@@ -7,6 +7,7 @@ Ranges live in field metadata (`min`, `max`, `min_exclusive`) so the schema is t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -17,18 +18,28 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from layer1_patches.errors import ConfigError
+from layer1_patches.shared.errors import ConfigError
 
 T = TypeVar("T")
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None,
             min_exclusive: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with a numeric range checked on load."""
+    """A dataclass field with its doc and a numeric range checked on load.
+
+    Any default works: a list, a mapping or a nested config section (a dataclass instance) is copied for each
+    instance, so no two configs share it.
+    """
     meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def required(doc: str, *, min: float | None = None, max: float | None = None,
+             min_exclusive: float | None = None) -> Any:
+    """A field without default (contracts such as a sidecar): data that lacks it is refused on load."""
+    return dataclasses.field(metadata={"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc})
 
 
 def _key(path: str, name: str) -> str:
@@ -124,6 +135,8 @@ def _build(cls: Any, data: Any, path: str) -> Any:
     kwargs = {}
     for name, field in fields.items():
         if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"config key '{_key(path, name)}': required")
             continue
         key = _key(path, name)
         value = _convert(data[name], hints[name], key)
@@ -204,7 +217,11 @@ def config_hash(obj: Any) -> str:
 
 
 def describe(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key path, type, default, doc) for every leaf key of a config class: the config reference."""
+    """(key path, type, default, doc) for every key of a config class, in declaration order: the config reference.
+
+    A nested section is a row of its own (type `section`, or `section or null` when null switches it off; default
+    `null`, or empty when its keys, the rows after it, hold the defaults), followed by the rows of its keys.
+    """
     rows: list[tuple[str, str, str, str]] = []
     hints = get_type_hints(cls)
     defaults = cls()
@@ -212,12 +229,82 @@ def describe(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
         path = _key(prefix, f.name)
         tp = hints[f.name]
         value = getattr(defaults, f.name)
-        nested = [t for t in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(t)]
+        doc = str(f.metadata.get("doc", ""))
+        options = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+        nested = [t for t in options if dataclasses.is_dataclass(t)]
         if nested:
+            kind = "section or null" if type(None) in options else "section"
+            rows.append((path, kind, "null" if value is None else "", doc))
             rows += describe(nested[0], path)
             continue
-        rows.append((path, _type_name(tp), json.dumps(value), str(f.metadata.get("doc", ""))))
+        rows.append((path, _type_name(tp), json.dumps(value), doc))
     return rows
+
+
+def json_schema(cls: Any, title: str = "") -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a config or contract dataclass: types, ranges, defaults, docs.
+
+    It is generated from the same type hints and `bounded` metadata that `from_mapping` validates against, so
+    the published schema and the loader cannot disagree (what the loader adds beyond it: `validate` hooks).
+    """
+    schema = _object_schema(cls)
+    head: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    if title:
+        head["title"] = title
+    return {**head, **schema}
+
+
+def _object_schema(cls: Any) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        prop = _type_schema(hints[f.name])
+        meta = f.metadata
+        for key, word in (("min", "minimum"), ("max", "maximum"), ("min_exclusive", "exclusiveMinimum")):
+            if meta.get(key) is not None:
+                prop[word] = meta[key]
+        if meta.get("doc"):
+            prop["description"] = meta["doc"]
+        if f.default is not dataclasses.MISSING:
+            if not dataclasses.is_dataclass(f.default):
+                prop["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            prop["default"] = to_dict(value) if dataclasses.is_dataclass(value) else value
+        else:
+            required.append(f.name)
+        props[f.name] = prop
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):  # dataclass's generated signature doc
+        out["description"] = " ".join(cls.__doc__.split())
+    if required:
+        out["required"] = required
+    return out
+
+
+def _type_schema(tp: Any) -> dict[str, Any]:
+    origin = get_origin(tp)
+    if tp is Any:
+        return {}
+    if origin is Literal:
+        return {"enum": list(get_args(tp))}
+    if origin in (Union, types.UnionType):
+        options = [_type_schema(a) for a in get_args(tp) if a is not type(None)]
+        nullable = type(None) in get_args(tp)
+        if len(options) == 1 and "type" in options[0] and isinstance(options[0]["type"], str) and nullable:
+            return {**options[0], "type": [options[0]["type"], "null"]}
+        return {"anyOf": [*options, *([{"type": "null"}] if nullable else [])]}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(get_args(tp)[0])}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(get_args(tp)[1])}
+    if dataclasses.is_dataclass(tp):
+        return _object_schema(tp)
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    raise TypeError(f"no JSON Schema for type {tp!r}")  # a schema bug, not user input
 
 
 def _type_name(tp: Any) -> str:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layer1_patches.manifest import largest_first
+from layer1_patches.shared.manifest import largest_first
 
 
 def test_largest_slides_come_first_so_the_array_does_not_end_on_one_big_task(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from layer1_patches.config import Layer1Config, load_layer1_config
-from layer1_patches.errors import ConfigError
-from layer1_patches.typedconfig import apply_overrides, config_hash, from_mapping
+from layer1_patches.shared.errors import ConfigError
+from layer1_patches.shared.typedconfig import apply_overrides, config_hash, from_mapping
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 @pytest.mark.parametrize("name", ["random.yaml", "dense.yaml"])

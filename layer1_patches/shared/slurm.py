@@ -1,4 +1,4 @@
-"""Thin edge to SLURM's client commands (sbatch, squeue) and to the per-task state files.
+"""Thin edge to SLURM: client commands (sbatch, squeue), array arguments, and the per-task state files.
 
 Each array task records its state in `OUT/.camnet/tasks/<index>.json`; `status` combines those
 with the outputs and squeue, so it works without SLURM accounting (sacct) being configured.
@@ -7,17 +7,22 @@ with the outputs and squeue, so it works without SLURM accounting (sacct) being 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from layer1_patches.atomic import write_json_atomic
-from layer1_patches.errors import CamnetError
+from layer1_patches.shared.atomic import write_json_atomic
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.manifest import Manifest
 
-REPO = Path(__file__).resolve().parents[1]
-SBATCH_SCRIPT = REPO / "slurm" / "layer1_extract.sbatch"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "slurm"
+LAYER1_SCRIPT = SCRIPTS / "layer1_extract.sbatch"  # one array task per manifest entry
 
 
 def state_dir(out: Path) -> Path:
@@ -48,6 +53,47 @@ def read_task_state(out: Path, index: int) -> TaskState | None:
         return None
 
 
+def array_task_index(given: int | None) -> int:
+    """The manifest entry an array task runs: `--index` when given, else `$SLURM_ARRAY_TASK_ID`."""
+    if given is not None:
+        return given
+    raw = os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    if not raw.isdigit():
+        raise CamnetError("--index not given and SLURM_ARRAY_TASK_ID is not set (submit with --array)")
+    return int(raw)
+
+
+def job_id() -> str:
+    return os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", ""))
+
+
+@contextmanager
+def recorded_task(out: Path, index: int, slide: str, final: bool = True) -> Iterator[None]:
+    """Record an array task's state around its work: `running`, then `done`, or `failed` with the error line.
+
+    Only SLURM rank 0 records `running`/`done` (ranks that split one slide share its state file); any rank
+    records `failed`. `final=False` leaves `done` to a later step (a dense shard before its merge).
+    """
+    lead = os.environ.get("SLURM_PROCID", "0") == "0"
+    job = job_id()
+
+    def record(state: str, error: str = "") -> None:
+        if lead or state == "failed":
+            write_task_state(out, TaskState(index, slide, state, job, error, time.time()))
+
+    record("running")
+    try:
+        yield
+    except CamnetError as err:
+        record("failed", str(err))
+        raise
+    except Exception as err:  # a bug still marks the task failed, so `status` does not wait for it
+        record("failed", f"{type(err).__name__}: {err}")
+        raise
+    if final:
+        record("done")
+
+
 def array_spec(indices: list[int], throttle: int | None) -> str:
     """`0-9%2` style: ranges where contiguous, so a long resubmission stays a short argument."""
     runs: list[list[int]] = []
@@ -68,6 +114,21 @@ def sbatch(args: list[str], cwd: Path) -> str:
     if proc.returncode != 0:
         raise CamnetError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]
+
+
+def array_sbatch_args(script: Path, manifest_path: Path, manifest: Manifest, indices: list[int],
+                      throttle: int | None, extra: list[str]) -> list[str]:
+    """sbatch arguments of an array over `indices` of a manifest: logs under OUT/logs, and `--manifest PATH` as
+    the script's own arguments (the task's command line, like every pipeline stage's)."""
+    logs = Path(manifest.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if "," in str(REPO):  # sbatch --export splits its value on commas
+        raise CamnetError(f"{REPO}: a path with a comma cannot be passed to sbatch --export; rename it")
+    args = [f"--array={array_spec(indices, throttle)}", f"--output={logs}/%x_%A_%a.out",
+            f"--export=ALL,CAMNET_ROOT={REPO}"]
+    if manifest.shards > 1:
+        args.append(f"--ntasks={manifest.shards}")
+    return [*args, *extra, str(script), "--manifest", str(manifest_path)]
 
 
 def queued_tasks(job_ids: list[str]) -> dict[int, str]:

@@ -43,7 +43,7 @@ def _needed(commands: tuple[str, ...], argv: list[str] | None) -> tuple[str, ...
 
 def run(package: str, description: str, commands: tuple[str, ...], argv: list[str] | None = None) -> int:
     """Parse, run the command; a `CamnetError` becomes `error: ...` on stderr and exit status 2."""
-    from layer1_patches.errors import CamnetError
+    from layer1_patches.shared.errors import CamnetError
 
     args = build_parser(package, description, commands, argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -12,18 +12,16 @@ from scipy import ndimage
 from skimage import filters, measure
 from skimage.color import rgb2hed
 
-from layer1_patches import synth_render
-from layer1_patches.errors import CamnetError
-from layer1_patches.synth import (
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.synth.slides import (
     SynthSpec,
     SynthTruth,
-    make_layout,
     slide_name,
     write_cohort,
     write_synthetic_slide,
 )
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 SIZE = 4096
 
@@ -95,16 +93,6 @@ def test_tumour_nuclei_differ_in_morphology_not_stroma_colour(slide: tuple[Path,
     assert np.abs(tum["stroma"] - nor["stroma"]).max() < 4
 
 
-def test_nuclei_agree_across_tile_borders() -> None:
-    layout = make_layout(SynthSpec(size=1024, seed=4, tumour_fraction=0.5))[0]
-    for kind in (layout.normal, layout.malignant):
-        whole = synth_render.nuclei_layer(layout, kind, 256, 256, 512, 512)
-        assert whole.max() > 0.5
-        quarters = [[synth_render.nuclei_layer(layout, kind, 256 + x, 256 + y, 256, 256) for x in (0, 256)]
-                    for y in (0, 256)]
-        assert np.array_equal(whole, np.block(quarters))
-
-
 def _read_xml(path: Path) -> dict[str, list[np.ndarray]]:
     groups: dict[str, list[np.ndarray]] = {}
     for ann in ElementTree.parse(path).getroot().iter("Annotation"):
@@ -153,17 +141,6 @@ def test_zero_tumour_fraction_gives_tumour_free_slide(tmp_path: Path) -> None:
     truth = write_synthetic_slide(tmp_path / "n.tif", tmp_path / "n.xml", spec)
     assert truth.tumour_polygons == [] and not truth.tumour_mask(1).any() and truth.tissue_mask(1).any()
     assert _read_xml(tmp_path / "n.xml") == {}
-
-
-def test_failed_write_leaves_no_file_under_final_or_partial_name(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: object) -> np.ndarray:
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(synth_render, "render_tile", broken)
-    with pytest.raises(RuntimeError):
-        write_synthetic_slide(tmp_path / "k.tif", tmp_path / "k.xml", SynthSpec(512, seed=1))
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_cohort_names_patients_and_skips_complete_slides(tmp_path: Path) -> None:

@@ -20,18 +20,10 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from layer1_patches.atomic import partial_path
-from layer1_patches.errors import CamnetError
-from layer1_patches.synth_render import (
-    F32,
-    Layout,
-    NucleusKind,
-    level_sizes,
-    make_textures,
-    tissue_signal,
-    tumour_grid,
-    write_pyramid,
-)
+from layer1_patches.shared.atomic import partial_path
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.synth.pixels import F32, Layout, NucleusKind, make_textures, tissue_signal, tumour_grid
+from layer1_patches.synth.pyramid import level_sizes, write_pyramid
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,16 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """An optional JSON state file (timings, job ids, a stage's summary for a report): {} when it is missing,
+    unreadable or not an object. Not for inputs a command needs: those fail with an error line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     # The pid keeps two writers of one file (two SLURM steps, say) from renaming each other's half file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")

@@ -1,0 +1,10 @@
+"""Deterministic synthetic whole-slide images with exact tumour annotations, for tests, benches and the demo.
+
+`slides` lays a slide out (tissue, tumour polygons, the ASAP XML truth) and writes cohorts, `pixels` renders
+any tile of it, `pyramid` streams the pyramidal JPEG TIFF. Like histolab's `data/`, nothing in the pipeline
+depends on it.
+"""
+
+from layer1_patches.synth.slides import SynthSpec, SynthTruth, write_cohort, write_synthetic_slide
+
+__all__ = ["SynthSpec", "SynthTruth", "write_cohort", "write_synthetic_slide"]

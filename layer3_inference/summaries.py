@@ -1,0 +1,94 @@
+"""Layer 3's published outputs as contracts: a slide's heatmap `summary.json` and the evaluation `summary.json`.
+
+Writers build these dataclasses, readers (`pipeline collect`, the report, other tools) load them with
+`from_mapping`, which validates through the typed-config system; `json_schema` of each is in the README
+("Contracts"). A field added here is added to the writer, the reader and the published schema at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from layer1_patches.shared.errors import CamnetError, ConfigError
+from layer1_patches.shared.typedconfig import bounded, from_mapping, required
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HeatmapSummary:
+    """One slide's heatmap: written last into `OUT/<stem>/`, so it also marks the folder finished."""
+
+    slide: str = required("slide name (file stem)")
+    slide_path: str = required("absolute path of the slide read")
+    run_hash: str = required("hash of the heatmap config and the model: a rerun with other ones is refused")
+    model: dict[str, Any] = required("identity of the model (run dir, sidecar values)")
+    patches: int = required("grid cells predicted (tissue patches)", min=0)
+    grid_shape: list[int] = required("grid rows, columns")
+    footprint: int = required("side of one patch in level-0 pixels", min=1)
+    step: float = required("grid stride in level-0 pixels", min_exclusive=0)
+    level: int = required("pyramid level the patches were read from", min=0)
+    downsample: float = required("working resolution's downsample relative to level 0", min_exclusive=0)
+    working_mpp: float = required("micrometres per pixel of the patches (0: slide without mpp)", min=0)
+    mpp: float = required("micrometres per pixel at level 0 (0: unknown)", min=0)
+    dimensions: list[int] = required("slide width, height in level-0 pixels")
+    tissue_area_mm2: float = required("tissue area in mm^2 (0 without mpp)", min=0)
+    tumour_area_mm2: float = required("area of the probability map at or above threshold, mm^2", min=0)
+    threshold: float = required("probability threshold for tumour", min=0, max=1)
+    slide_score: float = required("slide-level tumour score (score_method over patch probabilities)", min=0, max=1)
+    score_method: str = required("how slide_score is computed: max or percentile")
+    max_probability: float = required("highest patch probability", min=0, max=1)
+    mean_probability: float = required("mean patch probability", min=0, max=1)
+    tumour_regions: int = required("tumour regions in the GeoJSON", min=0)
+    ranks: int = required("processes that computed the grid", min=1)
+    batch_size: int = required("patches per model call", min=1)
+    reader_threads: int = required("reader threads per rank", min=1)
+    times: dict[str, float] = required("seconds per phase (tissue_s, infer_s, model_s, wait_s, ...)")
+    seconds: float = required("wall time for the slide", min=0)
+    patches_per_s: float = required("patches per second of inference", min=0)
+    package_version: str = required("CamNet version that wrote it")
+    summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """A cohort's evaluation against annotations (`evaluate --out OUT`: OUT/summary.json)."""
+
+    slides: int = required("slides evaluated", min=1)
+    tumour_slides: int = required("slides with annotated tumour", min=0)
+    slide_auc: float | None = required("slide-level ROC AUC of slide_score (null: one class only)", min=0, max=1)
+    froc_score: float | None = required("Camelyon16 FROC score: mean sensitivity at fp_rates (null: no lesions)",
+                                        min=0, max=1)
+    froc_sensitivity: dict[str, float | None] = required("lesion sensitivity at each average FP per slide")
+    mean_dice_tumour_slides: float | None = required("mean Dice of tumour slides (null: none)", min=0, max=1)
+    mean_iou_tumour_slides: float | None = required("mean IoU of tumour slides (null: none)", min=0, max=1)
+    mean_pixel_auc: float | None = required("mean per-slide pixel AUC (null: none computable)", min=0, max=1)
+    score_method: str = required("slide score method")
+    threshold: float | None = required("probability threshold for Dice and IoU (null: each heatmap's own)",
+                                      min=0, max=1)
+    plots: list[str] = bounded([], doc="plot files written beside it")
+    summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
+
+
+def to_dict(summary: Any) -> dict[str, Any]:
+    return dataclasses.asdict(summary)
+
+
+def to_json(summary: Any) -> str:
+    return json.dumps(to_dict(summary), indent=1, sort_keys=True) + "\n"
+
+
+def load(cls: type[T], path: Path) -> T:
+    """A summary file, validated; one error line naming the file and key."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CamnetError(f"{path}: cannot read ({err})") from None
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as err:
+        raise CamnetError(f"{path}: {str(err).replace('config key', 'key', 1)}") from None

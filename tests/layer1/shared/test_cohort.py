@@ -1,0 +1,132 @@
+"""`layer1_patches/shared/cohort.py`: which files are slides, and which annotation or mask pairs with each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layer1_patches.shared.cohort import (
+    discover_slides,
+    find_annotation,
+    find_mask,
+    pair_annotations,
+    require_slides,
+)
+from layer1_patches.shared.errors import CamnetError
+
+
+def _touch(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / n for n in names]
+    for p in paths:
+        p.write_bytes(b"x")
+    return paths
+
+
+# --- discover_slides --------------------------------------------------------------------------------------
+
+
+def test_folder_gives_known_slide_suffixes_sorted(tmp_path: Path) -> None:
+    _touch(tmp_path, "c.svs", "a.ndpi", "B.TIFF", "b.tif", "m.mrxs", "notes.txt", "a.xml", "thumb.png", "README")
+    (tmp_path / "m").mkdir()  # an MRXS slide's data folder
+    _touch(tmp_path / "m", "Data0000.dat")
+    names = [p.name for p in discover_slides([str(tmp_path)])]
+    assert names == ["B.TIFF", "a.ndpi", "b.tif", "c.svs", "m.mrxs"]
+
+
+def test_folder_glob_and_paths_mean_the_same_cohort_without_repeats(tmp_path: Path) -> None:
+    a, b, c = _touch(tmp_path / "slides", "a.svs", "b.svs", "c.ndpi")
+    by_folder = discover_slides([str(tmp_path / "slides")])
+    by_glob = discover_slides([str(tmp_path / "slides" / "*")])
+    by_paths = discover_slides([str(c), str(a), str(b)])
+    assert by_folder == by_glob == [a, b, c]
+    assert sorted(by_paths) == [a, b, c]
+    # the same slide named by a folder, a glob and a path is kept once, at its first place
+    assert discover_slides([str(b), str(tmp_path / "slides"), str(tmp_path / "slides" / "*.svs"), str(b)]) == [b, a, c]
+
+
+def test_glob_is_sorted(tmp_path: Path) -> None:
+    _touch(tmp_path, "z.svs", "m.svs", "a.svs", "x.ndpi")
+    assert [p.name for p in discover_slides([str(tmp_path / "*.svs")])] == ["a.svs", "m.svs", "z.svs"]
+    assert [p.name for p in discover_slides([str(tmp_path / "[am].svs")])] == ["a.svs", "m.svs"]
+
+
+def test_plain_path_is_kept_even_when_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.svs"
+    assert discover_slides([str(missing)]) == [missing]  # fails later, per slide, with the file named
+
+
+def test_glob_matching_nothing_and_empty_folder_give_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert discover_slides([str(tmp_path / "empty"), str(tmp_path / "*.svs")]) == []
+
+
+# --- require_slides ---------------------------------------------------------------------------------------
+
+
+def test_require_slides_returns_the_discovered_slides(tmp_path: Path) -> None:
+    a, b = _touch(tmp_path, "a.svs", "b.svs")
+    assert require_slides([str(tmp_path)]) == [a, b]
+
+
+def test_require_slides_refuses_an_empty_cohort(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "*.svs")
+    with pytest.raises(CamnetError) as err:
+        require_slides([pattern], context="layer1 submit: ")
+    assert str(err.value) == f"layer1 submit: no slides found in {pattern}"
+
+
+def test_require_slides_names_the_first_missing_file(tmp_path: Path) -> None:
+    (a,) = _touch(tmp_path, "a.svs")
+    with pytest.raises(CamnetError) as err:
+        require_slides([str(a), str(tmp_path / "gone.svs"), str(tmp_path / "also_gone.svs")])
+    assert str(err.value) == f"slide {tmp_path / 'gone.svs'}: no such file"
+
+
+# --- pairing by stem --------------------------------------------------------------------------------------
+
+
+def test_find_annotation_by_stem_in_suffix_order(tmp_path: Path) -> None:
+    slide = Path("/data/slides/tumour_001.svs")
+    assert find_annotation(slide, tmp_path) is None
+    _touch(tmp_path, "tumour_001.json")
+    assert find_annotation(slide, tmp_path) == tmp_path / "tumour_001.json"
+    _touch(tmp_path, "tumour_001.geojson")
+    assert find_annotation(slide, tmp_path) == tmp_path / "tumour_001.geojson"
+    _touch(tmp_path, "tumour_001.xml", "tumour_0011.xml", "tumour_001.svs.xml")
+    assert find_annotation(slide, tmp_path) == tmp_path / "tumour_001.xml"
+
+
+def test_find_annotation_ignores_folders_and_other_stems(tmp_path: Path) -> None:
+    (tmp_path / "tumour_001.xml").mkdir()
+    _touch(tmp_path, "tumour_002.xml", "tumour_001.txt")
+    assert find_annotation(Path("tumour_001.svs"), tmp_path) is None
+
+
+def test_find_mask_by_stem_in_suffix_order(tmp_path: Path) -> None:
+    assert find_mask("s1", tmp_path) is None
+    _touch(tmp_path, "s1.jpg")
+    assert find_mask("s1", tmp_path) == tmp_path / "s1.jpg"
+    _touch(tmp_path, "s1.tiff")
+    assert find_mask("s1", tmp_path) == tmp_path / "s1.tiff"
+    _touch(tmp_path, "s1.tif")
+    assert find_mask("s1", tmp_path) == tmp_path / "s1.tif"
+    _touch(tmp_path, "s1.png")
+    assert find_mask("s1", tmp_path) == tmp_path / "s1.png"
+
+
+def test_pair_annotations(tmp_path: Path) -> None:
+    slides = [Path("/d/a.svs"), Path("/d/b.svs")]
+    (ann,) = _touch(tmp_path / "ann", "a.xml")
+    assert pair_annotations(slides, tmp_path / "ann") == [(slides[0], ann), (slides[1], None)]
+    assert pair_annotations(slides, None) == [(slides[0], None), (slides[1], None)]
+
+
+def test_pair_annotations_with_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CamnetError) as err:
+        pair_annotations([Path("/d/a.svs")], tmp_path / "nope")
+    assert str(err.value) == f"annotation folder {tmp_path / 'nope'}: no such folder"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CamnetError, match="no such folder"):
+        pair_annotations([Path("/d/a.svs")], tmp_path / "file")

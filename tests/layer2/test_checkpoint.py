@@ -1,0 +1,132 @@
+"""TrainState (last/best checkpoints, resume position), the per-epoch callback and preemption, on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from layer2_training import checkpoint
+from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
+from layer2_training.distributed import Dist
+
+
+def tiny_model(seed: int) -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, name="dense"),
+                                tf.keras.layers.BatchNormalization(name="bn"),
+                                tf.keras.layers.Dense(1, activation="sigmoid", name="out")])
+
+
+def state_for(run: Path, model: tf.keras.Model, higher_is_better: bool = True) -> TrainState:
+    optimizer = tf.keras.optimizers.legacy.SGD(0.1)
+    _ = optimizer.iterations
+    return TrainState(run, model, optimizer, higher_is_better)
+
+
+def assert_same_weights(a: tf.keras.Model, b: tf.keras.Model) -> None:
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_last_checkpoint_round_trip_restores_weights_and_position(tmp_path: Path) -> None:
+    saved = tiny_model(1)
+    state = state_for(tmp_path, saved)
+    assert state.restore() == (0, 0)  # a fresh run dir
+    state.save_last(2, 5)
+    other = tiny_model(2)
+    assert not np.array_equal(other.get_weights()[0], saved.get_weights()[0])
+    assert state_for(tmp_path, other).restore() == (2, 5)
+    assert_same_weights(other, saved)
+
+
+@pytest.mark.parametrize(("higher", "best", "better", "worse"), [(True, 0.5, 0.6, 0.4), (False, 1.0, 0.9, 1.1)])
+def test_improved_follows_the_monitor_direction(tmp_path: Path, higher: bool, best: float, better: float,
+                                                worse: float) -> None:
+    state = state_for(tmp_path, tiny_model(1), higher)
+    assert state.improved(worse) and state.improved(best)  # anything beats the initial -inf / +inf
+    state.save_best(best)
+    assert state.improved(better)
+    assert not state.improved(best)  # a tie is no improvement
+    assert not state.improved(worse)
+
+
+def test_restore_best_prefers_best_and_falls_back_to_last(tmp_path: Path) -> None:
+    model = tiny_model(1)
+    state = state_for(tmp_path / "a", model)
+    assert state.restore_best() is False  # nothing saved yet
+    state.save_best(0.9)
+    best = model.get_weights()
+    model.set_weights([w + 1.0 for w in best])
+    state.save_last(1, 0)
+    assert state.restore_best() is True
+    for x, y in zip(model.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(x, y)
+    only_last = state_for(tmp_path / "b", model)
+    model.set_weights([w + 2.0 for w in best])
+    only_last.save_last(1, 0)
+    model.set_weights(best)
+    assert only_last.restore_best() is True
+    np.testing.assert_array_equal(model.get_weights()[0], best[0] + 2.0)
+
+
+def test_preemption_saves_the_exact_position_and_stops(tmp_path: Path) -> None:
+    model = tiny_model(1)
+    state, flag = state_for(tmp_path, model), SignalFlag()
+    callback = CheckpointCallback(Dist(), state, tmp_path, flag, "val_auc", start=(2, 3), lr_of_step=lambda s: 0.1)
+    callback.on_epoch_begin(2)
+    callback.on_train_batch_end(4)  # no signal: nothing happens
+    assert not (tmp_path / PREEMPTED).exists()
+    flag.signum = signal.SIGUSR1
+    flag.event.set()
+    # a run resumed at step 3 of epoch 2: its batch 4 is step 3 + 4 + 1 = 8 of the epoch plan
+    with pytest.raises(Preempted, match="epoch 2 step 8"):
+        callback.on_train_batch_end(4)
+    marker = json.loads((tmp_path / PREEMPTED).read_text())
+    assert (marker["epoch"], marker["step"], marker["signal"]) == (2, 8, signal.SIGUSR1)
+    assert state_for(tmp_path, tiny_model(2)).restore() == (2, 8)
+    callback.on_epoch_begin(3)  # later epochs start at step 0
+    with pytest.raises(Preempted, match="epoch 3 step 5"):
+        callback.on_train_batch_end(4)
+
+
+def test_epoch_end_keeps_history_best_and_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    averaged: list[list[str]] = []
+    monkeypatch.setattr(checkpoint, "average_variables", lambda dist, vs: averaged.append([v.name for v in vs]))
+    model = tiny_model(1)
+    state = state_for(tmp_path, model)
+    model.compile(optimizer=state.ckpt.optimizer, loss="binary_crossentropy")
+    callback = CheckpointCallback(Dist(), state, tmp_path, SignalFlag(), "val_auc", (0, 0), lambda s: 0.5 + s)
+    callback.set_model(model)
+    for epoch, auc in enumerate([0.7, 0.6]):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"val_auc": auc, "loss": 0.3})
+    with (tmp_path / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["val_auc"], r["lr"], r["iterations"]) for r in rows] == [("1", "0.7", "0.5", "0"),
+                                                                                   ("2", "0.6", "0.5", "0")]
+    assert float(state.best.numpy()) == pytest.approx(0.7)  # the second epoch was worse
+    assert state_for(tmp_path, tiny_model(2)).restore() == (2, 0)
+    # only what training changes is averaged over ranks: the moving statistics of the trainable BatchNorm
+    assert averaged == [["bn/moving_mean:0", "bn/moving_variance:0"]] * 2
+    model.get_layer("bn").trainable = False
+    callback.on_epoch_end(2, {"val_auc": 0.5})
+    assert averaged[-1] == []
+
+
+def test_signal_flag_is_set_by_sigusr1(tmp_path: Path) -> None:
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    flag = SignalFlag()
+    try:
+        flag.install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag.event.wait(10) and flag.signum == signal.SIGUSR1
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
