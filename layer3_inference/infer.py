@@ -29,7 +29,7 @@ from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import config_hash
 from layer1_patches.slide import Slide
 from layer3_inference import outputs
-from layer3_inference.config import HeatmapConfig
+from layer3_inference.config import HeatmapConfig, ReaderConfig
 from layer3_inference.grid import plan_grid, shard_batches
 from layer3_inference.model import ModelSpec, working_resolution
 
@@ -122,13 +122,13 @@ def _produce(q: queue.Queue[Any], reader: PatchReader, coords: np.ndarray, batch
             patches.close()  # cancels reads still queued when the consumer stopped early
 
 
-def read_batches(reader: PatchReader, coords: np.ndarray, batch: int, threads: int, prefetch: int,
+def read_batches(reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
                  stats: dict[str, float]) -> Iterator[tuple[np.ndarray, int]]:
     """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+    q: queue.Queue[Any] = queue.Queue(maxsize=rc.prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(q, reader, coords, batch, threads, stop), daemon=True,
-                              name="camnet-reader")
+    worker = threading.Thread(target=_produce, args=(q, reader, coords, rc.batch_size, rc.threads, stop),
+                              daemon=True, name="camnet-reader")
     worker.start()
     try:
         while True:
@@ -145,11 +145,12 @@ def read_batches(reader: PatchReader, coords: np.ndarray, batch: int, threads: i
         worker.join()
 
 
-def predict(model_fn: ModelFn, reader: PatchReader, coords: np.ndarray, batch: int, threads: int,
-            prefetch: int, stats: dict[str, float]) -> np.ndarray:
+def predict(model_fn: ModelFn, reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
+            stats: dict[str, float]) -> np.ndarray:
+    """The model's probability for every patch at `coords`, read `rc.batch_size` at a time ahead of the model."""
     out = np.empty(len(coords), dtype=np.float32)
     done = 0
-    for buf, n in read_batches(reader, coords, batch, threads, prefetch, stats):
+    for buf, n in read_batches(reader, coords, rc, stats):
         t0 = time.perf_counter()
         out[done:done + n] = model_fn(buf)[:n]
         stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
@@ -208,8 +209,7 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
         t0 = time.perf_counter()
         error = ""
         try:
-            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader.batch_size, cfg.reader.threads,
-                            cfg.reader.prefetch, stats)
+            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader, stats)
         except CamnetError as err:  # every rank must still reach the gather, or the others hang
             probs, error = np.zeros(0, np.float32), str(err)
         stats["infer_s"] = time.perf_counter() - t0

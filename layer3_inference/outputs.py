@@ -153,28 +153,32 @@ def write_heatmap_png(path: Path, thumbnail: np.ndarray, overlay: np.ndarray, co
     plt.close(fig)
 
 
-def _ring(contour: np.ndarray, ds: tuple[float, float], dims: tuple[int, int]) -> list[list[float]]:
-    # contour is (row, col) in a 1-px padded raster; level 0.5 lies on pixel edges
-    x = np.clip((contour[:, 1] - 0.5) * ds[0], 0, dims[0])
-    y = np.clip((contour[:, 0] - 0.5) * ds[1], 0, dims[1])
+def _ring(contour: np.ndarray, ds: tuple[float, float], dims: tuple[int, int],
+          offset: tuple[int, int]) -> list[list[float]]:
+    # contour is (row, col) in a 1-px padded raster of the region's box, whose top-left map pixel is `offset`
+    # (row, col); level 0.5 lies on pixel edges. Clipped to the slide only once in level-0 coordinates.
+    x = np.clip((contour[:, 1] - 0.5 + offset[1]) * ds[0], 0, dims[0])
+    y = np.clip((contour[:, 0] - 0.5 + offset[0]) * ds[1], 0, dims[1])
     ring = np.round(np.stack([x, y], axis=1), 1).tolist()
     if ring[0] != ring[-1]:
         ring.append(ring[0])
     return ring
 
 
-def _outline(region: np.ndarray, ds: tuple[float, float], dims: tuple[int, int]) -> list[list[float]] | None:
-    contours = measure.find_contours(np.pad(region, 1).astype(np.float32), 0.5)
+def _outline(region: np.ndarray, ds: tuple[float, float], dims: tuple[int, int],
+             offset: tuple[int, int]) -> list[list[float]] | None:
+    # 'high': pixels touching at a corner are one outline, as they are one region (8-connected labels below)
+    contours = measure.find_contours(np.pad(region, 1).astype(np.float32), 0.5, fully_connected="high")
     if not contours:
         return None
-    ring = _ring(max(contours, key=len), ds, dims)
+    ring = _ring(max(contours, key=len), ds, dims, offset)
     return ring if len(ring) >= 4 else None
 
 
 def tumour_regions(prob_map: np.ndarray, threshold: float, ds: tuple[float, float], dims: tuple[int, int],
                    min_px: float) -> list[dict[str, Any]]:
     """Thresholded map -> one GeoJSON polygon (with holes) per connected region."""
-    above = np.nan_to_num(prob_map, nan=0.0) >= threshold
+    above = np.isfinite(prob_map) & (np.nan_to_num(prob_map, nan=0.0) >= threshold)  # no prediction: never tumour
     labels, n = ndimage.label(above, structure=np.ones((3, 3)))
     features: list[dict[str, Any]] = []
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -184,16 +188,15 @@ def tumour_regions(prob_map: np.ndarray, threshold: float, ds: tuple[float, floa
         if region.sum() < max(min_px, 1):
             continue
         offset = (box[0].start, box[1].start)
-        shift = (ds[0], ds[1])
-        outer = _outline(region, shift, dims)
+        outer = _outline(region, ds, dims, offset)
         if outer is None:
             continue
-        rings = [[[x + offset[1] * ds[0], y + offset[0] * ds[1]] for x, y in outer]]
+        rings = [outer]
         holes, n_holes = ndimage.label(ndimage.binary_fill_holes(region) & ~region)
         for h in range(1, n_holes + 1):
-            ring = _outline(holes == h, shift, dims)
+            ring = _outline(holes == h, ds, dims, offset)
             if ring is not None:
-                rings.append([[x + offset[1] * ds[0], y + offset[0] * ds[1]] for x, y in ring])
+                rings.append(ring)
         values = prob_map[box][region]
         features.append({
             "type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},

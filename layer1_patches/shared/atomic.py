@@ -28,8 +28,11 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     # The pid keeps two writers of one file (two SLURM steps, say) from renaming each other's half file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write or rename: nothing left behind
     return path
 
 

@@ -1,8 +1,8 @@
 """`explain` end to end: check inputs, select patches, maps + sanity check, concepts + RCV, outputs.
 
 Every user error (config, unknown layer, missing model, empty selection) is raised before the first map
-is computed. Ranks split the selected patches and the RCV patches round-robin; rank 0 gathers and writes
-all outputs under OUT (`summary.json` last, as the completion marker):
+is computed. Ranks split the selected patches round-robin and the RCV patches in contiguous global batches (so
+RCV scores do not depend on the number of ranks); rank 0 gathers and writes all outputs under OUT (`summary.json` last, as the completion marker):
   maps/<id>.npz, panels/<id>.png   per selected patch
   sanity.json                      rank correlations trained vs randomised weights, flagged methods
   concepts.csv                     concept measures of the RCV patches
@@ -25,6 +25,7 @@ from layer1_patches.shared.typedconfig import config_hash, to_dict
 from layer3_inference.explain import concepts, dist, plots, report
 from layer3_inference.explain import select as sel
 from layer3_inference.explain.config import CONCEPTS, ExplainConfig
+from layer3_inference.grid import shard_batches
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,12 @@ def _rcv_inputs(ex: Explainer, stores: list[Any], world: dist.World,
         raise CamnetError(f"concepts.masks {masks_path} goes with a single store (its rows are the masks' rows), "
                           f"got {len(stores)} stores")
     masks = read_masks(masks_path, len(stores[0])) if masks_path else None
-    mine = [pairs[j] for j in world.share(len(pairs))]
-    patches = np.concatenate([stores[s].read([i]) for s, i in mine]) if mine else \
-        np.zeros((0, ex.patch_size, ex.patch_size, 3), np.uint8)
+    # Contiguous shares cut at global batch boundaries (as heatmaps do): each patch goes through the network in
+    # the same batch at any number of ranks, so the activations, and the RCV scores, do not depend on it (a
+    # convolution's last bits can depend on the batch it runs in).
+    lo, hi = shard_batches(len(pairs), cfg.rcv.batch_size, world.rank, world.size)
+    mine = pairs[lo:hi]
+    patches = sel.read_pairs(stores, mine, ex.patch_size)
     mine_masks = None
     if masks is not None:
         mine_masks = masks[[i for _, i in mine]]
@@ -156,11 +160,9 @@ def _rcv_inputs(ex: Explainer, stores: list[Any], world: dist.World,
     parts = world.gather(part)
     if parts is None:
         return None
-    order = np.concatenate([np.arange(r, len(pairs), world.size) for r in range(world.size)])
-    inverse = np.argsort(order, kind="stable")
-    merged_values = np.concatenate([p[0] for p in parts])[inverse]
-    merged = {name: rcv.LayerData(np.concatenate([p[1][name][0] for p in parts])[inverse],
-                                  np.concatenate([p[1][name][1] for p in parts])[inverse])
+    merged_values = np.concatenate([p[0] for p in parts])  # rank order is pair order: the shares are contiguous
+    merged = {name: rcv.LayerData(np.concatenate([p[1][name][0] for p in parts]),
+                                  np.concatenate([p[1][name][1] for p in parts]))
               for name in ex.rcv_layers}
     return merged_values, labels, {"data": merged, "pairs": pairs}
 

@@ -53,17 +53,23 @@ def _pairs(stores: list[PatchStore]) -> list[tuple[int, int]]:
     return [(s, i) for s, store in enumerate(stores) for i in range(len(store))]
 
 
+def read_pairs(stores: list[PatchStore], pairs: list[tuple[int, int]], size: int) -> np.ndarray:
+    """The patches of (store, row) pairs, in pair order: one read per store, which PatchStore.read turns into few
+    hyperslab reads (not one HDF5 read per patch)."""
+    which = np.array([s for s, _ in pairs], np.int64)
+    rows = np.array([i for _, i in pairs], np.int64)
+    rgb = np.empty((len(pairs), size, size, 3), np.uint8)
+    for s in np.unique(which):
+        at = np.flatnonzero(which == s)
+        rgb[at] = stores[s].read(rows[at])
+    return rgb
+
+
 def _gather(stores: list[PatchStore], pairs: list[tuple[int, int]], prob: np.ndarray | None = None) -> Selection:
     if not pairs:
         raise CamnetError("patch selection is empty: no patch matches the selection "
                           "(check select.mode and its keys, or the stores' labels)")
-    which = np.array([s for s, _ in pairs], np.int64)
-    rows = np.array([i for _, i in pairs], np.int64)
-    size = stores[0].patch_size  # one size: open_stores checks it
-    rgb = np.empty((len(pairs), size, size, 3), np.uint8)
-    for s in np.unique(which):  # one read per store: PatchStore.read turns sorted rows into few hyperslab reads
-        at = np.flatnonzero(which == s)
-        rgb[at] = stores[s].read(rows[at])
+    rgb = read_pairs(stores, pairs, stores[0].patch_size)  # one size: open_stores checks it
     return Selection(rgb=rgb, coords=np.array([stores[s].coords[i] for s, i in pairs], np.int64),
                      label=np.array([int(stores[s].labels[i]) for s, i in pairs], np.int64),
                      source=[str(stores[s].path) for s, _ in pairs], row=np.array([i for _, i in pairs], np.int64),

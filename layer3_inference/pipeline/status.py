@@ -82,7 +82,8 @@ def job_summary(records: list[dict[str, str]]) -> tuple[str, str]:
     bad = [s for s in states if s in FINAL and s != "COMPLETED"]
     if bad:
         return bad[0], ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-    return ("COMPLETED", "") if set(states) <= FINAL else (next(iter(states)), "")
+    # a state SLURM has beyond those above (STOPPED, RESIZING, SIGNALING, ...) is not finished: report it
+    return ("COMPLETED", "") if set(states) <= FINAL else (next(s for s in states if s not in FINAL), "")
 
 
 def job_times(records: list[dict[str, str]]) -> tuple[float, float] | None:

@@ -18,10 +18,11 @@ from layer2_training.distributed import Dist
 
 
 def tiny_model(seed: int) -> tf.keras.Model:
-    tf.keras.utils.set_random_seed(seed)
-    return tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, name="dense"),
-                                tf.keras.layers.BatchNormalization(name="bn"),
-                                tf.keras.layers.Dense(1, activation="sigmoid", name="out")])
+    # seeded initialisers rather than the global seed, which would leak into later tests
+    init, layers = tf.keras.initializers.GlorotUniform, tf.keras.layers
+    return tf.keras.Sequential([tf.keras.Input((4,)), layers.Dense(3, kernel_initializer=init(seed), name="dense"),
+                                layers.BatchNormalization(name="bn"),
+                                layers.Dense(1, "sigmoid", kernel_initializer=init(seed + 1), name="out")])
 
 
 def state_for(run: Path, model: tf.keras.Model, higher_is_better: bool = True) -> TrainState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -175,9 +176,14 @@ def test_reader_makes_one_hdf5_read_per_run(tiny_index: Path, monkeypatch: pytes
 
     split, cfg = split_with_gaps_and_repeats(tiny_index)
     reader = data.BatchReader(split, 3, 0, 1, 7, cfg, shuffle=True)
-    calls = []
+    calls: list[tuple] = []
     read_direct = h5py.Dataset.read_direct
-    monkeypatch.setattr(h5py.Dataset, "read_direct", lambda ds, *a, **k: calls.append(1) or read_direct(ds, *a, **k))
+
+    def counting(ds: h5py.Dataset, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        read_direct(ds, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "read_direct", counting)
     try:
         for pos in (np.arange(len(split)), np.concatenate(reader.plan(0)[:5])):
             calls.clear()

@@ -36,12 +36,14 @@ def test_tied_scores_count_half_in_the_auc() -> None:
     assert binary_metrics(np.array([1, 1, 0, 0]), np.array([0.5, 0.8, 0.5, 0.1]), 0.5)["auc"] == pytest.approx(0.875)
 
 
+@pytest.mark.filterwarnings("error")  # scikit-learn warns when asked for the AUC of one class
 def test_one_class_has_no_auc_and_no_division_by_zero() -> None:
     m = binary_metrics(np.zeros(4), np.array([0.1, 0.6, 0.2, 0.9]), 0.5)
     assert math.isnan(m["auc"])
     assert m["sensitivity"] == 0.0 and m["specificity"] == pytest.approx(0.5) and m["confusion"] == [[2, 2], [0, 0]]
 
 
+@pytest.mark.filterwarnings("error")
 def test_plot_roc_writes_a_png_and_skips_one_class_curves(tmp_path: Path) -> None:
     out = plot_roc({"val": (Y, P), "one_class": (np.zeros(3), np.array([0.1, 0.2, 0.3]))}, tmp_path / "roc.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

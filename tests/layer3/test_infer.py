@@ -13,7 +13,7 @@ from PIL import Image
 from layer1_patches.extract import PatchReader
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
-from layer3_inference.config import load_heatmap_config
+from layer3_inference.config import ReaderConfig, load_heatmap_config
 from layer3_inference.infer import HeatmapRequest, Ranks, compile_model, heatmap_slide, predict
 from layer3_inference.model import load_model, read_spec
 
@@ -33,7 +33,7 @@ def test_predict_matches_the_model_on_direct_reads(model_fn, synth_slides: list[
     with Slide(synth_slides[0]) as slide:
         reader = PatchReader(slide, res, 32, [])
         stats: dict[str, float] = {}
-        probs = predict(model_fn, reader, coords, batch, threads, 2, stats)
+        probs = predict(model_fn, reader, coords, ReaderConfig(threads, batch, prefetch=2), stats)
         direct = np.stack([slide.read_rgb(int(x), int(y), 0, 32, 32) for x, y in coords])
     assert probs.shape == (len(coords),)
     assert np.allclose(probs, darkness_probability(direct), atol=1e-5)
@@ -44,7 +44,7 @@ def test_reader_errors_surface_in_the_caller(model_fn) -> None:  # type: ignore[
     with Slide(DATA / "unreadable.svs") as slide:
         reader = PatchReader(slide, WorkingResolution(0, 1.0, 1.0, 0.5, 20.0), 32, [])
         with pytest.raises(CamnetError, match="unreadable.svs: cannot read region"):
-            predict(model_fn, reader, np.zeros((40, 2), np.int64), 8, 2, 2, {})
+            predict(model_fn, reader, np.zeros((40, 2), np.int64), ReaderConfig(2, 8, prefetch=2), {})
 
 
 @pytest.fixture(scope="module")

@@ -134,9 +134,6 @@ def test_threshold_is_inclusive_and_no_prediction_is_not_tumour() -> None:
     assert _vertices(_rings(features[0])[0]) == {(6, 4), (8, 6), (6, 8), (4, 6)}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tumour_regions turns NaN (no prediction) into 0.0 before comparing "
-                   "with the threshold, so at output.threshold 0 (allowed: min=0) background and non-tissue become "
-                   "a tumour region whose max/mean probability is NaN, which json.dumps writes as invalid JSON NaN")
 def test_threshold_zero_makes_no_region_where_there_is_no_prediction() -> None:
     prob = np.full((4, 4), np.nan, np.float32)
     prob[1, 1] = 0.3
@@ -146,9 +143,6 @@ def test_threshold_zero_makes_no_region_where_there_is_no_prediction() -> None:
     json.dumps(features, allow_nan=False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tumour_regions labels regions 8-connected (3x3 structure) but "
-                   "outlines them with find_contours' default fully_connected='low' and keeps only the longest "
-                   "contour, so a region joined only through a corner loses every part but one from its polygon")
 def test_diagonally_joined_region_polygon_covers_all_its_pixels() -> None:
     prob = np.zeros((5, 5), np.float32)
     prob[1, 1] = 0.9
@@ -160,9 +154,6 @@ def test_diagonally_joined_region_polygon_covers_all_its_pixels() -> None:
     assert _inside((1.5, 1.5), outer) and _inside((2.5, 2.5), outer), outer
 
 
-@pytest.mark.xfail(strict=True, reason="bug: outputs._ring clips x/y to the slide dimensions (and rounds them) "
-                   "in region-local coordinates, before tumour_regions adds the region's offset, so a region on "
-                   "the right or bottom edge can end outside the slide (here x = 100.03 on a 100 px wide slide)")
 def test_region_on_the_slide_edge_stays_inside_the_slide() -> None:
     dims = (100, 70)
     shape, ds_x, ds_y = map_shape(dims, 16)  # (4, 6) pixels of 16.67 x 17.5 level-0 px: exactly 100 x 70
@@ -270,9 +261,6 @@ def test_written_geojson_rings_are_closed(tmp_path: Path) -> None:
             assert len(ring) >= 4 and ring[0] == ring[-1], ring
 
 
-@pytest.mark.xfail(strict=True, reason="bug: outputs._ring clips to the slide dimensions before the region "
-                   "offset is added (see test_region_on_the_slide_edge_stays_inside_the_slide): the region on the "
-                   "right edge of a 200 px wide slide reaches x = 200.033")
 def test_written_geojson_geometries_lie_inside_the_slide(tmp_path: Path) -> None:
     geojson, dims = _written_geojson(tmp_path, _hand_probs())
     for feature in geojson["features"]:

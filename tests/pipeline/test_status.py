@@ -104,9 +104,6 @@ def test_summary_of_no_records_is_empty() -> None:
     assert job_summary([]) == ("", "")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: job_summary falls back to the first state seen when a state is "
-                   "neither listed as unfinished nor in FINAL (STOPPED, RESIZING, SIGNALING, ...), so an array "
-                   "with a COMPLETED task before a STOPPED one is summarised as COMPLETED")
 def test_summary_unfinished_unlisted_state_is_not_reported_completed() -> None:
     state, _ = job_summary([_rec("COMPLETED"), _rec("STOPPED")])
     assert state != "COMPLETED"

@@ -46,9 +46,6 @@ def test_write_text_atomic_failing_leaves_the_old_file(tmp_path: Path) -> None:
     assert path.read_text() == "new"
 
 
-@pytest.mark.xfail(strict=True, reason="bug (minor): write_bytes_atomic does not remove its .<name>.<pid>.partial "
-                   "file when the write or the rename fails (atomic_path does), so failed writes leave litter "
-                   "beside the target, one file per process id")
 def test_write_text_atomic_failing_rename_leaves_nothing_behind(tmp_path: Path) -> None:
     (tmp_path / "timings.json").mkdir()  # the rename onto a folder fails
     with pytest.raises(OSError):
