@@ -2,7 +2,8 @@
 
 Every user error (config, unknown layer, missing model, empty selection) is raised before the first map
 is computed. Ranks split the selected patches round-robin and the RCV patches in contiguous global batches (so
-RCV scores do not depend on the number of ranks); rank 0 gathers and writes all outputs under OUT (`summary.json` last, as the completion marker):
+RCV scores do not depend on the number of ranks); rank 0 gathers and writes all outputs under OUT
+(`summary.json` last, as the completion marker):
   maps/<id>.npz, panels/<id>.png   per selected patch
   sanity.json                      rank correlations trained vs randomised weights, flagged methods
   concepts.csv                     concept measures of the RCV patches
