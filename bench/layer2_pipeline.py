@@ -80,9 +80,9 @@ def bench_read(index: Path, batch: int) -> dict[str, float]:
             for i in range(0, len(rows), 256):
                 store.read(rows[i:i + 256])
     raw = len(split) / (time.perf_counter() - start)
-    reader = data.BatchReader(split, 0, 0, 1, batch, cfg, shuffle=True)
+    reader = data.BatchReader(split, batch, cfg, (0, 1), 0)
     transform = make_transform(AugmentConfig(brightness=0.1, contrast=0.1), 0, 0)
-    ds = data.make_dataset(reader, (0, 0), 2, reader.steps, transform, cfg.prefetch, cfg.read_threads)
+    ds = data.make_dataset(reader, (0, 0), 2, reader.steps, transform, cfg)
     it = iter(ds)
     next(it)  # start-up (tracing the dataset's functions) is not throughput
     start = time.perf_counter()
@@ -97,19 +97,21 @@ def bench_train(index: Path, out: Path, batch: int, steps: int, rounds: int) -> 
 
     from layer2_training import data
     from layer2_training.augment import make_transform
+    from layer2_training.config import ModelConfig
     from layer2_training.model import build_model
 
     cfg = config(index, out / "run", batch, steps)
     split = data.load_split(data.load_index(index), "train", cfg.data, 0, balance=False)  # type: ignore[attr-defined]
-    reader = data.BatchReader(split, 0, 0, 1, batch, cfg.data, shuffle=True)  # type: ignore[attr-defined]
+    reader = data.BatchReader(split, batch, cfg.data, (0, 1), 0)  # type: ignore[attr-defined]
     transform = make_transform(cfg.augment, 0, 0)  # type: ignore[attr-defined]
-    model = build_model("mobilenetv2", split.patch_size, split.patch_size, cfg.model.head, None, None)  # type: ignore[attr-defined]
+    model_cfg = ModelConfig(backbone="mobilenetv2", head=cfg.model.head)  # type: ignore[attr-defined]
+    model = build_model(model_cfg, split.patch_size, split.patch_size, None, None)
     model.compile(optimizer=tf.keras.optimizers.legacy.Adam(1e-3), loss="binary_crossentropy")
     dc = cfg.data  # type: ignore[attr-defined]
     warm = 5
     # the real pipeline exactly as `train` builds it and feeds it to `fit` (a Dataset, iterated in-graph)
     epochs = -(-(warm + steps) // reader.steps)
-    real = data.make_dataset(reader, (0, 0), epochs, reader.steps, transform, dc.prefetch, dc.read_threads)
+    real = data.make_dataset(reader, (0, 0), epochs, reader.steps, transform, dc)
     # the baseline: the same batch size of already read, decoded and augmented batches cached in memory, so
     # it pays no per-step input cost at all (a strict baseline: the pipeline must hide all of its work)
     x, y, _ = reader.read_positions(np.arange(min(len(split), batch * 8)))

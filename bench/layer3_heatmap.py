@@ -34,10 +34,10 @@ from layer3_inference.config import HeatmapConfig  # noqa: E402
 def make_run(run_dir: Path, patch: int, mpp: float) -> Path:
     if (run_dir / "model.json").is_file():
         return run_dir
-    from layer2_training.config import HeadConfig
+    from layer2_training.config import HeadConfig, ModelConfig
     from layer2_training.model import build_model
 
-    model = build_model("mobilenetv2", patch, patch, HeadConfig(dropout=0.0), None, None)
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig(dropout=0.0)), patch, patch, None, None)
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
     model.save(str(run_dir / "export" / "model.keras"))
     from layer2_training.sidecar import SIDECAR, ModelSidecar
@@ -95,7 +95,7 @@ def main() -> None:
     # model-only: the same compiled model on batches of the same slide already in memory
     with Slide(slide) as s:
         res = working_resolution(s, spec, cfg.match)
-        grid = plan_grid(s.dimensions, res, spec.patch_size, None, masker_from_config(cfg.tissue)(s), 0.5, str(slide))
+        grid = plan_grid(s.dimensions, res, spec.patch_size, masker_from_config(cfg.tissue)(s), cfg.grid, str(slide))
         reader = PatchReader(s, res, spec.patch_size, [])
         n = min(len(grid) // args.batch, args.model_batches)
         batches = [np.stack([reader(c)[0] for c in grid.coords[i * args.batch:(i + 1) * args.batch]])

@@ -36,6 +36,7 @@ class Preempted(Exception):
 
 class TrainState:
     def __init__(self, run_dir: Path, model: tf.keras.Model, optimizer: Any, higher_is_better: bool) -> None:
+        self.run_dir = run_dir
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         worst = float("-inf") if higher_is_better else float("inf")
@@ -90,7 +91,7 @@ class SignalFlag:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
         self.event.set()
 
@@ -107,24 +108,24 @@ def append_history(path: Path, row: dict[str, Any]) -> None:
 class CheckpointCallback(tf.keras.callbacks.Callback):
     """Per-epoch save (all ranks agree, rank 0 writes), best tracking, history CSV, preemption."""
 
-    def __init__(self, dist: Dist, state: TrainState, run_dir: Path, flag: SignalFlag, monitor: str,
-                 start: tuple[int, int], lr_of_step: Any) -> None:
+    def __init__(self, dist: Dist, state: TrainState, flag: SignalFlag, monitor: str, start: tuple[int, int],
+                 lr_of_step: Any) -> None:
         super().__init__()
-        self.dist, self.state, self.run_dir, self.flag, self.monitor = dist, state, run_dir, flag, monitor
+        self.dist, self.state, self.run_dir, self.flag, self.monitor = dist, state, state.run_dir, flag, monitor
         self.start, self.lr_of_step = start, lr_of_step
         self.epoch = start[0]
         self.t0, self.train_seconds = time.perf_counter(), 0.0
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002 - Keras'
         self.epoch = epoch
         self.t0 = time.perf_counter()
         self.train_seconds = 0.0
 
-    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002 - Keras' signature
         if not self.train_seconds:
             self.train_seconds = time.perf_counter() - self.t0
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002
         if not any_rank(self.dist, self.flag.event.is_set()):
             return
         offset = self.start[1] if self.epoch == self.start[0] else 0

@@ -152,7 +152,7 @@ class Layer2Config:
     mixed_precision: bool = bounded(False, doc="mixed_float16 compute (for GPUs); the output stays float32")
     seed: int = bounded(0, min=0, doc="seeds subsampling, balancing, epoch order, augmentation and initial weights")
 
-    def validate(self, path: str) -> None:
+    def validate(self, _path: str) -> None:
         if not self.data.index:
             raise ConfigError("config key 'data.index': required (the dataset index JSON from layer1 index)")
         if self.phases.head_epochs >= self.epochs and self.phases.head_epochs > 0:

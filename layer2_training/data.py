@@ -184,11 +184,14 @@ class BatchReader:
     SPAN_KEY = 1 << 40  # store * SPAN_KEY + row: one sortable key per (store, row)
     MAX_GAP = 4  # rows read and dropped rather than starting another HDF5 call
 
-    def __init__(self, split: SplitData, seed: int, rank: int, size: int, batch: int, cfg: DataConfig,
-                 shuffle: bool, record_dir: Path | None = None) -> None:
-        self.split, self.seed, self.rank, self.size, self.batch = split, seed, rank, size, batch
-        self.cfg, self.shuffle, self.record_dir = cfg, shuffle, record_dir
-        self.steps = steps_per_epoch(len(split), size, batch)
+    def __init__(self, split: SplitData, batch: int, cfg: DataConfig, shard: tuple[int, int],
+                 shuffle_seed: int | None, record_dir: Path | None = None) -> None:
+        """Batches of `batch` for rank `shard[0]` of `shard[1]`; block-shuffled by `shuffle_seed`, or in split
+        order when it is None."""
+        self.split, self.batch, self.cfg, self.record_dir = split, batch, cfg, record_dir
+        self.rank, self.size = shard
+        self.seed, self.shuffle = shuffle_seed or 0, shuffle_seed is not None
+        self.steps = steps_per_epoch(len(split), self.size, batch)
         self.span = cfg.read_block * cfg.shuffle_window
         self._stores: dict[int, PatchStore] = {}
         self._lock = threading.Lock()  # store handles are created by whichever read thread needs them
@@ -264,11 +267,10 @@ class BatchReader:
 
 
 def make_dataset(reader: BatchReader, start: tuple[int, int], epochs: int, steps: int,
-                 transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None, prefetch: int,
-                 threads: int) -> tf.data.Dataset:
+                 transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None, cfg: DataConfig) -> tf.data.Dataset:
     """(images float32 0-255, labels) for epochs start[0]..epochs-1, `steps` batches each, from start[1].
 
-    `threads` read groups are read in parallel (h5py serialises HDF5 calls, but reading overlaps with
+    `cfg.read_threads` read groups are read in parallel (h5py serialises HDF5 calls, but reading overlaps with
     splitting, augmenting and training, which run in TensorFlow's threads); each group is cut into its
     planned batches, which are cast and augmented as whole-batch TF ops in parallel (AUTOTUNE), then
     prefetched. Parallel stages keep their order (deterministic), so batches arrive as planned.
@@ -302,7 +304,7 @@ def make_dataset(reader: BatchReader, start: tuple[int, int], epochs: int, steps
         return xf, tf.expand_dims(y, -1)
 
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(table, dtype=np.int64).reshape(-1, 3))
-    ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
+    ds = ds.map(load, num_parallel_calls=cfg.read_threads, deterministic=True)
     ds = ds.flat_map(split)
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(prefetch)
+    return ds.prefetch(cfg.prefetch)

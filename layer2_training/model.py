@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from layer1_patches.shared.errors import CamnetError
-from layer2_training.config import HeadConfig
+from layer2_training.config import ModelConfig
 from layer2_training.stain import StainNormalize
 from layer2_training.weights import build_backbone, spec
 
@@ -50,9 +50,14 @@ class BackbonePreprocess(tf.keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def build_model(backbone: str, patch_size: int, input_size: int, head: HeadConfig, weights: Path | None,
-                stain: tuple[str, dict[str, Any]] | None, bn_momentum: float | None = None) -> tf.keras.Model:
-    """Input (patch_size, patch_size, 3) RGB 0-255 -> sigmoid probability of tumour, float32."""
+def build_model(cfg: ModelConfig, patch_size: int, input_size: int, weights: Path | None,
+                stain: tuple[str, dict[str, Any]] | None) -> tf.keras.Model:
+    """Input (patch_size, patch_size, 3) RGB 0-255 -> sigmoid probability of tumour, float32.
+
+    From `cfg`: the backbone, the head and the BatchNorm momentum; `weights` is the resolved weights file (None:
+    random), `stain` the fitted normalisation (None: none).
+    """
+    backbone, head, bn_momentum = cfg.backbone, cfg.head, cfg.batchnorm_momentum
     inputs = tf.keras.Input((patch_size, patch_size, 3), name="rgb")
     x = inputs
     if input_size != patch_size:

@@ -20,8 +20,9 @@ def peak_lr(cfg: ScheduleConfig, ranks: int) -> float:
 
 
 def lr_at(step: float, cfg: ScheduleConfig, ranks: int, steps_per_epoch: int, total_epochs: int,
-          switch_epoch: int = 0, switch_factor: float = 1.0) -> float:
+          switch: tuple[int, float] = (0, 1.0)) -> float:
     """Pure-Python twin of `WarmupSchedule`: the schedule in plain arithmetic, which the tests hold it to."""
+    switch_epoch, switch_factor = switch  # the fine-tuning phase's start epoch and its rate factor
     peak = peak_lr(cfg, ranks)
     epoch = step / steps_per_epoch
     scale = switch_factor if switch_epoch > 0 and epoch >= switch_epoch else 1.0
@@ -40,7 +41,8 @@ def lr_at(step: float, cfg: ScheduleConfig, ranks: int, steps_per_epoch: int, to
 
 @tf.keras.utils.register_keras_serializable(package="camnet")
 class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, lr: float, peak: float, warmup_epochs: float, kind: str, step_epochs: list[int],
+    # keyword arguments of a Keras-serialisable object: get_config() round-trips them one by one
+    def __init__(self, lr: float, peak: float, warmup_epochs: float, kind: str, step_epochs: list[int],  # noqa: PLR0913
                  step_gamma: float, min_lr_factor: float, steps_per_epoch: int, total_epochs: int,
                  switch_epoch: int = 0, switch_factor: float = 1.0) -> None:
         self.lr, self.peak, self.warmup_epochs, self.kind = lr, peak, warmup_epochs, kind

@@ -118,11 +118,11 @@ def sidecar(p: Prepared, steps: int) -> ModelSidecar:
 
 
 def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.ndarray:
-    reader = data.BatchReader(split, p.cfg.seed, 0, 1, p.cfg.batch_size, p.cfg.data, shuffle=False)
+    reader = data.BatchReader(split, p.cfg.batch_size, p.cfg.data, (0, 1), shuffle_seed=None)
     dc = p.cfg.data
     try:
-        ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, dc.prefetch, dc.read_threads)
-        prob = model.predict(ds.map(lambda x, y: x), verbose=0)
+        ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, dc)
+        prob = model.predict(ds.map(lambda x, _y: x), verbose=0)
     finally:
         reader.close()
     return np.asarray(prob, dtype=np.float64).ravel()
@@ -165,11 +165,10 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
     if cfg.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     record = p.run_dir / "sample_ids" if cfg.data.record_sample_ids else None
-    reader = data.BatchReader(p.train, cfg.seed, dist.rank, dist.size, cfg.batch_size, cfg.data, True, record)
+    reader = data.BatchReader(p.train, cfg.batch_size, cfg.data, (dist.rank, dist.size), cfg.seed, record)
     steps = min(reader.steps, cfg.steps_per_epoch or reader.steps)
-    val_reader = data.BatchReader(p.val, cfg.seed, dist.rank, dist.size, cfg.batch_size, cfg.data, False)
-    model = build_model(cfg.model.backbone, p.patch_size, p.input_size, cfg.model.head, p.weights, p.stain,
-                        cfg.model.batchnorm_momentum)
+    val_reader = data.BatchReader(p.val, cfg.batch_size, cfg.data, (dist.rank, dist.size), None)
+    model = build_model(cfg.model, p.patch_size, p.input_size, p.weights, p.stain)
     check_phases(model, cfg.phases.fine_tune_from)
     schedule = make_schedule(cfg.schedule, dist.size, steps, cfg.epochs, cfg.phases.head_epochs,
                              cfg.phases.fine_tune_lr_factor)
@@ -185,8 +184,7 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
     flag.install()
     loss = make_loss(cfg.loss, p.train.n_tumour, len(p.train) - p.train.n_tumour)
     transform = make_transform(cfg.augment, cfg.seed, dist.rank)
-    val_ds = data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data.prefetch,
-                               cfg.data.read_threads)
+    val_ds = data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data)
     log.info("rank %d/%d: %d train samples, %d steps/epoch, start at %s", dist.rank, dist.size, len(p.train),
              steps, start)
     try:
@@ -195,14 +193,13 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
             model.compile(optimizer=wrap_optimizer(dist, optimizer), loss=loss,
                           metrics=[tf.keras.metrics.AUC(name="auc"),
                                    tf.keras.metrics.BinaryAccuracy(name="accuracy")])
-            ds = data.make_dataset(reader, (first, step0), end, steps, transform, cfg.data.prefetch,
-                                   cfg.data.read_threads)
+            ds = data.make_dataset(reader, (first, step0), end, steps, transform, cfg.data)
             callbacks: list[Any] = []
             if dist.hvd is not None:
                 # validation metrics are computed on each rank's shard; averaging them is exact for loss
                 # and accuracy, an approximation for AUC (the final metrics.json AUC is exact)
                 callbacks.append(dist.hvd.callbacks.MetricAverageCallback())
-            callbacks.append(CheckpointCallback(dist, state, p.run_dir, flag, cfg.output.monitor,
+            callbacks.append(CheckpointCallback(dist, state, flag, cfg.output.monitor,
                                                 (first, step0), schedule))
             if dist.is_chief and cfg.output.tensorboard:
                 callbacks.append(tf.keras.callbacks.TensorBoard(str(p.run_dir / "tensorboard"),

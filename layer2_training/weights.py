@@ -22,7 +22,7 @@ class BackboneSpec:
 
 
 def _fixed(name: str) -> Callable[[int], str]:
-    return lambda size: name
+    return lambda _size: name
 
 
 def _mobilenet_v2(size: int) -> str:

@@ -27,7 +27,7 @@ from layer1_patches.shared.atomic import atomic_path, write_text_atomic
 from layer1_patches.shared.cohort import find_annotation
 from layer1_patches.shared.errors import CamnetError
 from layer3_inference.config import EvaluateConfig, FrocConfig
-from layer3_inference.grid import map_shape, render_map, resample_mask
+from layer3_inference.grid import Raster, map_shape, render_map, resample_mask
 from layer3_inference.outputs import Probabilities, finished_hash, read_probabilities, slide_score
 from layer3_inference.summaries import EvaluationSummary, to_json
 
@@ -125,12 +125,13 @@ def evaluate_slide(p: Probabilities, annotation: Path | None, cfg: EvaluateConfi
         check_inside(polygons, annotation, p.dimensions)
         truth_mask = tumour_mask(polygons, cfg.annotation, p.dimensions)
         truth = truth_mask.array
-        shape, ds_x, ds_y = (truth.shape[0], truth.shape[1]), truth_mask.ds_x, truth_mask.ds_y
+        raster = Raster((truth.shape[0], truth.shape[1]), truth_mask.ds_x, truth_mask.ds_y)
     else:
-        shape, ds_x, ds_y = map_shape(p.dimensions, cfg.annotation.downsample)
-        truth = np.zeros(shape, dtype=bool)
-    tissue = resample_mask(p.tissue, shape, ds_x, ds_y)
-    prob_map = render_map(p.coords, p.prob, p.footprint, shape, ds_x, ds_y, tissue)
+        raster = map_shape(p.dimensions, cfg.annotation.downsample)
+        truth = np.zeros(raster.shape, dtype=bool)
+    shape, ds_x, ds_y = raster
+    tissue = resample_mask(p.tissue, raster)
+    prob_map = render_map(p.coords, p.prob, p.footprint, raster, tissue)
     auc, dice, iou = pixel_metrics(prob_map, truth, tissue | truth, threshold)
     if p.mpp <= 0:
         raise CamnetError(f"slide {p.slide_name}: no mpp recorded; FROC needs micrometres")

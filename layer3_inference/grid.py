@@ -8,6 +8,7 @@ stay NaN ("no prediction") in every map: nothing outside tissue is ever given a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +18,7 @@ from layer1_patches.masks import Mask
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import WorkingResolution
 from layer1_patches.tiler import SlideField
+from layer3_inference.config import GridConfig
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,10 @@ class TissueGrid:
         return out
 
 
-def plan_grid(dimensions: tuple[int, int], res: WorkingResolution, patch_size: int, stride: int | None,
-              tissue: Mask, min_tissue: float, where: str) -> TissueGrid:
-    """All grid positions whose tissue share reaches `min_tissue`; `where` names the slide in errors."""
+def plan_grid(dimensions: tuple[int, int], res: WorkingResolution, patch_size: int, tissue: Mask,
+              cfg: GridConfig, where: str) -> TissueGrid:
+    """All grid positions whose tissue share reaches `cfg.min_tissue`; `where` names the slide in errors."""
+    stride, min_tissue = cfg.stride, cfg.min_tissue
     if not tissue.array.any():
         raise CamnetError(f"slide {where}: no tissue found")
     footprint = res.footprint(patch_size)
@@ -60,14 +63,22 @@ def plan_grid(dimensions: tuple[int, int], res: WorkingResolution, patch_size: i
     return TissueGrid(full[keep], index, (rows, cols), float(step), footprint, fraction[keep])
 
 
-def render_map(coords: np.ndarray, probs: np.ndarray, footprint: int, shape: tuple[int, int], ds_x: float,
-               ds_y: float, inside: np.ndarray | None = None, sigma: float = 0.0) -> np.ndarray:
+class Raster(NamedTuple):
+    """A raster over the whole slide: (rows, cols), and the level-0 pixels per raster pixel in x and y."""
+
+    shape: tuple[int, int]
+    ds_x: float
+    ds_y: float
+
+
+def render_map(coords: np.ndarray, probs: np.ndarray, footprint: int, raster: Raster,
+               inside: np.ndarray | None = None, sigma: float = 0.0) -> np.ndarray:
     """Probability per map pixel: the mean over patches covering its centre, NaN where none does.
 
     `inside` (same shape, bool) further limits values to tissue. Smoothing is a normalised convolution
     over predicted pixels only, so NaN areas neither receive values nor pull neighbours towards zero.
     """
-    h, w = shape
+    (h, w), ds_x, ds_y = raster
     total = np.zeros((h + 1, w + 1), dtype=np.float64)
     count = np.zeros((h + 1, w + 1), dtype=np.float64)
     if len(coords):
@@ -95,19 +106,19 @@ def render_map(coords: np.ndarray, probs: np.ndarray, footprint: int, shape: tup
     return out.astype(np.float32)
 
 
-def resample_mask(mask: Mask, shape: tuple[int, int], ds_x: float, ds_y: float) -> np.ndarray:
+def resample_mask(mask: Mask, raster: Raster) -> np.ndarray:
     """A mask sampled (nearest) at the centres of another raster's pixels."""
-    h, w = shape
+    (h, w), ds_x, ds_y = raster
     rows = np.clip(((np.arange(h) + 0.5) * ds_y / mask.ds_y).astype(np.int64), 0, mask.array.shape[0] - 1)
     cols = np.clip(((np.arange(w) + 0.5) * ds_x / mask.ds_x).astype(np.int64), 0, mask.array.shape[1] - 1)
     return np.asarray(mask.array[np.ix_(rows, cols)], dtype=bool)
 
 
-def map_shape(dimensions: tuple[int, int], downsample: float) -> tuple[tuple[int, int], float, float]:
-    """(rows, cols) of a raster at about `downsample`, and its exact level-0 px per pixel in x and y."""
+def map_shape(dimensions: tuple[int, int], downsample: float) -> Raster:
+    """The raster over the slide at about `downsample`, with its exact level-0 px per pixel in x and y."""
     w0, h0 = dimensions
     shape = (max(1, round(h0 / downsample)), max(1, round(w0 / downsample)))
-    return shape, w0 / shape[1], h0 / shape[0]
+    return Raster(shape, w0 / shape[1], h0 / shape[0])
 
 
 def shard_batches(n: int, batch: int, rank: int, size: int) -> tuple[int, int]:

@@ -200,7 +200,7 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
         res = working_resolution(slide, spec, cfg.match)
         t0 = time.perf_counter()
         tissue = masker_from_config(cfg.tissue)(slide)
-        grid = plan_grid(slide.dimensions, res, spec.patch_size, cfg.grid.stride, tissue, cfg.grid.min_tissue,
+        grid = plan_grid(slide.dimensions, res, spec.patch_size, tissue, cfg.grid,
                          str(req.slide))
         times["tissue_s"] = time.perf_counter() - t0
         lo, hi = shard_batches(len(grid), cfg.reader.batch_size, ranks.rank, ranks.size)

@@ -28,7 +28,7 @@ from layer1_patches.shared.atomic import partial_path
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import HeatmapConfig, ScoreConfig
-from layer3_inference.grid import TissueGrid, map_shape, render_map, resample_mask
+from layer3_inference.grid import Raster, TissueGrid, map_shape, render_map, resample_mask
 from layer3_inference.model import ModelSpec
 from layer3_inference.summaries import HeatmapSummary, to_json
 
@@ -75,8 +75,8 @@ class SlideInfo:
                    thumb, (ds_x, ds_y))
 
 
-def write_probabilities(path: Path, info: SlideInfo, grid: TissueGrid, probs: np.ndarray, prob_map: np.ndarray,
-                        map_ds: tuple[float, float], threshold: float) -> None:
+def write_probabilities(path: Path, o: SlideOutput, prob_map: np.ndarray, raster: Raster) -> None:
+    info, grid, probs, map_ds = o.info, o.grid, o.probs, (raster.ds_x, raster.ds_y)
     with h5py.File(path, "w") as f:
         f.create_dataset("coords", data=grid.coords, compression="gzip")
         f.create_dataset("prob", data=probs.astype(np.float32), compression="gzip")
@@ -91,7 +91,7 @@ def write_probabilities(path: Path, info: SlideInfo, grid: TissueGrid, probs: np
             "slide_name": info.name, "slide_path": info.path, "width": info.dimensions[0],
             "height": info.dimensions[1], "mpp": info.mpp, "level": info.res.level,
             "downsample": info.res.downsample, "working_mpp": info.res.mpp, "footprint": grid.footprint,
-            "step": grid.step, "threshold": threshold, "coords": "level-0 (x, y) top-left; NaN = no prediction",
+            "step": grid.step, "threshold": o.threshold, "coords": "level-0 (x, y) top-left; NaN = no prediction",
             "package_version": __version__})
 
 
@@ -244,16 +244,17 @@ def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         out = cfg.output
-        shape, ds_x, ds_y = map_shape(info.dimensions, out.map_downsample)
-        inside = resample_mask(info.tissue, shape, ds_x, ds_y)
-        prob_map = render_map(grid.coords, probs, grid.footprint, shape, ds_x, ds_y, inside, out.smooth_sigma)
-        write_probabilities(tmp / PROBS, info, grid, probs, prob_map, (ds_x, ds_y), threshold)
+        raster = map_shape(info.dimensions, out.map_downsample)
+        ds_x, ds_y = raster.ds_x, raster.ds_y
+        prob_map = render_map(grid.coords, probs, grid.footprint, raster, resample_mask(info.tissue, raster),
+                              out.smooth_sigma)
+        write_probabilities(tmp / PROBS, o, prob_map, raster)
         if out.npy:
             np.save(tmp / "grid.npy", grid.to_grid(probs))
         th, tw = info.thumbnail.shape[:2]
         t_ds = info.thumb_ds
-        thumb_inside = resample_mask(info.tissue, (th, tw), t_ds[0], t_ds[1])
-        thumb_map = render_map(grid.coords, probs, grid.footprint, (th, tw), t_ds[0], t_ds[1], thumb_inside,
+        thumb = Raster((th, tw), t_ds[0], t_ds[1])
+        thumb_map = render_map(grid.coords, probs, grid.footprint, thumb, resample_mask(info.tissue, thumb),
                                out.smooth_sigma * ds_x / t_ds[0])
         overlay = overlay_rgba(thumb_map, out.colormap, out.alpha)
         Image.fromarray(overlay, "RGBA").save(tmp / "overlay.png")

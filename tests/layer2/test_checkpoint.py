@@ -80,7 +80,7 @@ def test_restore_best_prefers_best_and_falls_back_to_last(tmp_path: Path) -> Non
 def test_preemption_saves_the_exact_position_and_stops(tmp_path: Path) -> None:
     model = tiny_model(1)
     state, flag = state_for(tmp_path, model), SignalFlag()
-    callback = CheckpointCallback(Dist(), state, tmp_path, flag, "val_auc", start=(2, 3), lr_of_step=lambda s: 0.1)
+    callback = CheckpointCallback(Dist(), state, flag, "val_auc", start=(2, 3), lr_of_step=lambda _s: 0.1)
     callback.on_epoch_begin(2)
     callback.on_train_batch_end(4)  # no signal: nothing happens
     assert not (tmp_path / PREEMPTED).exists()
@@ -99,11 +99,11 @@ def test_preemption_saves_the_exact_position_and_stops(tmp_path: Path) -> None:
 
 def test_epoch_end_keeps_history_best_and_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     averaged: list[list[str]] = []
-    monkeypatch.setattr(checkpoint, "average_variables", lambda dist, vs: averaged.append([v.name for v in vs]))
+    monkeypatch.setattr(checkpoint, "average_variables", lambda _dist, vs: averaged.append([v.name for v in vs]))
     model = tiny_model(1)
     state = state_for(tmp_path, model)
     model.compile(optimizer=state.ckpt.optimizer, loss="binary_crossentropy")
-    callback = CheckpointCallback(Dist(), state, tmp_path, SignalFlag(), "val_auc", (0, 0), lambda s: 0.5 + s)
+    callback = CheckpointCallback(Dist(), state, SignalFlag(), "val_auc", (0, 0), lambda s: 0.5 + s)
     callback.set_model(model)
     for epoch, auc in enumerate([0.7, 0.6]):
         callback.on_epoch_begin(epoch)
@@ -121,7 +121,7 @@ def test_epoch_end_keeps_history_best_and_last(tmp_path: Path, monkeypatch: pyte
     assert averaged[-1] == []
 
 
-def test_signal_flag_is_set_by_sigusr1(tmp_path: Path) -> None:
+def test_signal_flag_is_set_by_sigusr1() -> None:
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     flag = SignalFlag()
     try:

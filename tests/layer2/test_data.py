@@ -12,6 +12,8 @@ from layer1_patches.store import PatchStore
 from layer2_training import data
 from layer2_training.config import DataConfig
 
+PIPE = DataConfig(index="unused", prefetch=2, read_threads=2)  # the input pipeline's parallelism
+
 
 @pytest.mark.parametrize("n", [7, 64, 97, 100])
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
@@ -44,7 +46,7 @@ def test_reader_returns_the_planned_patches(tiny_index: Path) -> None:
     index = data.load_index(tiny_index)
     split = data.load_split(index, "train", DataConfig(index=str(tiny_index)), seed=0, balance=False)
     cfg = DataConfig(index=str(tiny_index), read_block=4)
-    reader = data.BatchReader(split, 0, 1, 2, 8, cfg, shuffle=True)
+    reader = data.BatchReader(split, 8, cfg, (1, 2), 0)
     pos = reader.plan(0)[1]
     images, labels, ids = reader.read(0, 1)
     for j, p in enumerate(pos):
@@ -65,8 +67,8 @@ def test_balance_oversample(tiny_index: Path) -> None:
 def test_dataset_yields_float_batches(tiny_index: Path) -> None:
     index = data.load_index(tiny_index)
     split = data.load_split(index, "val", DataConfig(index=str(tiny_index)), seed=0, balance=False)
-    reader = data.BatchReader(split, 0, 0, 1, 16, DataConfig(index=str(tiny_index)), shuffle=False)
-    ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, 2, 2)
+    reader = data.BatchReader(split, 16, DataConfig(index=str(tiny_index)), (0, 1), None)
+    ds = data.make_dataset(reader, (0, 0), 1, reader.steps, None, PIPE)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     assert xs[0].dtype == np.float32 and xs[0].shape[1:] == (32, 32, 3)
     np.testing.assert_array_equal(np.concatenate(ys).ravel(), split.label)
@@ -79,7 +81,7 @@ def test_read_groups_cover_the_steps_in_order(tiny_index: Path, rank: int, size:
     index = data.load_index(tiny_index)
     cfg = DataConfig(index=str(tiny_index), read_block=4, shuffle_window=3)
     split = data.load_split(index, "train", cfg, seed=0, balance=False)
-    reader = data.BatchReader(split, 5, rank, size, batch, cfg, shuffle=True)
+    reader = data.BatchReader(split, batch, cfg, (rank, size), 5)
     assert [len(b) for b in reader.plan(1)] == reader.batch_sizes().tolist()
     groups = reader.groups(first, reader.steps)
     assert [s for g0, k in groups for s in range(g0, g0 + k)] == list(range(first, reader.steps))
@@ -107,11 +109,11 @@ def test_dataset_batches_follow_the_plan_from_a_mid_epoch_start(tiny_index: Path
     index = data.load_index(tiny_index)
     cfg = DataConfig(index=str(tiny_index), read_block=4, shuffle_window=2)
     split = data.load_split(index, "train", cfg, seed=0, balance=False)
-    reader = data.BatchReader(split, 0, 0, 1, 6, cfg, shuffle=True)
+    reader = data.BatchReader(split, 6, cfg, (0, 1), 0)
     transform = make_transform(AugmentConfig(brightness=0.1), 0, 0)
     steps = reader.steps
-    full = [(x.numpy(), y.numpy()) for x, y in data.make_dataset(reader, (0, 0), 2, steps, transform, 2, 2)]
-    resumed = [(x.numpy(), y.numpy()) for x, y in data.make_dataset(reader, (0, 3), 2, steps, transform, 2, 2)]
+    full = [(x.numpy(), y.numpy()) for x, y in data.make_dataset(reader, (0, 0), 2, steps, transform, PIPE)]
+    resumed = [(x.numpy(), y.numpy()) for x, y in data.make_dataset(reader, (0, 3), 2, steps, transform, PIPE)]
     assert len(full) == 2 * steps and len(resumed) == 2 * steps - 3
     for (xa, ya), (xb, yb) in zip(full[3:], resumed, strict=True):
         np.testing.assert_array_equal(xa, xb)
@@ -145,7 +147,7 @@ def test_reader_batches_hold_exactly_the_planned_patches(tiny_index: Path) -> No
     """Pins every batch of an epoch, read by groups (as training does) and alone, against the stores."""
     split, cfg = split_with_gaps_and_repeats(tiny_index)
     stores = [PatchStore(p) for p in split.paths]
-    reader = data.BatchReader(split, 3, 0, 1, 7, cfg, shuffle=True)
+    reader = data.BatchReader(split, 7, cfg, (0, 1), 3)
 
     def expected(pos: np.ndarray) -> np.ndarray:
         return np.stack([stores[split.store[p]].read([split.row[p]])[0] for p in pos])
@@ -175,7 +177,7 @@ def test_reader_makes_one_hdf5_read_per_run(tiny_index: Path, monkeypatch: pytes
     import h5py
 
     split, cfg = split_with_gaps_and_repeats(tiny_index)
-    reader = data.BatchReader(split, 3, 0, 1, 7, cfg, shuffle=True)
+    reader = data.BatchReader(split, 7, cfg, (0, 1), 3)
     calls: list[tuple] = []
     read_direct = h5py.Dataset.read_direct
 

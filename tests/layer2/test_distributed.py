@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layer2_training.config import HeadConfig
+from layer2_training.config import HeadConfig, ModelConfig
 from layer2_training.distributed import (
     Dist,
     any_rank,
@@ -23,7 +23,8 @@ FINE_TUNE_FROM = "block_16_expand"
 @pytest.fixture(scope="module")
 def model() -> tf.keras.Model:
     # fast-moving statistics, so one step visibly changes every moving mean and variance it touches
-    return build_model("mobilenetv2", 32, 32, HeadConfig(dense_units=[8]), None, None, bn_momentum=0.5)
+    cfg = ModelConfig(backbone="mobilenetv2", head=HeadConfig(dense_units=[8]), batchnorm_momentum=0.5)
+    return build_model(cfg, 32, 32, None, None)
 
 
 def names(variables: list) -> set[str]:

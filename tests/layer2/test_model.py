@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from layer2_training import stain
-from layer2_training.config import HeadConfig
+from layer2_training.config import HeadConfig, ModelConfig
 from layer2_training.model import build_model, load_inference_model, preprocess, set_phase
 from layer2_training.weights import resolve_weights
 from tests.layer2.conftest import synthetic_patches
@@ -30,7 +30,8 @@ def test_preprocess_matches_keras(mode: str, keras_fn) -> None:
 def test_export_round_trip_keeps_preprocessing(tmp_path: Path) -> None:
     ref = synthetic_patches(np.array([1]), 32, np.random.default_rng(1))[0]
     params = stain.fit_reference(ref, "reinhard")
-    model = build_model("mobilenetv2", 32, 40, HeadConfig(dense_units=[8]), None, ("reinhard", params))
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig(dense_units=[8])), 32, 40, None,
+                        ("reinhard", params))
     x = synthetic_patches(np.array([0, 1]), 32, np.random.default_rng(2))
     before = model.predict(x, verbose=0)
     model.save(str(tmp_path / "m.keras"))
@@ -41,7 +42,7 @@ def test_export_round_trip_keeps_preprocessing(tmp_path: Path) -> None:
 
 
 def test_set_phase_freezes_and_unfreezes() -> None:
-    model = build_model("mobilenetv2", 32, 32, HeadConfig(), None, None)
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig()), 32, 32, None, None)
     set_phase(model, True, None)
     assert {v.name.split("/")[0] for v in model.trainable_variables} == {"tumour"}
     set_phase(model, False, "block_16_expand")
@@ -78,6 +79,6 @@ def test_imagenet_weights_load_from_cache_without_network(tmp_path: Path, monkey
     source.save_weights(str(path))
     resolved = resolve_weights("imagenet", "mobilenetv2", 32, None)
     assert resolved == path
-    model = build_model("mobilenetv2", 32, 32, HeadConfig(), resolved, None)
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig()), 32, 32, resolved, None)
     for a, b in zip(model.get_layer("backbone").get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -15,7 +15,7 @@ def test_schedule_matches_its_python_twin(cfg: ScheduleConfig) -> None:
     schedule = make_schedule(cfg, ranks=4, steps_per_epoch=10, total_epochs=8, switch_epoch=4,
                              switch_factor=0.5)
     for step in (0, 5, 10, 25, 39, 40, 55, 79):
-        assert float(schedule(step)) == pytest.approx(lr_at(step, cfg, 4, 10, 8, 4, 0.5), rel=1e-5)
+        assert float(schedule(step)) == pytest.approx(lr_at(step, cfg, 4, 10, 8, (4, 0.5)), rel=1e-5)
 
 
 def test_warmup_scales_by_ranks() -> None:

@@ -21,7 +21,7 @@ from layer3_inference.explain import plots
 def figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     captured: list[Any] = []
 
-    def keep(fig: Any, path: Path, dpi: int) -> Path:
+    def keep(fig: Any, path: Path, _dpi: int) -> Path:
         captured.append(fig)
         return path
 

@@ -45,10 +45,10 @@ def test_default_gradcam_layer_is_the_backbone_output(nested: tf.keras.Model) ->
 
 
 def test_layer2_mobilenet_export_flattens() -> None:
-    from layer2_training.config import HeadConfig
+    from layer2_training.config import HeadConfig, ModelConfig
     from layer2_training.model import build_model
 
-    model = build_model("mobilenetv2", 32, 32, HeadConfig(dropout=0.2), None, None)
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig(dropout=0.2)), 32, 32, None, None)
     flat = probe.flatten(model)
     assert probe.default_gradcam_layer(model, flat) == "out_relu"
     x = patches()
