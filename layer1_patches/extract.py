@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
@@ -104,6 +106,15 @@ def store_hash(cfg: Layer1Config) -> str:
     return config_hash(replace(cfg, reader=ReaderConfig()))
 
 
+def legacy_store_hash(cfg: Layer1Config) -> str:
+    """The hash CamNet 0.1.0 wrote before `reader.batch` became `reader.batch_size` and `reader` left the identity:
+    a store it finished is still the same content, so a rerun skips it instead of refusing it."""
+    data = to_dict(cfg)
+    data["reader"] = {"threads": cfg.reader.threads, "batch": cfg.reader.batch_size}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def extract_slide(req: ExtractRequest) -> ExtractResult:
     """Run one extraction; raises `CamnetError` on bad input, leaving no file under the final name."""
     start = time.monotonic()
@@ -114,7 +125,7 @@ def extract_slide(req: ExtractRequest) -> ExtractResult:
         raise CamnetError("--shard needs sampling.mode: dense (random sampling is not split)")
     if not req.overwrite and is_complete(out):
         with PatchStore(out) as done:
-            if done.attrs.get("config_hash") != digest:
+            if done.attrs.get("config_hash") not in (digest, legacy_store_hash(cfg)):
                 raise CamnetError(f"{out}: finished with a different config; pass --overwrite to redo it")
         return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
     try:

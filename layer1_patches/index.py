@@ -81,14 +81,19 @@ class DatasetIndex:
             if data.get("index_version") != INDEX_VERSION:
                 raise CamnetError(f"dataset index {path}: version {data.get('index_version')!r}, "
                                   f"expected {INDEX_VERSION}")
-            entries = tuple(from_mapping(IndexEntry, e) for e in data["entries"])
+            entries = tuple(_entry(e, i, path) for i, e in enumerate(data["entries"]))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CamnetError(f"dataset index {path}: malformed ({err})") from None
-        except ConfigError as err:
-            raise CamnetError(f"dataset index {path}: entry {str(err).replace('config key', 'key', 1)}") from None
         if not entries:
             raise CamnetError(f"dataset index {path}: lists no patch stores")
         return cls(path.parent.resolve(), str(data.get("split_by", "")), entries)
+
+
+def _entry(data: object, i: int, path: Path) -> IndexEntry:
+    try:
+        return from_mapping(IndexEntry, data)
+    except ConfigError as err:
+        raise CamnetError(f"dataset index {path}: entries[{i}]: {str(err).replace('config key', 'key', 1)}") from None
 
 
 def read_entry(path: Path, root: Path) -> IndexEntry:

@@ -225,8 +225,9 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
             t0 = time.perf_counter()
             info = outputs.SlideInfo.of(slide, res, tissue, cfg.output.thumbnail_size)
             threshold = cfg.output.threshold if cfg.output.threshold is not None else spec.threshold
-            written = outputs.SlideOutput(info, grid, all_probs, cfg, spec, threshold, digest, times, ranks.size,
-                                          start)
+            written = outputs.SlideOutput(info=info, grid=grid, probs=all_probs, cfg=cfg, spec=spec,
+                                          threshold=threshold, digest=digest, times=times, n_ranks=ranks.size,
+                                          start=start)
             result.score = outputs.write_slide(final, written).slide_score
             times["write_s"] = time.perf_counter() - t0
     result.seconds = time.perf_counter() - start

@@ -131,3 +131,13 @@ def test_no_import_cycles() -> None:
 def test_module_size(module: str) -> None:
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module]}: {lines} lines; split it by pipeline step"
+
+
+def test_every_source_folder_is_an_installed_package() -> None:
+    """Regression: `layer1_patches/shared/` had no `__init__.py`, so `packages = find:` left the platform out of
+    every non-editable install (the container image): each command failed with ModuleNotFoundError."""
+    from setuptools import find_packages
+
+    found = set(find_packages(str(REPO), include=[f"{p}*" for p in PACKAGES]))
+    folders = {module_name(p.parent / "__init__.py") for p in REPO.glob("layer*/**/*.py")}
+    assert folders - found == set()

@@ -21,8 +21,8 @@ from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "slurm"
-LAYER1_SCRIPT = SCRIPTS / "layer1_extract.sbatch"  # one array task per manifest entry
+SLURM_DIR = REPO / "slurm"
+LAYER1_SCRIPT = SLURM_DIR / "layer1_extract.sbatch"  # one array task per manifest entry
 
 
 def state_dir(out: Path) -> Path:
@@ -87,7 +87,7 @@ def recorded_task(out: Path, index: int, slide: str, final: bool = True) -> Iter
     except CamnetError as err:
         record("failed", str(err))
         raise
-    except Exception as err:  # a bug still marks the task failed, so `status` does not wait for it
+    except BaseException as err:  # a bug, Ctrl-C or SystemExit still marks the task failed: `status` must not wait
         record("failed", f"{type(err).__name__}: {err}")
         raise
     if final:

@@ -67,6 +67,10 @@ def activations(taps: tf.keras.Model, layers: list[str], patches: np.ndarray, ba
             pooled[name].append(np.asarray(tf.reduce_mean(act, axis=axes) if axes else act, np.float64))
             grads[name].append(np.asarray(tf.reduce_sum(g, axis=axes) if axes else g, np.float64))
         logits.append(np.asarray(logit, np.float64).reshape(-1))
+    if not logits:  # a rank with no patches (fewer batches than ranks) still takes part in the gather
+        width = {name: int(out.shape[-1]) for name, out in zip(layers, taps.outputs[:-1], strict=True)}
+        return {name: LayerData(np.zeros((0, width[name])), np.zeros((0, width[name]))) for name in layers}, \
+            np.zeros(0)
     data = {name: LayerData(np.concatenate(pooled[name]), np.concatenate(grads[name])) for name in layers}
     return data, np.concatenate(logits)
 

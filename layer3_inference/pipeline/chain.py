@@ -19,7 +19,7 @@ from pathlib import Path
 
 from layer1_patches.shared.atomic import read_json_object, write_json_atomic, write_text_atomic
 from layer1_patches.shared.errors import CamnetError
-from layer1_patches.shared.slurm import REPO, SCRIPTS, array_sbatch_args, array_spec, record_submission, sbatch
+from layer1_patches.shared.slurm import REPO, SLURM_DIR, array_sbatch_args, array_spec, record_submission, sbatch
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment, StageSlurm, resolved_yaml
 from layer3_inference.pipeline.stages import STAGES, Layout
@@ -90,10 +90,11 @@ def submit(exp: Experiment, echo: Print = print) -> dict[str, str]:
         cmd = commands[stage]
         res = getattr(exp.cfg.slurm, stage)
         head = [f"--job-name={exp.cfg.name}-{stage}", *sbatch_resources(res, stage), *_dependency(jobs, stage)]
-        script = SCRIPTS / cmd.script
+        script = SLURM_DIR / cmd.script
         if stage == "layer1":  # Layer 1's own array arguments (logs, dense shards), as its `submit` uses
             args = array_sbatch_args(script, layout.manifest, manifest, list(range(n)), res.max_parallel, head)
-            assert args[-2:] == cmd.script_args()  # the same command line either way
+            if args[-2:] != cmd.script_args():  # the same command line either way; a bug here, not user input
+                raise ValueError(f"layer1: {args[-2:]} differs from the stage's {cmd.script_args()}")
         else:
             output = f"--output={layout.logs}/{stage}_%A_%a.out" if cmd.array else \
                 f"--output={layout.logs}/{stage}_%j.out"
@@ -168,7 +169,9 @@ def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list
         start = time.time()
         try:
             if commands[stage].array:
-                _array_local(commands[stage], n, exp.cfg.local_workers, log)
+                # heatmap tasks each load the model (and on a workstation share its one GPU): one at a time
+                workers = exp.cfg.local_workers if stage == "layer1" else 1
+                _array_local(commands[stage], n, workers, log)
             else:
                 _run_module(commands[stage].local_argv(), log)
         except CamnetError:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,28 @@ import numpy as np
 import yaml
 
 from layer1_patches.shared.atomic import read_json_object
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import to_dict
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment, resolved_yaml
 from layer3_inference.pipeline.layout import Layout
 from layer3_inference.pipeline.status import StageStatus, stage_status, stage_timings
+from layer3_inference.summaries import EvaluationSummary, HeatmapSummary, load
 
+log = logging.getLogger(__name__)
 MAX_PANELS = 8
+
+
+def contract(cls: type, path: Path) -> dict[str, Any]:
+    """A published summary, validated by its contract (`layer3_inference.summaries`); {} when the stage has not
+    written it, and {} with a warning in the log when it is damaged: the report shows what it can."""
+    if not path.is_file():
+        return {}
+    try:
+        return asdict(load(cls, path))
+    except CamnetError as err:
+        log.warning("report: %s", err)
+        return {}
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,7 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
         stem = Path(entry.slide).stem
         ix = by_name.get(stem, {})
         ev = by_eval.get(stem, {})
-        hm = read_json_object(final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
+        hm = contract(HeatmapSummary, final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
         rows.append({"slide": stem, "patient": ix.get("patient", ""), "split": ix.get("split", ""),
                      "annotated": "yes" if entry.annotation else "no", "tumour_patches": ix.get("n_tumour"),
                      "normal_patches": ix.get("n_normal"), "rejects": store_rejects(layout.patches / f"{stem}.h5"),
@@ -193,6 +209,6 @@ def collect(exp: Experiment) -> ReportData:
         name=exp.cfg.name, out=str(exp.out), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cohort=cohort_rows(exp, index, evaluate_rows), splits=index.get("summary", {}),
         history=read_history(layout.run_dir / "history.csv"), metrics=read_json_object(layout.run_dir / "metrics.json"),
-        evaluate_summary=read_json_object(layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
+        evaluate_summary=contract(EvaluationSummary, layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
         explain_summary=explain, images=images, slides=views, panels=panels, status=stage_status(exp),
         timings=stage_timings(exp), configs=configs, versions=vers)

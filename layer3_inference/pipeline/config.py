@@ -115,7 +115,8 @@ class ExperimentConfig:
                                     "null: none")
     bind: str | None = bounded(None, doc="extra container binds (CAMNET_BIND), e.g. \"/data,/scratch\"; null: "
                                "none")
-    local_workers: int = bounded(1, min=1, max=64, doc="slides processed at once by the local runner")
+    local_workers: int = bounded(1, min=1, max=64, doc="slides extracted at once by the local runner "
+                                "(heatmaps run one at a time)")
     layer1: Layer1Ref = bounded(Layer1Ref(), doc="Layer 1: patch extraction, one run per slide")
     index: IndexRef = bounded(IndexRef(), doc="the dataset index: train/val/test splits")
     layer2: Layer2Ref = bounded(Layer2Ref(), doc="Layer 2: training; the pipeline sets data.index and "

@@ -2,7 +2,7 @@
 
 Both runners (SLURM and local) run the command lines built here: SLURM through the stage's sbatch script (which
 takes the command line as its arguments), the local runner as subprocesses, an array stage once per manifest
-index. So a stage does the same work either way, configured by its command line alone.
+index. So a stage does the same work either way, configured by its command line (and the manifest it names).
 """
 
 from __future__ import annotations

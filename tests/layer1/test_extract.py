@@ -208,3 +208,27 @@ def test_reader_settings_do_not_change_a_stores_identity(tmp_path: Path) -> None
         assert a.attrs["config_hash"] == b.attrs["config_hash"]
         assert np.array_equal(a.coords, b.coords)
         assert np.array_equal(a.read(np.arange(len(a))), b.read(np.arange(len(b))))
+
+
+def test_stores_finished_by_the_previous_version_are_still_skipped(tmp_path: Path) -> None:
+    """Regression: renaming reader.batch and taking reader out of the store hash changed every store's hash, so a
+    rerun refused every store finished before ("finished with a different config")."""
+    import h5py
+
+    from layer1_patches.config import load_layer1_config
+    from layer1_patches.extract import legacy_store_hash
+
+    from .conftest import REPO
+
+    # known answer: the config_hash CamNet 0.1.0 (commit 1120fb9) computed for this config
+    old = load_layer1_config(REPO / "configs" / "layer1" / "random.yaml", ["reader.threads=3"])
+    assert legacy_store_hash(old) == "5b7887be88f296f7"
+    cfg = make_config(patch_size=32, sampling={"mode": "random", "random": {"per_class": 5}})
+    first = extract_slide(ExtractRequest(CMU, tmp_path, cfg))
+    with h5py.File(first.output, "r+") as f:
+        f.attrs["config_hash"] = legacy_store_hash(cfg)  # as the previous version wrote it
+    assert extract_slide(ExtractRequest(CMU, tmp_path, cfg)).status == "skipped"
+    with h5py.File(first.output, "r+") as f:
+        f.attrs["config_hash"] = "0123456789abcdef"  # any other config is still refused
+    with pytest.raises(CamnetError, match="finished with a different config"):
+        extract_slide(ExtractRequest(CMU, tmp_path, cfg))

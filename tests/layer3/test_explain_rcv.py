@@ -104,3 +104,18 @@ def test_spatial_gradient_sum_is_the_gradient_of_the_pooled_activation() -> None
     conv_out = tf.keras.Model(inp, conv)(x.astype(np.float32)).numpy()
     np.testing.assert_allclose(data["conv"].pooled, conv_out.mean(axis=(1, 2)), rtol=1e-5, atol=1e-5)
     assert logits.shape == (4,)
+
+
+def test_a_rank_without_patches_gives_empty_activations_of_the_right_width() -> None:
+    """Regression: RCV shares are whole global batches, so with fewer batches than ranks a rank has no patches;
+    `activations` raised on concatenating nothing (a traceback, and the other ranks hung in the gather)."""
+    tf = pytest.importorskip("tensorflow")
+    inp = tf.keras.Input((8, 8, 3))
+    conv = tf.keras.layers.Conv2D(5, 3, padding="same", name="conv")(inp)
+    logit = tf.keras.layers.Dense(1)(tf.keras.layers.GlobalAveragePooling2D()(conv))
+    taps = tf.keras.Model(inp, [conv, logit])
+    data, logits = rcv.activations(taps, ["conv"], np.zeros((0, 8, 8, 3), np.uint8), batch=3)
+    assert data["conv"].pooled.shape == data["conv"].grad.shape == (0, 5) and logits.shape == (0,)
+    merged = np.concatenate([data["conv"].pooled, rcv.activations(taps, ["conv"], np.zeros((2, 8, 8, 3), np.uint8),
+                                                                 batch=3)[0]["conv"].pooled])
+    assert merged.shape == (2, 5)

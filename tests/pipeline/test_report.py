@@ -12,6 +12,7 @@ from layer3_inference.pipeline.config import load_experiment
 from layer3_inference.pipeline.layout import Layout
 from layer3_inference.pipeline.report import line_chart, render
 from layer3_inference.pipeline.stages import write_manifests
+from layer3_inference.summaries import EvaluationSummary, HeatmapSummary, to_json
 
 from .conftest import report_tables, run_pipeline, write_experiment
 
@@ -47,18 +48,31 @@ def computed(tmp_path: Path) -> Path:
                                                                      "accuracy": 0.9, "threshold": 0.5}}))
     for s, score in zip(SLIDES, (0.97, 0.91, 0.2), strict=True):
         (layout.heatmaps / s).mkdir(parents=True)
-        (layout.heatmaps / s / "summary.json").write_text(json.dumps({"run_hash": "h", "patches": 321,
-                                                                       "slide_score": score}))
+        (layout.heatmaps / s / "summary.json").write_text(to_json(heatmap_summary(s, run_hash="h", patches=321,
+                                                                                  slide_score=score)))
     layout.evaluate.mkdir()
     (layout.evaluate / "cohort.csv").write_text(
         "slide,label,slide_score,pixel_auc,dice,iou,patches\npatient_000_node_0,1,0.97,0.95,0.812345,0.7,321\n"
         "patient_001_node_0,0,0.91,,,,321\nnormal_9,0,0.2,,,,321\n")
-    (layout.evaluate / "summary.json").write_text(json.dumps({"slides": 3, "tumour_slides": 1, "froc_score": 0.5,
-                                                              "froc_sensitivity": {"0.25": 0.5, "8": 1.0}}))
+    (layout.evaluate / "summary.json").write_text(to_json(EvaluationSummary(
+        slides=3, tumour_slides=1, slide_auc=None, froc_score=0.5, froc_sensitivity={"0.25": 0.5, "8": 1.0},
+        mean_dice_tumour_slides=None, mean_iou_tumour_slides=None, mean_pixel_auc=None, score_method="max",
+        threshold=None)))
     (layout.jobs).write_text(json.dumps({"mode": "local", "jobs": {}}))
     (layout.timings).write_text(json.dumps({"layer1": {"status": "done", "seconds": 12.5}}))
     return cfg
 
+
+
+def heatmap_summary(slide: str, **values: object) -> HeatmapSummary:
+    """A valid heatmap summary of `slide` (the contract the report reads), with `values` set."""
+    base: dict[str, object] = dict(
+        slide=slide, slide_path=f"/data/{slide}.tif", run_hash="", model={}, patches=0, grid_shape=[1, 1],
+        footprint=64, step=64.0, level=0, downsample=1.0, working_mpp=0.5, mpp=0.5, dimensions=[64, 64],
+        tissue_area_mm2=0.0, tumour_area_mm2=0.0, threshold=0.5, slide_score=0.0, score_method="max",
+        max_probability=0.0, mean_probability=0.0, tumour_regions=0, ranks=1, batch_size=64, reader_threads=1,
+        times={}, seconds=0.0, patches_per_s=0.0, package_version="test")
+    return HeatmapSummary(**{**base, **values})  # type: ignore[arg-type]
 
 def test_report_shows_the_numbers_of_the_outputs(computed: Path) -> None:
     proc = run_pipeline(["report", "--config", str(computed)], timeout=120)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from layer1_patches.shared.manifest import Manifest
 from layer1_patches.synth import write_cohort
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import load_experiment
@@ -84,6 +85,9 @@ def test_overrides_reach_the_command_line(experiment) -> None:  # type: ignore[n
     assert "froc.fp_rates=[1,2]" in commands["evaluate"].argv
     # array tasks get their configuration from the manifest their command line names
     assert commands["heatmap"].local_argv(1)[-4:] == ["--model", str(layout.run_dir), "--index", "1"]
+    heatmap = Manifest.load(Path(commands["heatmap"].argv[commands["heatmap"].argv.index("--manifest") + 1]))
+    assert heatmap.overrides == ("reader.threads=1",) and heatmap.out == str(layout.heatmaps)
+    assert heatmap.config == exp.cfg.heatmap.config and len(heatmap.entries) == len(manifest.entries)
 
 
 @pytest.mark.parametrize("stage", stages.STAGES)

@@ -36,11 +36,20 @@ def test_write_json_atomic_replaces_an_existing_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timings.json"]
 
 
-def test_write_text_atomic_failing_leaves_the_old_file(tmp_path: Path) -> None:
+def test_write_text_atomic_failing_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "summary.json"
     path.write_text("old")
     with pytest.raises(TypeError):
         write_json_atomic(path, {"not json": object()})
+    assert path.read_text() == "old"
+
+    def killed(*_args: object) -> None:  # the writer dies after writing every byte, before the rename
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr("layer1_patches.shared.atomic.os.replace", killed)
+        with pytest.raises(OSError):
+            write_text_atomic(path, "new and complete")
     assert path.read_text() == "old"
     write_text_atomic(path, "new")
     assert path.read_text() == "new"
