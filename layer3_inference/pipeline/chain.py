@@ -165,7 +165,8 @@ def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list
             runs.append(StageRun(stage, "skipped", 0.0))
             continue
         log = layout.logs / f"{stage}.log"
-        echo(f"{head} running (log {log})")
+        shown = log.with_name(f"{stage}_<i>.log") if commands[stage].array else log  # array logs: one per task
+        echo(f"{head} running (log {shown})")
         start = time.time()
         try:
             if commands[stage].array:
