@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
@@ -22,7 +20,7 @@ from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.masks import masker_from_config
 from layer1_patches.shared.errors import CamnetError
-from layer1_patches.shared.typedconfig import config_hash, to_dict
+from layer1_patches.shared.typedconfig import config_hash, data_hash, to_dict
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
 from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
 from layer1_patches.tiler import (
@@ -111,8 +109,7 @@ def legacy_store_hash(cfg: Layer1Config) -> str:
     a store it finished is still the same content, so a rerun skips it instead of refusing it."""
     data = to_dict(cfg)
     data["reader"] = {"threads": cfg.reader.threads, "batch": cfg.reader.batch_size}
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return data_hash(data)
 
 
 def extract_slide(req: ExtractRequest) -> ExtractResult:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from layer1_patches.shared.atomic import write_json_atomic
-from layer1_patches.shared.errors import CamnetError, ConfigError
-from layer1_patches.shared.typedconfig import from_mapping, required
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import load_contract, required
 from layer1_patches.store import PatchStore, is_complete
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,13 @@ class DatasetIndex:
             if data.get("index_version") != INDEX_VERSION:
                 raise CamnetError(f"dataset index {path}: version {data.get('index_version')!r}, "
                                   f"expected {INDEX_VERSION}")
-            entries = tuple(_entry(e, i, path) for i, e in enumerate(data["entries"]))
+            entries = tuple(load_contract(IndexEntry, e, f"dataset index {path}: entries[{i}]")
+                            for i, e in enumerate(data["entries"]))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CamnetError(f"dataset index {path}: malformed ({err})") from None
         if not entries:
             raise CamnetError(f"dataset index {path}: lists no patch stores")
         return cls(path.parent.resolve(), str(data.get("split_by", "")), entries)
-
-
-def _entry(data: object, i: int, path: Path) -> IndexEntry:
-    try:
-        return from_mapping(IndexEntry, data)
-    except ConfigError as err:
-        raise CamnetError(f"dataset index {path}: entries[{i}]: {str(err).replace('config key', 'key', 1)}") from None
 
 
 def read_entry(path: Path, root: Path) -> IndexEntry:

@@ -13,8 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from layer1_patches.shared.errors import CamnetError, ConfigError
-from layer1_patches.shared.typedconfig import bounded, from_mapping, required
+from layer1_patches.shared.typedconfig import bounded, load_contract, required, to_dict
 
 SIDECAR = "model.json"
 SIDECAR_VERSION = 1
@@ -56,12 +55,9 @@ class ModelSidecar:
     steps_per_epoch: int | None = bounded(None, min=1, doc="training steps per epoch (informative)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_mapping(cls, data: Any, where: str) -> ModelSidecar:
         """Validated sidecar from parsed JSON; errors are one line naming `where` and the key."""
-        try:
-            return from_mapping(cls, data)
-        except ConfigError as err:
-            raise CamnetError(f"{where}: {str(err).replace('config key', 'key', 1)}") from None
+        return load_contract(cls, data, where)

@@ -7,14 +7,13 @@ Writers build these dataclasses, readers (`pipeline collect`, the report, other 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from layer1_patches.shared.errors import CamnetError, ConfigError
-from layer1_patches.shared.typedconfig import bounded, from_mapping, required
+from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.typedconfig import bounded, load_contract, required, to_dict
 
 T = TypeVar("T")
 
@@ -74,10 +73,6 @@ class EvaluationSummary:
     summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
 
 
-def to_dict(summary: Any) -> dict[str, Any]:
-    return dataclasses.asdict(summary)
-
-
 def to_json(summary: Any) -> str:
     return json.dumps(to_dict(summary), indent=1, sort_keys=True) + "\n"
 
@@ -88,7 +83,4 @@ def load(cls: type[T], path: Path) -> T:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CamnetError(f"{path}: cannot read ({err})") from None
-    try:
-        return from_mapping(cls, data)
-    except ConfigError as err:
-        raise CamnetError(f"{path}: {str(err).replace('config key', 'key', 1)}") from None
+    return load_contract(cls, data, str(path))

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from layer1_patches.shared.errors import ConfigError
+from layer1_patches.shared.errors import CamnetError, ConfigError
 
 T = TypeVar("T")
 
@@ -154,6 +154,15 @@ def from_mapping(cls: type[T], data: Any) -> T:
     return typing.cast(T, _build(cls, data, ""))
 
 
+def load_contract(cls: type[T], data: Any, where: str) -> T:
+    """`from_mapping` for a file another program wrote (a sidecar, a summary, an index entry): the error is one
+    line naming `where` (the file, and the entry within it) and the key, as `CamnetError`."""
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as err:
+        raise CamnetError(f"{where}: {str(err).replace('config key', 'key', 1)}") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested mapping, in place."""
     for item in overrides:
@@ -212,7 +221,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of a resolved config: equal configs give equal hashes."""
-    canonical = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
+    return data_hash(to_dict(obj))
+
+
+def data_hash(data: dict[str, Any]) -> str:
+    """`config_hash` of a config already in plain-data form (e.g. one rewritten to an earlier schema)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -103,7 +103,7 @@ def submit(exp: Experiment, echo: Print = print) -> dict[str, str]:
         with _environ(job_env(exp)):
             jobs[stage] = sbatch(args, cwd=REPO)
         if cmd.array:
-            record_submission(layout.patches if stage == "layer1" else layout.heatmaps, jobs[stage], list(range(n)))
+            record_submission(stages.array_output(stage, exp), jobs[stage], list(range(n)))
         echo(f"  {stage:9s} job {jobs[stage]}" + (f" (array of {n})" if cmd.array else ""))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "slurm", "jobs": jobs})
     return jobs

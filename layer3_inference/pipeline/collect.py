@@ -7,7 +7,7 @@ import io
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def contract(cls: type, path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return asdict(load(cls, path))
+        return to_dict(load(cls, path))
     except CamnetError as err:
         log.warning("report: %s", err)
         return {}

@@ -98,3 +98,17 @@ def test_bad_index_files(tmp_path: Path, text: str, message: str) -> None:
         DatasetIndex.load(path)
     with pytest.raises(CamnetError, match="no such file"):
         DatasetIndex.load(tmp_path / "none.json")
+
+
+def test_a_bad_entry_is_named_with_its_key(stores: Path, tmp_path: Path) -> None:
+    """Index entries are a contract (IndexEntry): a hand-edited or foreign index fails naming entry and key,
+    instead of `malformed (__init__() got an unexpected keyword ...)`."""
+    import json
+
+    good = json.loads(build_index([stores], tmp_path / "i.json", "patient").save(tmp_path / "i.json").read_text())
+    good["entries"][1]["n_tumour"] = -3
+    (tmp_path / "bad.json").write_text(json.dumps(good))
+    with pytest.raises(CamnetError) as err:
+        DatasetIndex.load(tmp_path / "bad.json")
+    assert str(err.value) == (f"dataset index {tmp_path / 'bad.json'}: entries[1]: key 'n_tumour': -3 is below the "
+                              "minimum 0")
