@@ -1,10 +1,12 @@
 """Layer 1 throughput: dense extraction vs plain OpenSlide reads of the same coordinates, in one run.
 
-    .venv/bin/python bench/layer1_extract.py [--size 30000] [--threads 2] [--rounds 5]
+    .venv/bin/python bench/layer1_extract.py [--size 30000] [--threads 2] [--rounds 5] [--checksum-rounds 5]
 
 Prints patches/s for both, their ratio (target >= 0.7), the extraction's peak RSS (target < 1.5 GB),
-and bytes per patch for each codec. Timings are ratios from the same run because this machine is
-shared and noisy; nothing here is a test.
+bytes per patch for each codec, and the cost of the store's checksums (Fletcher-32 on every chunk, gzip on
+the small datasets): extract_slide with them and without them (`store.CHECKSUMS`), interleaved, wall and CPU
+seconds per 1000 patches, and the CPU of reading the store back and of PatchWriter alone. Timings are ratios from
+the same run because this machine is shared and noisy; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -56,6 +58,37 @@ extract_slide(ExtractRequest(slide, out, cfg, None, None, True, 0))
 print(time.perf_counter() - start)
 """
 
+# The same, with the store's checksums on or off (argv[3]: 1 or 0), printing wall and CPU seconds (all threads of
+# the process) of extract_slide, the CPU seconds of reading every patch back through PatchStore, and the CPU
+# seconds of PatchWriter alone writing 1000 patches held in memory (the store's own cost, without the slide's).
+CHECKSUM_AB = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from layer1_patches import store
+from layer1_patches.config import load_layer1_config
+from layer1_patches.extract import ExtractRequest, extract_slide
+slide, out, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[4:]
+store.CHECKSUMS = sys.argv[3] == "1"
+cfg = load_layer1_config(Path("configs/layer1/dense.yaml"), overrides)
+wall, cpu = time.perf_counter(), time.process_time()
+result = extract_slide(ExtractRequest(slide, out, cfg, None, None, True, 0))
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+read = time.process_time()
+with store.PatchStore(Path(result.output)) as s:
+    n, first = len(s), None
+    for batch in s.iter_batches():
+        first = batch if first is None else first
+read = time.process_time() - read
+patches, k = np.concatenate([first] * 4)[:1000], np.zeros(1000)  # 4 x the first 256
+write = time.process_time()
+with store.PatchWriter(out / "write_only.h5", patches.shape[1], "none") as w:
+    for i in range(0, 1000, 64):
+        w.append(patches[i:i + 64], np.zeros((len(patches[i:i + 64]), 2)), k[i:i + 64], k[i:i + 64], k[i:i + 64])
+    w.finish(store.SlideMeta("w", "/w"), {}, {}, {})
+print(n, wall, cpu, read, time.process_time() - write)
+"""
+
 
 def run_child(cmd: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS in MB, stdout) of one child process."""
@@ -89,6 +122,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--checksum-rounds", type=int, default=5, help="rounds of the checksums on/off A/B (0: none)")
     args = parser.parse_args()
     from layer1_patches.synth import write_cohort
 
@@ -127,8 +161,9 @@ def main() -> None:
         print(f"round {r + 1}: raw read_region {rates['raw']:6.0f} patches/s | extraction command "
               f"{rates['command']:6.0f} patches/s (ratio {ratios[-1]:.2f}) | extract_slide in-process "
               f"{rates['in-process']:6.0f} patches/s (ratio {inner[-1]:.2f}) | peak RSS {rss:.0f} MB")
-    print(f"median ratio to the raw limit: whole command {sorted(ratios)[len(ratios) // 2]:.2f}, "
-          f"in-process {sorted(inner)[len(inner) // 2]:.2f} (target >= 0.7)")
+    if ratios:  # --rounds 0: only the codec sizes and the checksums A/B
+        print(f"median ratio to the raw limit: whole command {sorted(ratios)[len(ratios) // 2]:.2f}, "
+              f"in-process {sorted(inner)[len(inner) // 2]:.2f} (target >= 0.7)")
     sizes = {}
     for codec in ("lz4", "gzip", "lzf", "none", "jpeg"):
         codec_dir = work / f"codec_{codec}"
@@ -138,6 +173,30 @@ def main() -> None:
             count = int(f.attrs["n_patches"])
         sizes[codec] = round(h5.stat().st_size / max(count, 1))
     print("bytes per 224 px patch by codec (1/8 of the slide):", json.dumps(sizes))
+    if args.checksum_rounds:
+        checksum_ab(slide, work, base[1::2], args.checksum_rounds)
+
+
+def checksum_ab(slide: Path, work: Path, overrides: list[str], rounds: int) -> None:
+    """extract_slide with and without the store's checksums, alternating which goes first (drift in the
+    machine's speed must not favour one side); seconds per 1000 patches, medians and their ratio."""
+    per_k: dict[str, list[tuple[float, ...]]] = {"on": [], "off": []}
+    for r in range(rounds):
+        for kind in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            shutil.rmtree(work / "checksums", ignore_errors=True)
+            flag = "1" if kind == "on" else "0"
+            _, _, out = run_child([sys.executable, "-c", CHECKSUM_AB, str(slide), str(work / "checksums"), flag,
+                                   *overrides])
+            n, wall, cpu, read_cpu, write_cpu = (float(v) for v in out.split())
+            per_k[kind].append((1000 * wall / n, 1000 * cpu / n, 1000 * read_cpu / n, write_cpu))
+        on, off = per_k["on"][-1], per_k["off"][-1]
+        print(f"checksums round {r + 1}: per 1000 patches, with / without: extraction wall {on[0]:.3f} / "
+              f"{off[0]:.3f} s, CPU {on[1]:.3f} / {off[1]:.3f} s; reading back CPU {on[2]:.3f} / {off[2]:.3f} s; "
+              f"PatchWriter alone CPU {on[3]:.3f} / {off[3]:.3f} s")
+    med = {k: [sorted(v[i] for v in rows)[len(rows) // 2] for i in range(4)] for k, rows in per_k.items()}
+    parts = [f"{what} {med['on'][i]:.3f} / {med['off'][i]:.3f} s ({med['on'][i] / med['off'][i]:.3f})" for i, what
+             in enumerate(("extraction wall", "extraction CPU", "read-back CPU", "PatchWriter alone CPU"))]
+    print(f"checksums, medians of {rounds} rounds per 1000 patches (with / without, ratio): {'; '.join(parts)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Pathologists' annotations: ASAP XML (Camelyon16/17) and QuPath GeoJSON, to a tumour mask.
 
 XML is parsed with defusedxml, so entity expansion (billion laughs) and external entities are
-refused rather than evaluated.
+refused rather than evaluated. Geometry is checked on load: an annotation without coordinates is an
+error (it would silently make the slide tumour-free), and an invalid polygon (self-intersecting outline,
+hole outside its shell) is repaired with shapely's `make_valid` and reported, rather than left to the
+rasteriser's undefined behaviour. Valid polygons are passed on untouched, so their masks never change.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeET
 import numpy as np
+import shapely
 from defusedxml import DefusedXmlException
+from shapely.validation import explain_validity
 from skimage.draw import polygon as fill_polygon
 
 from layer1_patches.config import AnnotationConfig
@@ -60,14 +65,17 @@ def parse_asap(path: Path) -> list[Polygon]:
     for i, ann in enumerate(root.iter("Annotation")):
         name = ann.get("Name") or f"Annotation {i}"
         group = ann.get("PartOfGroup") or "None"
+        label = f"Annotation {i} ('{name}')"
         try:
             points = sorted(
                 (int(c.get("Order", "0")), float(c.get("X", "nan")), float(c.get("Y", "nan")))
                 for c in ann.iter("Coordinate"))
         except ValueError as err:
-            raise CamnetError(f"annotation {path}: '{name}' has a non-numeric coordinate ({err})") from None
+            raise CamnetError(f"annotation {path}: {label} has a non-numeric coordinate ({err})") from None
+        if not points:
+            raise CamnetError(f"annotation {path}: {label} has empty coordinates")
         array = np.array([(x, y) for _, x, y in points], dtype=np.float64).reshape(-1, 2)
-        polygons.append(Polygon(name, group, _check_ring(array, path, name)))
+        polygons += _validated(Polygon(name, group, _check_ring(array, path, label)), path, label)
     return polygons
 
 
@@ -95,32 +103,84 @@ def parse_geojson(path: Path) -> list[Polygon]:
         name = str(props.get("name") or feature.get("id") or f"feature {i}")
         geometry = feature.get("geometry") or {}
         kind = geometry.get("type")
-        if kind == "Polygon":
-            rings_list = [geometry.get("coordinates", [])]
-        elif kind == "MultiPolygon":
-            rings_list = geometry.get("coordinates", [])
-        else:
-            log.warning("annotation %s: feature '%s' is a %s, not a polygon; ignored", path, name, kind)
+        label = f"feature {i} ('{name}')"
+        if kind not in ("Polygon", "MultiPolygon"):
+            log.warning("annotation %s: %s is a %s, not a polygon; ignored", path, label, kind)
             continue
+        coordinates = geometry.get("coordinates") or []
+        rings_list = [coordinates] if kind == "Polygon" else coordinates
+        if not isinstance(rings_list, list) or not all(isinstance(rings, list) for rings in rings_list):
+            raise CamnetError(f"annotation {path}: {label} has malformed coordinates")
+        # An empty polygon (or member, or ring) is a region the annotator meant but that is not there:
+        # skipping it would make the slide tumour-free without a word.
+        if not rings_list or any(not rings or any(r == [] for r in rings) for rings in rings_list):
+            raise CamnetError(f"annotation {path}: {label} has empty coordinates")
         for rings in rings_list:
             try:
                 arrays = [np.asarray(r, dtype=np.float64)[:, :2] for r in rings]
             except (ValueError, IndexError, TypeError):
-                raise CamnetError(f"annotation {path}: feature '{name}' has malformed coordinates") from None
-            if not arrays:
-                continue
-            outer = _check_ring(arrays[0], path, name)
-            holes = tuple(_check_ring(h, path, name) for h in arrays[1:])
-            polygons.append(Polygon(name, group, outer, holes))
+                raise CamnetError(f"annotation {path}: {label} has malformed coordinates") from None
+            outer = _check_ring(arrays[0], path, label)
+            holes = tuple(_check_ring(h, path, label) for h in arrays[1:])
+            polygons += _validated(Polygon(name, group, outer, holes), path, label)
     return polygons
 
 
-def _check_ring(points: np.ndarray, path: Path, name: str) -> np.ndarray:
-    if points.ndim != 2 or len(points) < 3:
-        raise CamnetError(f"annotation {path}: '{name}' has fewer than 3 coordinates")
+def _check_ring(points: np.ndarray, path: Path, label: str) -> np.ndarray:
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise CamnetError(f"annotation {path}: {label} has malformed coordinates (expected [x, y] pairs)")
+    if len(points) < 3:
+        raise CamnetError(f"annotation {path}: {label} has fewer than 3 coordinates")
     if not np.isfinite(points).all():
-        raise CamnetError(f"annotation {path}: '{name}' has a missing or non-finite coordinate")
+        raise CamnetError(f"annotation {path}: {label} has a missing or non-finite coordinate")
     return points
+
+
+def _shape(points: np.ndarray, holes: tuple[np.ndarray, ...] = ()) -> shapely.Polygon:
+    try:
+        return shapely.Polygon(points, holes)
+    except ValueError:  # shapely 2.0 refuses a closed ring of 3 coordinates (A, B, A); it has no area anyway
+        return shapely.Polygon()
+
+
+def _validated(poly: Polygon, path: Path, label: str) -> list[Polygon]:
+    """`poly` itself when valid (untouched: shapely would re-orient and re-node it, changing finished masks);
+    otherwise its repair, announced with shapely's reason."""
+    shape = _shape(poly.points, poly.holes)
+    if shape.is_valid and not shape.is_empty:
+        return [poly]
+    reason = explain_validity(shape) if not shape.is_empty else "too few distinct points"
+    # make_valid's default ("linework") keeps what today's even-odd fill covered: a bow-tie's two lobes, less
+    # any area an outline loops over twice. Shell and holes are repaired apart and the holes cut out, as
+    # `tumour_mask` does: repairing the whole polygon at once would turn a hole outside its shell into tumour.
+    area, dropped = _polygonal(shapely.make_valid(_shape(poly.points)))
+    for hole in poly.holes:
+        hole_area, hole_dropped = _polygonal(shapely.make_valid(_shape(hole)))
+        area, dropped = shapely.difference(area, hole_area), dropped + hole_dropped
+    parts, _ = _polygonal(area)
+    pieces = [Polygon(poly.name, poly.group, _xy(part.exterior), tuple(_xy(r) for r in part.interiors))
+              for part in shapely.get_parts(parts)]
+    if not pieces:
+        log.warning("annotation %s: %s is invalid (%s) and encloses no area; ignored", path, label, reason)
+        return []
+    extra = f"; dropped {dropped} line/point part(s) that enclose no area" if dropped else ""
+    log.warning("annotation %s: %s is invalid (%s); repaired into %d polygon(s)%s",
+                path, label, reason, len(pieces), extra)
+    return pieces
+
+
+def _polygonal(geometry: shapely.Geometry) -> tuple[shapely.MultiPolygon, int]:
+    """The polygons of a (nested) repaired geometry, and how many line or point parts were left out."""
+    parts = shapely.get_parts(geometry)
+    while any(isinstance(p, shapely.GeometryCollection | shapely.MultiPolygon) for p in parts):
+        parts = shapely.get_parts(parts)
+    polygons = [p for p in parts if isinstance(p, shapely.Polygon) and not p.is_empty]
+    others = sum(1 for p in parts if not isinstance(p, shapely.Polygon) and not p.is_empty)
+    return shapely.MultiPolygon(polygons), others
+
+
+def _xy(ring: shapely.LinearRing) -> np.ndarray:
+    return np.asarray(ring.coords, dtype=np.float64)[:, :2]
 
 
 def check_inside(polygons: list[Polygon], path: Path, dimensions: tuple[int, int]) -> None:

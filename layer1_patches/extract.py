@@ -19,7 +19,9 @@ from layer1_patches.annotations import check_inside, load_annotations, tumour_ma
 from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.masks import masker_from_config
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.cohort import output_stem
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.locks import output_lock
 from layer1_patches.shared.typedconfig import config_hash, data_hash, to_dict
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
 from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
@@ -56,7 +58,7 @@ class ExtractRequest:
 class ExtractResult:
     slide: str
     output: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "failed" or "busy" (another run holds the output's lock)
     counts: dict[str, int] = field(default_factory=dict)  # accepted patches by class
     requested: dict[str, int] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
@@ -65,7 +67,7 @@ class ExtractResult:
 
 
 def output_path(out_dir: Path, slide: Path, shard_spec: tuple[int, int] | None) -> Path:
-    stem = Path(slide).stem
+    stem = output_stem(slide)
     if shard_spec is None:
         return Path(out_dir) / f"{stem}.h5"
     i, k = shard_spec
@@ -113,22 +115,48 @@ def legacy_store_hash(cfg: Layer1Config) -> str:
 
 
 def extract_slide(req: ExtractRequest) -> ExtractResult:
-    """Run one extraction; raises `CamnetError` on bad input, leaving no file under the final name."""
+    """Run one extraction; raises `CamnetError` on bad input, leaving no file under the final name.
+
+    The output's lock is held from the completeness check to the rename: a second writer of the same store
+    (two runs of one slide) stops with `OutputBusy` instead of renaming this one's half-written file.
+    """
     start = time.monotonic()
-    cfg = req.config
     out = req.output
-    digest = store_hash(cfg)
-    if req.shard is not None and cfg.sampling.mode != "dense":
+    if req.shard is not None and req.config.sampling.mode != "dense":
         raise CamnetError("--shard needs sampling.mode: dense (random sampling is not split)")
-    if not req.overwrite and is_complete(out):
-        with PatchStore(out) as done:
-            if done.attrs.get("config_hash") not in (digest, legacy_store_hash(cfg)):
-                raise CamnetError(f"{out}: finished with a different config; pass --overwrite to redo it")
-        return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
+    if not req.overwrite and is_complete(out):  # a finished store needs no lock: it is only read
+        return _skip_finished(req, start)
     try:
         req.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CamnetError(f"output directory {req.out_dir}: cannot create ({err.strerror})") from None
+        raise CamnetError(f"output directory {req.out_dir}: cannot create ({os_reason(err)})") from None
+    with output_lock(out):
+        if not req.overwrite and is_complete(out):  # finished by another writer while we waited for nothing
+            return _skip_finished(req, start)
+        return _extract(req, start)
+
+
+def _skip_finished(req: ExtractRequest, start: float) -> ExtractResult:
+    """A finished store of the same config and the same slide is skipped; anything else is an error."""
+    out, cfg = req.output, req.config
+    try:
+        with PatchStore(out) as done:
+            attrs = done.attrs
+    except CamnetError as err:  # damaged: a plain rerun would meet it again
+        raise CamnetError(f"{err} (extract --overwrite redoes it)") from None
+    if attrs.get("config_hash") not in (store_hash(cfg), legacy_store_hash(cfg)):
+        raise CamnetError(f"{out}: finished with a different config; pass --overwrite to redo it")
+    source = str(attrs.get("slide_path", ""))
+    if source and Path(source) != Path(req.slide).resolve():
+        raise CamnetError(f"{out}: finished from slide {source}, not {Path(req.slide).resolve()} (two slides of "
+                          "one name, or a moved cohort); pass --overwrite to redo it from this slide")
+    return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
+
+
+def _extract(req: ExtractRequest, start: float) -> ExtractResult:
+    cfg = req.config
+    out = req.output
+    digest = store_hash(cfg)
     seed = cfg.sampling.seed + req.task_seed
     with Slide(req.slide, cfg.resolution.assume_mpp) as slide:
         res = resolve_resolution(slide, cfg.resolution)
@@ -148,21 +176,24 @@ def extract_slide(req: ExtractRequest) -> ExtractResult:
             streams = [shard(s, *req.shard) for s in streams]
         meta = slide_meta(req, slide, res, tiler, seed, digest)
         result = ExtractResult(slide.name, str(out), "done")
-        with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
-                         cfg.output.jpeg_quality) as writer:
-            reader = PatchReader(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
-            for stream in streams:
-                _run_stream(stream, reader, writer, cfg, result)
-            result.seconds = time.monotonic() - start
-            writer.finish(
-                meta,
-                {"patch_size": cfg.patch_size, "patch_level": res.level, "downsample": res.downsample,
-                 "level_dim": list(slide.level_dimensions[res.level]), "name": slide.name},
-                {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
-                 "config": to_dict(cfg), "annotation": str(req.annotation or ""),
-                 "mpp_from_metadata": slide.mpp_from_metadata, "seconds": round(result.seconds, 3)},
-                {"tissue": tissue.thumbnail(cfg.output.thumbnail_size),
-                 **({"tumour": tumour.thumbnail(cfg.output.thumbnail_size)} if tumour is not None else {})})
+        try:
+            with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
+                             cfg.output.jpeg_quality) as writer:
+                reader = PatchReader(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
+                for stream in streams:
+                    _run_stream(stream, reader, writer, cfg, result)
+                result.seconds = time.monotonic() - start
+                writer.finish(
+                    meta,
+                    {"patch_size": cfg.patch_size, "patch_level": res.level, "downsample": res.downsample,
+                     "level_dim": list(slide.level_dimensions[res.level]), "name": slide.name},
+                    {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
+                     "config": to_dict(cfg), "annotation": str(req.annotation or ""),
+                     "mpp_from_metadata": slide.mpp_from_metadata, "seconds": round(result.seconds, 3)},
+                    {"tissue": tissue.thumbnail(cfg.output.thumbnail_size),
+                     **({"tumour": tumour.thumbnail(cfg.output.thumbnail_size)} if tumour is not None else {})})
+        except OSError as err:  # disk full, read-only, quota: leaving the writer removed its partial file
+            raise CamnetError(f"output {out}: cannot write ({os_reason(err)})") from None
     total = sum(result.counts.values())
     log.info("%s: %d patches %s, rejects %s, %.1f s", slide.name, total, result.counts, result.rejects,
              result.seconds)

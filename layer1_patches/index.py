@@ -2,6 +2,11 @@
 
 Layer 2 reads patches only through this index. Splits are by patient or by centre, so no
 patient's slides are in two splits (slides of one patient share tissue, stain and scanner).
+
+Every `*.h5` store found is checked before it is listed: opened by `PatchStore` (checksums of coords and labels,
+no external links), and its lengths, shapes and types; `verify` also reads every patch chunk, which for a cohort
+of terabytes is a long pass, so it is opt-in. A bad store fails the index, or with `skip_bad` is left out and
+recorded under `skipped`: never silently dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from layer1_patches.shared.atomic import write_json_atomic
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import load_contract, required
-from layer1_patches.store import PatchStore, is_complete
+from layer1_patches.store import PatchStore
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
@@ -45,10 +50,34 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class SkippedStore:
+    """A bad store `index --skip-bad` left out (`skipped[i]` of `index.json`)."""
+
+    path: str
+    error: str  # the error line it raised
+
+
+@dataclass(frozen=True)
+class IndexChecks:
+    """Beyond the structural check of every store: `verify` reads every patch chunk (checking its checksum);
+    `skip_bad` records a bad store in `skipped` and goes on, instead of failing."""
+
+    verify: bool = False
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class StoreScan:
+    entries: list[IndexEntry]
+    skipped: list[SkippedStore]
+
+
+@dataclass(frozen=True)
 class DatasetIndex:
     root: Path  # folder of the index file; relative entry paths resolve against it
     split_by: str
     entries: tuple[IndexEntry, ...]
+    skipped: tuple[SkippedStore, ...] = ()
 
     def resolve(self, entry: IndexEntry) -> Path:
         path = Path(entry.path)
@@ -67,8 +96,8 @@ class DatasetIndex:
         return out
 
     def save(self, path: Path) -> Path:
-        data = {"index_version": INDEX_VERSION, "split_by": self.split_by,
-                "summary": self.splits(), "entries": [asdict(e) for e in self.entries]}
+        data = {"index_version": INDEX_VERSION, "split_by": self.split_by, "summary": self.splits(),
+                "entries": [asdict(e) for e in self.entries], "skipped": [asdict(s) for s in self.skipped]}
         return write_json_atomic(path, data)
 
     @classmethod
@@ -83,15 +112,42 @@ class DatasetIndex:
                                   f"expected {INDEX_VERSION}")
             entries = tuple(load_contract(IndexEntry, e, f"dataset index {path}: entries[{i}]")
                             for i, e in enumerate(data["entries"]))
+            # indexes written before `skipped` existed have none
+            skipped = tuple(SkippedStore(str(s["path"]), str(s["error"])) for s in data.get("skipped", []))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CamnetError(f"dataset index {path}: malformed ({err})") from None
         if not entries:
             raise CamnetError(f"dataset index {path}: lists no patch stores")
-        return cls(path.parent.resolve(), str(data.get("split_by", "")), entries)
+        return cls(path.parent.resolve(), str(data.get("split_by", "")), entries, skipped)
 
 
-def read_entry(path: Path, root: Path) -> IndexEntry:
+def check_structure(store: PatchStore) -> None:
+    """Lengths, shapes and types as the writer makes them: anything else is damage or another program's file.
+
+    Metadata only (opening the store has read the per-patch arrays but patches), so every index can afford it.
+    """
+    n, size, jpeg = store.attrs.get("n_patches"), store.patch_size, store.codec == "jpeg"
+    if not isinstance(n, int):
+        raise CamnetError(f"patch store {store.path}: no 'n_patches' attribute; re-extract this slide")
+    wanted = {"patches": ((n,) if jpeg else (n, size, size, 3), "O" if jpeg else "u"), "coords": ((n, 2), "iu"),
+              "labels": ((n,), "iu"), "tumour_fraction": ((n,), "f"), "tissue_fraction": ((n,), "f")}
+    kind_names = {"O": "variable-length bytes", "u": "uint8", "iu": "integer", "f": "float"}
+    for name, (shape, dtype) in store.layout.items():
+        want, kinds = wanted[name]
+        if shape != want:
+            problem = f"'{name}' has shape {shape}, expected {want} (n_patches {n})"
+        elif dtype.kind not in kinds or (kinds == "u" and dtype != np.uint8):
+            problem = f"'{name}' has type {dtype}, expected {kind_names[kinds]}"
+        else:
+            continue
+        raise CamnetError(f"patch store {store.path}: {problem}; re-extract this slide")
+
+
+def read_entry(path: Path, root: Path, verify: bool = False) -> IndexEntry:
     with PatchStore(path) as store:
+        check_structure(store)
+        if verify:
+            store.verify()
         attrs = store.attrs
         labels = store.labels
     resolved = path.resolve()
@@ -146,17 +202,32 @@ def _with_split(entry: IndexEntry, split: str) -> IndexEntry:
     return IndexEntry(**{**asdict(entry), "split": split})
 
 
-def find_stores(inputs: Iterable[Path]) -> tuple[list[Path], list[Path]]:
-    """(finished, unfinished) `.h5` files under the inputs; shard files are not slides."""
-    finished: list[Path] = []
-    unfinished: list[Path] = []
-    for item in inputs:
-        paths = sorted(Path(item).glob("*.h5")) if Path(item).is_dir() else [Path(item)]
-        for path in paths:
-            if ".shard-" in path.name:
-                continue
-            (finished if is_complete(path) else unfinished).append(path)
-    return finished, unfinished
+def find_stores(inputs: Iterable[Path]) -> list[Path]:
+    """The `*.h5` files in the input folders, and the files named. Shard files are not slides, and a dot-file in a
+    folder is a writer's partial output (`.<name>.<writer>.partial`), never a store, whatever its suffix."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        paths = [p for p in sorted(item.glob("*.h5")) if not p.name.startswith(".")] if item.is_dir() else [item]
+        found += [p for p in paths if ".shard-" not in p.name]
+    return found
+
+
+def scan_stores(inputs: list[Path], root: Path, checks: IndexChecks = IndexChecks()) -> StoreScan:
+    """An entry per store under `inputs` (paths relative to `root` when below it); a bad store fails the scan,
+    or with `checks.skip_bad` is logged and recorded."""
+    scan = StoreScan([], [])
+    for path in find_stores(inputs):
+        try:
+            scan.entries.append(read_entry(path, root, checks.verify))
+        except CamnetError as err:
+            if not checks.skip_bad:
+                raise
+            log.warning("skipped (--skip-bad): %s", err)
+            scan.skipped.append(SkippedStore(str(path), str(err)))
+    if not scan.entries:
+        bad = f"; {len(scan.skipped)} skipped as bad" if scan.skipped else ""
+        raise CamnetError(f"no finished patch stores (*.h5) in {', '.join(map(str, inputs))}{bad}")
+    return scan
 
 
 def check_compatible(entries: list[IndexEntry]) -> None:
@@ -179,13 +250,14 @@ def check_compatible(entries: list[IndexEntry]) -> None:
 
 def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[str, float] | None = None,
                 centres: dict[str, list[str]] | None = None, seed: int = 0) -> DatasetIndex:
-    finished, unfinished = find_stores(inputs)
-    for path in unfinished:
-        log.warning("%s: not a finished patch store; left out of the index", path)
-    if not finished:
-        raise CamnetError(f"no finished patch stores (*.h5) in {', '.join(map(str, inputs))}")
-    root = out.parent
-    entries = [read_entry(p, root) for p in finished]
+    """The index of the stores under `inputs`, each checked structurally; a bad store is an error."""
+    return make_index(scan_stores(inputs, out.parent), out, split_by, fractions, centres, seed)
+
+
+def make_index(scan: StoreScan, out: Path, split_by: str, fractions: dict[str, float] | None = None,
+               centres: dict[str, list[str]] | None = None, seed: int = 0) -> DatasetIndex:
+    """Split the scanned stores and write the index to `out` (its folder is the index's root)."""
+    entries = scan.entries
     check_compatible(entries)
     if split_by == "patient":
         entries = assign_by_patient(entries, fractions or {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
@@ -195,6 +267,6 @@ def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[st
         entries = assign_by_centre(entries, centres)
     else:
         raise CamnetError(f"--split-by {split_by!r}: expected 'patient' or 'centre'")
-    index = DatasetIndex(root.resolve(), split_by, tuple(entries))
+    index = DatasetIndex(out.parent.resolve(), split_by, tuple(entries), tuple(scan.skipped))
     index.save(out)
     return index

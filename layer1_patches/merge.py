@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from layer1_patches.extract import output_path
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.atomic import remove_inside
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.locks import output_lock
 from layer1_patches.store import PatchStore, PatchWriter, SlideMeta, is_complete
 
 
@@ -21,6 +23,18 @@ def merge_shards(out_dir: Path, slide: Path, count: int, keep_shards: bool = Fal
     missing = [p.name for p in shards if not is_complete(p)]
     if missing:
         raise CamnetError(f"cannot merge {final}: shard files not finished: {', '.join(missing)}")
+    with output_lock(final):
+        try:
+            _merge(final, shards, count)
+        except OSError as err:  # disk full, read-only: the writer has removed its partial file
+            raise CamnetError(f"output {final}: cannot write ({os_reason(err)})") from None
+    if not keep_shards:
+        for path in shards:
+            remove_inside(path, out_dir)
+    return final
+
+
+def _merge(final: Path, shards: list[Path], count: int) -> None:
     stores = [PatchStore(p) for p in shards]
     try:
         first = stores[0].attrs
@@ -49,10 +63,6 @@ def merge_shards(out_dir: Path, slide: Path, count: int, keep_shards: bool = Fal
     finally:
         for store in stores:
             store.close()
-    if not keep_shards:
-        for path in shards:
-            path.unlink()
-    return final
 
 
 def _sum(dicts: Iterable[dict[str, int]]) -> dict[str, int]:

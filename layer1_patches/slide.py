@@ -18,6 +18,7 @@ from openslide import lowlevel
 from PIL import Image
 
 from layer1_patches.config import ResolutionConfig
+from layer1_patches.shared.cohort import output_stem
 from layer1_patches.shared.errors import CamnetError
 
 # Objective power of a slide at a given level-0 mpp when the slide does not say: 10 um / mpp
@@ -58,6 +59,9 @@ class Slide:
 
     def __init__(self, path: Path, assume_mpp: float | None = None) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CamnetError(f"slide {self.path}: is a directory, not a slide file (a folder of slides goes to "
+                              "--slides)")
         if not self.path.is_file():
             raise CamnetError(f"slide {self.path}: no such file")
         try:
@@ -65,7 +69,7 @@ class Slide:
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
             raise CamnetError(f"slide {self.path}: cannot open ({err or 'unsupported format'})") from None
         props = self._osr.properties
-        self.name = self.path.stem
+        self.name = output_stem(self.path)
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "") or ""
         self.dimensions: tuple[int, int] = self._osr.dimensions
         self.level_count: int = self._osr.level_count

@@ -18,6 +18,13 @@ Layout (schema version 1):
 A file is finished only if it sits at its final name *and* carries `complete = True`:
 writers fill `.<name>.partial` and rename it when done, so a killed run leaves at most a
 `.partial` file that no reader accepts.
+
+Integrity: every chunk of the per-patch datasets carries a Fletcher-32 checksum (stores written before, without,
+stay readable); a chunk zeroed with its checksum passes it, so the small datasets are gzip too, and with codec none
+an all-zero patch is refused where the store's black filter rejects them. `PatchStore` turns a failed read into one
+error line and refuses external links, virtual datasets and external raw storage. Codec "jpeg" patches have no
+checksum: HDF5 refuses filters on variable-length data, which would cover only the row table (each row's length
+and heap address), never the JPEG bytes in HDF5's global heap; damaged JPEG bytes may decode unnoticed.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from layer1_patches.shared.atomic import partial_path
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches import integrity
+from layer1_patches.shared import signals
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.locks import writer_partial
 from layer1_patches.shared.typedconfig import bounded, required
 
 SCHEMA_VERSION = 1
@@ -48,6 +57,10 @@ WRITE_CACHE_BYTES = 64 * 1024
 # on 2 cores ran 9 % faster; 1 at a time, with the other core idle to do the kernel's work, 3 % slower.
 DROP_CACHE_BYTES = 64 * 1024 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
+# Fletcher-32 per chunk, which a chunk zeroed with its checksum passes (zeros sum to 0): the small datasets are
+# gzip too, whose zlib header refuses zeros. A flag so that bench/layer1_extract.py can measure the cost.
+CHECKSUMS = True
+DATASETS = ("patches", "coords", "labels", "tumour_fraction", "tissue_fraction")  # one row per patch each
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,22 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def discard_h5(f: h5py.File, path: Path) -> None:
+    """Close and delete a half-written HDF5 file, whatever failed while writing it.
+
+    Its space is freed first: on a full disk HDF5 cannot write its metadata when closing, and h5py then crashes
+    (segfault) freeing the file's objects (h5py issues 914, 2160). The contents are garbage anyway.
+    """
+    try:
+        if f.id.valid:
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
+            with contextlib.suppress(Exception):
+                f.close()
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
 class PatchWriter:
     """Appends patches to `.<name>.partial`; `finish` marks complete and renames atomically.
 
@@ -115,7 +144,7 @@ class PatchWriter:
         if codec not in CODECS:
             raise CamnetError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
         self.final = Path(final)
-        self.tmp = partial_path(self.final)
+        self.tmp = writer_partial(self.final)  # unique per writer: a second writer never renames this one's file
         self.codec = codec
         self.jpeg_quality = jpeg_quality
         self.n = 0
@@ -126,34 +155,46 @@ class PatchWriter:
             # less per patch), while the small coords/labels chunks, filled a batch at a time, stay cached.
             self._f = h5py.File(self.tmp, "w", rdcc_nbytes=WRITE_CACHE_BYTES)
         except OSError as err:
-            raise CamnetError(f"cannot write {self.tmp}: {err}") from None
-        size = patch_size
+            raise CamnetError(f"output {self.final}: cannot write ({os_reason(err)})") from None
+        except BaseException:  # a signal after the file was created, before it was ours to close
+            self.tmp.unlink(missing_ok=True)
+            raise
+        try:
+            self._create(patch_size, codec, gzip_level)
+        except BaseException:  # a full disk or a signal between creating the file and its datasets
+            self._discard()
+            raise
+
+    def _create(self, size: int, codec: str, gzip_level: int) -> None:
+        small = {"fletcher32": True, "compression": "gzip", "compression_opts": 1} if CHECKSUMS else {}
         if codec == "jpeg":
+            # No checksum: HDF5 refuses filters on variable-length data (see the module docstring).
             self._patches = self._f.create_dataset(
                 "patches", shape=(0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8), chunks=(64,))
         else:
             self._patches = self._f.create_dataset(
                 "patches", shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
-                chunks=(1, size, size, 3), **_compression(codec, gzip_level))
+                chunks=(1, size, size, 3), fletcher32=CHECKSUMS, **_compression(codec, gzip_level))
         self._patches.attrs["codec"] = codec
         self._patches.attrs["patch_size"] = size
         self._coords = self._f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64,
-                                              chunks=(1024, 2))
+                                              chunks=(1024, 2), **small)
         self._labels = self._f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                              chunks=(4096,))
+                                              chunks=(4096,), **small)
         self._tumour = self._f.create_dataset("tumour_fraction", shape=(0,), maxshape=(None,),
-                                              dtype=np.float32, chunks=(4096,))
+                                              dtype=np.float32, chunks=(4096,), **small)
         self._tissue = self._f.create_dataset("tissue_fraction", shape=(0,), maxshape=(None,),
-                                              dtype=np.float32, chunks=(4096,))
+                                              dtype=np.float32, chunks=(4096,), **small)
 
     def __enter__(self) -> PatchWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._f.id.valid:
-            self._f.close()
-            self.tmp.unlink(missing_ok=True)
+        self._discard()  # after finish() the file was renamed already; otherwise it is half-written
+
+    def _discard(self) -> None:
+        discard_h5(self._f, self.tmp)
 
     def _encode(self, patch: np.ndarray) -> np.ndarray:
         import io
@@ -183,6 +224,7 @@ class PatchWriter:
         self._tumour[self.n:end] = tumour_fraction
         self._tissue[self.n:end] = tissue_fraction
         self.n = end
+        signals.check()  # a SIGTERM whose exception h5py's cleanup swallowed stops the writer here
         self._bytes_since_drop += patches.nbytes
         if self._bytes_since_drop >= DROP_CACHE_BYTES:
             self._bytes_since_drop = 0
@@ -213,13 +255,14 @@ class PatchWriter:
         attrs["n_patches"] = self.n
         attrs["complete"] = True  # last: a crash before here leaves an unmarked file
         self._f.flush()
+        signals.check()  # interrupted: never rename into place
         self._f.close()
         os.replace(self.tmp, self.final)
         return self.final
 
 
 class PatchStore:
-    """Read-only view of a finished store. Refuses unfinished or foreign files."""
+    """Read-only view of a finished store. Refuses unfinished, damaged or foreign files with one error line."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -229,22 +272,37 @@ class PatchStore:
             self._f = h5py.File(self.path, "r")
         except OSError as err:
             raise CamnetError(f"patch store {self.path}: not a readable HDF5 file ({err})") from None
-        if not bool(self._f.attrs.get("complete", False)):
+        try:
+            self._open()
+        except BaseException:
             self._f.close()
+            raise
+
+    def _open(self) -> None:
+        f = self._f
+        if not bool(f.attrs.get("complete", False)):
             raise CamnetError(f"patch store {self.path}: incomplete (no completion marker); rerun extraction")
-        version = int(self._f.attrs.get("schema_version", -1))
+        version = int(f.attrs.get("schema_version", -1))
         if version != SCHEMA_VERSION:
-            self._f.close()
             raise CamnetError(f"patch store {self.path}: schema version {version}, expected {SCHEMA_VERSION}")
-        self._patches = self._f["patches"]
+        # checked before use: opening an external link opens another file
+        data = [integrity.own(self.path, f, name) for name in DATASETS]
+        for name in integrity.own(self.path, f, "masks", h5py.Group) if f.id.links.exists(b"masks") else ():
+            integrity.own(self.path, f["masks"], name)
+        self._patches = data[0]
+        if not {"codec", "patch_size"} <= set(self._patches.attrs):
+            raise integrity.damaged(self.path, "'patches' has no codec or patch_size attribute")
         self.codec = str(self._patches.attrs["codec"])
         self.patch_size = int(self._patches.attrs["patch_size"])
         if self.codec == "lz4":
             _require_lz4()
-        self.coords = self._f["coords"][:]
-        self.labels = self._f["labels"][:]
-        self.tumour_fraction = self._f["tumour_fraction"][:]
-        self.tissue_fraction = self._f["tissue_fraction"][:]
+        self.coords, self.labels, self.tumour_fraction, self.tissue_fraction = map(self._whole, data[1:])
+        self.layout = {name: (ds.shape, ds.dtype) for name, ds in zip(DATASETS, data, strict=True)}  # as stored
+        self._zeros_are_damage = integrity.zeros_are_damage(f.attrs, self.codec)
+
+    def _whole(self, ds: h5py.Dataset) -> np.ndarray:
+        with integrity.reading(self.path, ds):
+            return np.asarray(ds[()])
 
     def __enter__(self) -> PatchStore:
         return self
@@ -280,7 +338,7 @@ class PatchStore:
         return list(self._f["masks"]) if "masks" in self._f else []
 
     def mask(self, name: str) -> np.ndarray:
-        return np.asarray(self._f["masks"][name][:])
+        return self._whole(self._f["masks"][name])
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Patches at `indices` (any order, repeats allowed) as (k, H, W, 3) uint8 RGB."""
@@ -298,14 +356,21 @@ class PatchStore:
             from PIL import Image
 
             for j, i in enumerate(idx):
-                out[j] = np.asarray(Image.open(io.BytesIO(ds[int(i)].tobytes())).convert("RGB"))
+                with integrity.reading(self.path, ds, f"row {i} is not a readable JPEG"):
+                    out[j] = np.asarray(Image.open(io.BytesIO(ds[int(i)].tobytes())).convert("RGB"))
             return out
         uniq, inverse = np.unique(idx, return_inverse=True)
         block = out if len(uniq) == len(idx) and np.array_equal(uniq, idx) else np.empty_like(out[:len(uniq)])
         # Each contiguous run is one hyperslab read: h5py's point selection (ds[list]) was 10-80x slower.
         breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
-        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)], strict=True):
-            ds.read_direct(block, np.s_[int(uniq[start]):int(uniq[stop - 1]) + 1], np.s_[int(start):int(stop)])
+        with integrity.reading(self.path, ds):
+            for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)], strict=True):
+                ds.read_direct(block, np.s_[int(uniq[start]):int(uniq[stop - 1]) + 1], np.s_[int(start):int(stop)])
+        flat = block.reshape(len(block), -1)
+        for j in np.flatnonzero(~flat[:, ::997].any(axis=1)) if self._zeros_are_damage else ():
+            if not flat[j].any():
+                raise integrity.damaged(self.path, f"damaged data in 'patches' (row {uniq[j]} is all zeros, which this "
+                                        "store's black filter never keeps: a zeroed chunk)")
         if block is not out:
             out[:] = block[inverse]
         return out
@@ -313,3 +378,10 @@ class PatchStore:
     def iter_batches(self, batch: int = 256) -> Iterator[np.ndarray]:
         for start in range(0, len(self), batch):
             yield self.read(np.arange(start, min(start + batch, len(self))))
+
+    def verify(self) -> None:
+        """Read every mask and patch (every chunk's checksum checked, every JPEG decoded): a pass over the file."""
+        for name in self.mask_names():
+            self.mask(name)
+        for _ in self.iter_batches():
+            pass

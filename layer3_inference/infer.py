@@ -9,6 +9,7 @@ number of ranks, so 2-rank output equals 1-rank output bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ import numpy as np
 
 from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.locks import OutputBusy, output_lock
 from layer1_patches.shared.typedconfig import config_hash
 from layer1_patches.slide import Slide
 from layer3_inference import outputs
@@ -170,7 +172,7 @@ class HeatmapRequest:
 class HeatmapResult:
     slide: str
     output: str
-    status: str  # done, skipped or failed
+    status: str  # done, skipped, failed or busy
     patches: int = 0
     score: float | None = None
     seconds: float = 0.0
@@ -186,15 +188,59 @@ def run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
 
 def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ranks) -> HeatmapResult:
     """One slide on every rank; rank 0 writes. Raises `CamnetError` (on every rank) on bad input."""
+    final = outputs.final_dir(req.out_dir, req.slide)
+    digest = run_hash(req.config, spec)
+    # Rank 0 alone decides (skip, busy, error or write) and holds the lock, since it writes; the other ranks
+    # learn its verdict in a gather before anyone raises, or they would wait in the next collective forever.
+    with contextlib.ExitStack() as stack:
+        verdict = ("", "")
+        if ranks.rank == 0:
+            verdict = _take(stack, req, final, digest)
+        kind, message = ranks.allgather(verdict)[0]
+        if kind == "skipped":
+            return HeatmapResult(req.slide.stem, str(final), "skipped")
+        if kind:
+            raise (OutputBusy if kind == "busy" else CamnetError)(message)
+        return _heatmap(req, spec, model_fn, ranks, digest)
+
+
+def _take(stack: contextlib.ExitStack, req: HeatmapRequest, final: Path, digest: str) -> tuple[str, str]:
+    """Rank 0 takes `final`'s lock into `stack`: ("", "") when it is ours to write, else (kind, message)."""
+    try:
+        if not req.overwrite and _finished(req, final, digest):  # finished: only read, no lock needed
+            return "skipped", ""
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CamnetError(f"output directory {final.parent}: cannot create ({os_reason(err)})") from None
+        stack.enter_context(output_lock(final))
+        if not req.overwrite and _finished(req, final, digest):  # another writer finished it meanwhile
+            return "skipped", ""
+    except OutputBusy as err:
+        return "busy", str(err)
+    except CamnetError as err:
+        return "error", str(err)
+    return "", ""
+
+
+def _finished(req: HeatmapRequest, final: Path, digest: str) -> bool:
+    """True for a finished output of this config, model and slide; an error for one of another."""
+    done = outputs.finished_summary(final)
+    if done is None:
+        return False
+    if done.get("run_hash") != digest:
+        raise CamnetError(f"{final}: finished with a different config or model; pass --overwrite to redo it")
+    source = str(done.get("slide_path", ""))
+    if source and Path(source) != Path(req.slide).resolve():
+        raise CamnetError(f"{final}: finished from slide {source}, not {Path(req.slide).resolve()} (two slides of "
+                          "one name, or a moved cohort); pass --overwrite to redo it from this slide")
+    return True
+
+
+def _heatmap(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ranks, digest: str) -> HeatmapResult:
     start = time.perf_counter()
     cfg = req.config
     final = outputs.final_dir(req.out_dir, req.slide)
-    digest = run_hash(cfg, spec)
-    done_hash = outputs.finished_hash(final)
-    if done_hash is not None and not req.overwrite:
-        if done_hash != digest:
-            raise CamnetError(f"{final}: finished with a different config or model; pass --overwrite to redo it")
-        return HeatmapResult(req.slide.stem, str(final), "skipped")
     times: dict[str, float] = {}
     with Slide(req.slide, cfg.match.assume_mpp) as slide:
         res = working_resolution(slide, spec, cfg.match)
@@ -243,7 +289,8 @@ class CohortRun:
 
     @property
     def failed(self) -> bool:
-        return any(r.status == "failed" for r in self.results)
+        """Some slide failed or was busy (written by another run): the cohort is not finished by this run."""
+        return any(r.status in ("failed", "busy") for r in self.results)
 
     def table(self) -> str:
         header = f"{'slide':32} {'status':8} {'patches':>8} {'score':>7} {'seconds':>8}  note"
@@ -251,7 +298,7 @@ class CohortRun:
         for r in self.results:
             score = f"{r.score:.3f}" if r.score is not None else "-"
             lines.append(f"{r.slide[:32]:32} {r.status:8} {r.patches:>8} {score:>7} {r.seconds:>8.1f}  {r.error}")
-        ok = sum(r.status != "failed" for r in self.results)
+        ok = sum(r.status in ("done", "skipped") for r in self.results)
         lines.append(f"{ok}/{len(self.results)} slides ok")
         return "\n".join(lines)
 
@@ -272,6 +319,11 @@ def heatmap_cohort(spec: ModelSpec, slides: list[Path], out_dir: Path, cfg: Heat
         req = HeatmapRequest(Path(slide), out_dir, cfg, overwrite)
         try:
             results.append(heatmap_slide(req, spec, model_fn, ranks))
+        except OutputBusy as err:  # another run is writing this slide: not a failure of this one
+            if strict:
+                raise
+            log.error("%s", err)
+            results.append(HeatmapResult(Path(slide).stem, "", "busy", error=str(err)))
         except CamnetError as err:
             if strict:
                 raise

@@ -7,13 +7,15 @@ so it reads exactly what training read. The sidecar's keys are Layer 2's contrac
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layer1_patches.config import ResolutionConfig
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
 from layer2_training.sidecar import SIDECAR, ModelSidecar
 from layer3_inference.config import MatchConfig
@@ -36,10 +38,25 @@ class ModelSpec:
     backbone: str
     config_hash: str
 
+    @cached_property
+    def model_sha256(self) -> str:
+        """The exported model's content hash: the model's identity, whatever path spelled it."""
+        digest = hashlib.sha256()
+        try:
+            with open(self.model_file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as err:
+            raise CamnetError(f"model {self.model_file}: cannot read ({os_reason(err)})") from None
+        return digest.hexdigest()
+
     def identity(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir.resolve()), "model_file": str(self.model_file),
-                "backbone": self.backbone, "patch_size": self.patch_size, "working_mpp": self.working_mpp,
-                "level": self.level, "threshold": self.threshold, "config_hash": self.config_hash}
+        # Resolved paths and the content hash: `--model run` and `--model /abs/run` are one model, and a model
+        # re-exported into the same run dir is another.
+        return {"run_dir": str(self.run_dir.resolve()), "model_file": str(self.model_file.resolve()),
+                "model_sha256": self.model_sha256, "backbone": self.backbone, "patch_size": self.patch_size,
+                "working_mpp": self.working_mpp, "level": self.level, "threshold": self.threshold,
+                "config_hash": self.config_hash}
 
 
 def sidecar_from_layer2(run_dir: Path, data: Any) -> ModelSpec:

@@ -8,9 +8,10 @@ readers refuse anything else. Files: `probabilities.h5` (grid, coordinates, map,
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,11 @@ from skimage import measure
 
 from layer1_patches import __version__
 from layer1_patches.masks import Mask
-from layer1_patches.shared.atomic import partial_path
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared import signals
+from layer1_patches.shared.atomic import remove_inside
+from layer1_patches.shared.cohort import output_stem
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.locks import writer_partial
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import HeatmapConfig, ScoreConfig
 from layer3_inference.grid import Raster, TissueGrid, map_shape, render_map, resample_mask
@@ -36,17 +40,31 @@ SUMMARY = "summary.json"
 PROBS = "probabilities.h5"
 
 
+LEGACY_FILES = (PROBS, "heatmap.png", "overlay.png")  # summaries before `files` was added listed none
+
+
 def final_dir(out_dir: Path, slide: Path) -> Path:
-    return Path(out_dir) / Path(slide).stem
+    return Path(out_dir) / output_stem(slide)
 
 
-def finished_hash(final: Path) -> str | None:
-    """The run hash of a finished slide output, None when there is none (partial or missing)."""
+def finished_summary(final: Path) -> dict[str, Any] | None:
+    """The summary of a finished slide output: it exists and every file it lists does; else None."""
     try:
         data = json.loads((final / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
-    return str(data.get("run_hash", "")) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    files = data.get("files") or LEGACY_FILES
+    if not isinstance(files, list | tuple) or not all(isinstance(f, str) and (final / f).is_file() for f in files):
+        return None
+    return data
+
+
+def finished_hash(final: Path) -> str | None:
+    """The run hash of a finished slide output, None when there is none (partial, missing or incomplete)."""
+    data = finished_summary(final)
+    return None if data is None else str(data.get("run_hash", ""))
 
 
 def slide_score(probs: np.ndarray, cfg: ScoreConfig) -> float:
@@ -76,23 +94,31 @@ class SlideInfo:
 
 
 def write_probabilities(path: Path, o: SlideOutput, prob_map: np.ndarray, raster: Raster) -> None:
-    info, grid, probs, map_ds = o.info, o.grid, o.probs, (raster.ds_x, raster.ds_y)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("coords", data=grid.coords, compression="gzip")
-        f.create_dataset("prob", data=probs.astype(np.float32), compression="gzip")
-        f.create_dataset("index", data=grid.index, compression="gzip")
-        f.create_dataset("tissue_fraction", data=grid.tissue_fraction, compression="gzip")
-        f.create_dataset("grid", data=grid.to_grid(probs), compression="gzip")
-        pm = f.create_dataset("map", data=prob_map, compression="gzip")
-        pm.attrs.update({"ds_x": map_ds[0], "ds_y": map_ds[1]})
-        tissue = f.create_dataset("tissue", data=info.tissue.array, compression="gzip")
-        tissue.attrs.update({"ds_x": info.tissue.ds_x, "ds_y": info.tissue.ds_y})
-        f.attrs.update({
-            "slide_name": info.name, "slide_path": info.path, "width": info.dimensions[0],
-            "height": info.dimensions[1], "mpp": info.mpp, "level": info.res.level,
-            "downsample": info.res.downsample, "working_mpp": info.res.mpp, "footprint": grid.footprint,
-            "step": grid.step, "threshold": o.threshold, "coords": "level-0 (x, y) top-left; NaN = no prediction",
-            "package_version": __version__})
+    # Built in memory (a few MB), then written as plain bytes: HDF5 writing straight to a full disk cannot close
+    # the file, and h5py then crashes freeing it (see `discard_h5`); a failed plain write is an ordinary OSError.
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _fill_probabilities(f, o, prob_map, (raster.ds_x, raster.ds_y))
+    path.write_bytes(image.getbuffer())
+
+
+def _fill_probabilities(f: h5py.File, o: SlideOutput, prob_map: np.ndarray, map_ds: tuple[float, float]) -> None:
+    info, grid, probs = o.info, o.grid, o.probs
+    f.create_dataset("coords", data=grid.coords, compression="gzip")
+    f.create_dataset("prob", data=probs.astype(np.float32), compression="gzip")
+    f.create_dataset("index", data=grid.index, compression="gzip")
+    f.create_dataset("tissue_fraction", data=grid.tissue_fraction, compression="gzip")
+    f.create_dataset("grid", data=grid.to_grid(probs), compression="gzip")
+    pm = f.create_dataset("map", data=prob_map, compression="gzip")
+    pm.attrs.update({"ds_x": map_ds[0], "ds_y": map_ds[1]})
+    tissue = f.create_dataset("tissue", data=info.tissue.array, compression="gzip")
+    tissue.attrs.update({"ds_x": info.tissue.ds_x, "ds_y": info.tissue.ds_y})
+    f.attrs.update({
+        "slide_name": info.name, "slide_path": info.path, "width": info.dimensions[0],
+        "height": info.dimensions[1], "mpp": info.mpp, "level": info.res.level,
+        "downsample": info.res.downsample, "working_mpp": info.res.mpp, "footprint": grid.footprint,
+        "step": grid.step, "threshold": o.threshold, "coords": "level-0 (x, y) top-left; NaN = no prediction",
+        "package_version": __version__})
 
 
 @dataclass(frozen=True)
@@ -239,9 +265,10 @@ class SlideOutput:
 def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
     """Write every output of one slide, then rename the folder into place; returns the summary."""
     info, grid, probs, cfg, threshold, times = o.info, o.grid, o.probs, o.cfg, o.threshold, o.times
-    tmp = partial_path(final)
+    tmp = writer_partial(final)  # this writer's own: the caller holds `final`'s lock
+    root = final.parent
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_inside(tmp, root)
         tmp.mkdir(parents=True)
         out = cfg.output
         raster = map_shape(info.dimensions, out.map_downsample)
@@ -280,13 +307,15 @@ def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
             reader_threads=cfg.reader.threads, times={k: round(v, 3) for k, v in times.items()},
             seconds=round(time.perf_counter() - o.start, 3),
             patches_per_s=round(len(grid) / max(times.get("infer_s", 0.0), 1e-9), 1),
-            package_version=__version__)
+            package_version=__version__, files=sorted(p.name for p in tmp.iterdir()) + [SUMMARY])
         (tmp / SUMMARY).write_text(to_json(summary))
-        if final.exists():  # finished ones were skipped unless --overwrite; anything else is a leftover
-            shutil.rmtree(final)
+        signals.check()  # interrupted (its exception swallowed by a library's cleanup): never rename into place
+        if os.path.lexists(final):  # finished ones were skipped unless --overwrite; anything else is a leftover
+            remove_inside(final, root)
         os.replace(tmp, final)
         return summary
     except OSError as err:
-        raise CamnetError(f"output {final}: cannot write ({err.strerror or err})") from None
+        raise CamnetError(f"output {final}: cannot write ({os_reason(err)})") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_inside(tmp, root)

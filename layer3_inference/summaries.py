@@ -50,6 +50,9 @@ class HeatmapSummary:
     seconds: float = required("wall time for the slide", min=0)
     patches_per_s: float = required("patches per second of inference", min=0)
     package_version: str = required("CamNet version that wrote it")
+    files: list[str] = bounded([], doc="every file of the slide's folder, this one included: the folder is finished "
+                                       "only when all exist ([] in older summaries: probabilities.h5, heatmap.png and "
+                                       "overlay.png)")
     summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
 
 

@@ -51,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
         raise CamnetError(f"no slides found in {' '.join(args.slides)}")
     results = run_many(base, pair_annotations(slides, args.annotations), args.workers)
     print(summary_table(results))
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status in ("failed", "busy") for r in results) else 0

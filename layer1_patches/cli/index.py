@@ -1,4 +1,7 @@
-"""`index`: list finished patch stores with counts and a patient- or centre-level split."""
+"""`index`: list finished patch stores with counts and a patient- or centre-level split.
+
+Each store is checked before it is listed; a bad one fails the command with one error line naming it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layer1_patches.index import build_index
+from layer1_patches.index import IndexChecks, make_index, scan_stores
 from layer1_patches.shared.errors import CamnetError
 
 
@@ -21,6 +24,12 @@ def register(sub: Any) -> None:
     p.add_argument("--centres", nargs="*", default=[], metavar="SPLIT=C1,C2",
                    help="centre split, e.g. train=0,1,2 val=3 test=4")
     p.add_argument("--seed", type=int, default=0, help="patient shuffle seed")
+    p.add_argument("--verify", action="store_true",
+                   help="also read every patch of every store, checking its checksum (a full pass over the data; "
+                        "by default stores are checked structurally: lengths, shapes, types, coords and labels)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out a damaged or unreadable store, recording it under 'skipped' in the index, "
+                        "instead of failing")
     p.set_defaults(func=run)
 
 
@@ -42,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise CamnetError(f"--fractions {key}={value}: not a number") from None
     centres = {k: v.split(",") for k, v in _pairs(args.centres, "--centres").items()}
-    index = build_index(args.inputs, args.out, args.split_by, fractions, centres or None, args.seed)
-    print(json.dumps({"index": str(args.out), "split_by": index.split_by, "splits": index.splits()}, indent=1))
+    scan = scan_stores(args.inputs, args.out.parent, IndexChecks(verify=args.verify, skip_bad=args.skip_bad))
+    index = make_index(scan, args.out, args.split_by, fractions, centres or None, args.seed)
+    print(json.dumps({"index": str(args.out), "split_by": index.split_by, "splits": index.splits(),
+                      "skipped": len(index.skipped)}, indent=1))
     return 0

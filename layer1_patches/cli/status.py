@@ -1,4 +1,8 @@
-"""`status`: finished, running, pending, failed and missing slides of a submission; resubmit the failed."""
+"""`status`: finished, running, pending, failed and missing slides of a submission; resubmit the failed.
+
+A slide whose queue state squeue could not give is `unknown`; `--resubmit` then submits nothing, since a
+slide that looks failed or missing may still be pending, and a second task would run on it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from layer1_patches.extract import output_path
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.manifest import Manifest
 from layer1_patches.shared.slurm import LAYER1_SCRIPT, array_sbatch_args, cohort_status, record_submission, sbatch
 from layer1_patches.store import is_complete
@@ -17,7 +22,8 @@ from layer1_patches.store import is_complete
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("status", help="per-slide state of a submitted array")
     p.add_argument("--manifest", type=Path, required=True, help="OUT/manifest.json written by submit")
-    p.add_argument("--resubmit", action="store_true", help="resubmit failed and missing slides only")
+    p.add_argument("--resubmit", action="store_true",
+                   help="resubmit failed and missing slides only (refused while squeue does not answer)")
     p.add_argument("--max-parallel", type=int, default=None)
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG")
     p.set_defaults(func=run)
@@ -33,12 +39,19 @@ def run(args: argparse.Namespace) -> int:
         detail = f"  {row.detail}" if row.detail else ""
         print(f"{row.index:5d}  {row.status:9s} {Path(row.slide).name}{detail}")
     counts = Counter(r.status for r in rows)
-    print("summary: " + ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing")))
+    print("summary: " + ", ".join(f"{counts[k]} {k}"
+                                  for k in ("finished", "running", "pending", "failed", "missing", "unknown")))
+    if not args.resubmit:
+        return 0 if counts["failed"] == 0 else 1
+    unknown = next((r for r in rows if r.status == "unknown"), None)
+    if unknown is not None:
+        raise CamnetError(f"{args.manifest}: cannot tell which slides are still queued ({unknown.detail}); "
+                          "nothing was resubmitted")
     redo = [r.index for r in rows if r.status in ("failed", "missing")]
-    if args.resubmit and redo:
+    if redo:
         command = array_sbatch_args(LAYER1_SCRIPT, args.manifest.resolve(), manifest, redo, args.max_parallel,
                                     args.sbatch_arg)
         job = sbatch(command, cwd=Path(os.getcwd()))
         record_submission(out, job, redo)
         print(f"resubmitted {len(redo)} slides as job {job}: indices {redo}")
-    return 0 if counts["failed"] == 0 else 1
+    return 0  # the failed slides are resubmitted: nothing is left for the caller to act on

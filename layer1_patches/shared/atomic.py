@@ -9,10 +9,44 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from layer1_patches.shared.errors import CamnetError
+
 
 def partial_path(final: Path) -> Path:
     """Where a file is written before it is renamed to `final`; never taken for a finished file."""
     return final.with_name(f".{final.name}.partial")
+
+
+def check_inside(path: Path, root: Path) -> Path:
+    """`path` resolved, after checking it lies strictly inside `root` (resolved): what a writer may delete.
+
+    Every removal of an output goes through here: a name that resolves elsewhere (a `..` stem, a symlink out of
+    the folder) must never become an `rmtree` of someone else's data.
+    """
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved == base or base not in resolved.parents:
+        raise CamnetError(f"refusing to remove {path}: it resolves to {resolved}, outside output folder {base}")
+    return resolved
+
+
+def remove_inside(path: Path, root: Path) -> None:
+    """Delete the file or folder `path` (a symlink itself, never its target), which must lie inside `root`."""
+    import shutil
+
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink():  # the link's own entry: its folder must be inside root (or root itself)
+        parent, base = path.parent.resolve(), Path(root).resolve()
+        if parent != base and base not in parent.parents:
+            raise CamnetError(f"refusing to remove {path}: outside output folder {base}")
+        path.unlink()
+        return
+    check_inside(path, root)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

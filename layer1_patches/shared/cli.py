@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import signal
 import sys
+
+from layer1_patches.shared import signals
 
 
 def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
@@ -41,6 +45,11 @@ def _needed(commands: tuple[str, ...], argv: list[str] | None) -> tuple[str, ...
     return commands
 
 
+# The file system refused (full, quota, read-only, permissions, hardware): the user's environment, not a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                                errno.EIO})
+
+
 def run(package: str, description: str, commands: tuple[str, ...], argv: list[str] | None = None) -> int:
     """Parse, run the command; a `CamnetError` becomes `error: ...` on stderr and exit status 2."""
     from layer1_patches.shared.errors import CamnetError
@@ -48,11 +57,27 @@ def run(package: str, description: str, commands: tuple[str, ...], argv: list[st
     args = build_parser(package, description, commands, argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    previous = signals.stop_on_signals()
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        signals.check()  # a signal whose exception was swallowed (see `signals`) still ends the command as one
+        return status
     except CamnetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        # A writer without its own handler (a report, a plot): the atomic writers have removed their partial files.
+        from layer1_patches.shared.errors import os_reason
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{os_reason(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, signals.Terminated) else signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(signum).name}; partial output removed, finished outputs "
+              "kept (rerun to continue)", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signals.restore(previous)

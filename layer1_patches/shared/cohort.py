@@ -7,38 +7,82 @@ cohort everywhere. Files pair by stem: `<dir>/<slide stem><suffix>`.
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from layer1_patches.shared.errors import CamnetError
+
+log = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
 
 
+def output_stem(slide: Path) -> str:
+    """The slide's file stem, the one name every layer's outputs derive from, once it is safe as a file name.
+
+    `OUT/<stem>` must name a new entry inside OUT: stem `.` (slide `..tif`) is OUT itself and `..` its parent,
+    which a writer replacing its output folder would delete; a leading dot would hide the output and collide with
+    the writers' own `.<name>.partial` and `.<name>.lock` files.
+    """
+    stem = Path(slide).stem
+    if not stem or stem.startswith(".") or any(ch in stem for ch in "/\\\0"):
+        raise CamnetError(f"slide {slide}: the name {stem!r} cannot name an output (empty, starts with '.', or "
+                          "contains a path separator); rename the file")
+    return stem
+
+
 def discover_slides(patterns: Iterable[str]) -> list[Path]:
-    """Slides from folders (by known suffix), globs or plain paths, sorted and without repeats."""
+    """Slides from folders (by known suffix), globs or plain paths, sorted and without repeats.
+
+    Hidden files in a folder are left out, as `ls` and shell globs do (`._slide.svs` from macOS copies, `..tif`);
+    a path named explicitly must have a usable stem, and two slides may not share a stem (they would share one
+    output).
+    """
     found: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found += [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+            listed = [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+            hidden = [p.name for p in listed if p.name.startswith(".")]
+            if hidden:
+                log.warning("%s: hidden files left out: %s", path, ", ".join(hidden))
+            found += [p for p in listed if not p.name.startswith(".")]
         elif any(ch in pattern for ch in "*?["):
             found += [Path(p) for p in sorted(glob.glob(pattern))]
         else:
             found.append(path)  # missing files fail per slide, with the file named
-    return list(dict.fromkeys(found))
+    slides = list(dict.fromkeys(found))
+    check_stems(slides)
+    return slides
+
+
+def check_stems(slides: list[Path]) -> None:
+    """Every slide's stem is usable and names one slide only (`a/s1.tif` and `b/s1.svs` would share `s1.h5`)."""
+    seen: dict[str, Path] = {}
+    for slide in slides:
+        stem = output_stem(slide)
+        if stem in seen and seen[stem].resolve() != slide.resolve():
+            raise CamnetError(f"slides {seen[stem]} and {slide} have the same name {stem!r}, so they would write "
+                              "one output; rename one or process them into separate output folders")
+        seen.setdefault(stem, slide)
 
 
 def require_slides(patterns: list[str], context: str = "") -> list[Path]:
     """`discover_slides` for a cohort fixed up front (a SLURM array): at least one slide, every one a file."""
-    slides = discover_slides(patterns)
+    try:
+        slides = discover_slides(patterns)
+    except CamnetError as err:
+        raise CamnetError(f"{context}{err}") from None
     if not slides:
         raise CamnetError(f"{context}no slides found in {' '.join(patterns)}")
-    missing = [str(s) for s in slides if not s.is_file()]
-    if missing:
-        raise CamnetError(f"{context}slide {missing[0]}: no such file")
+    for slide in slides:
+        if slide.is_dir():
+            raise CamnetError(f"{context}slide {slide}: is a directory, not a slide file")
+        if not slide.is_file():
+            raise CamnetError(f"{context}slide {slide}: no such file")
     return slides
 
 

@@ -9,3 +9,16 @@ class CamnetError(Exception):
 
 class ConfigError(CamnetError):
     """A config key is unknown, mistyped, out of range or inconsistent with another key."""
+
+
+def os_reason(err: OSError) -> str:
+    """The cause of a failed file operation in a few words ("No space left on device"), for an error line.
+
+    h5py and Keras wrap the system's message in a long multi-line text; the errno says it all.
+    """
+    import os
+
+    if err.errno:
+        return os.strerror(err.errno)
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

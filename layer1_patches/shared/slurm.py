@@ -87,6 +87,9 @@ def recorded_task(out: Path, index: int, slide: str, final: bool = True) -> Iter
     except CamnetError as err:
         record("failed", str(err))
         raise
+    except KeyboardInterrupt as err:  # scancel, a time limit (SIGTERM) or Ctrl-C: the outputs were cleaned up
+        record("failed", f"interrupted by {err or 'SIGINT'}; see its log")
+        raise
     except BaseException as err:  # a bug, Ctrl-C or SystemExit still marks the task failed: `status` must not wait
         record("failed", f"{type(err).__name__}: {err}")
         raise
@@ -131,18 +134,56 @@ def array_sbatch_args(script: Path, manifest_path: Path, manifest: Manifest, ind
     return [*args, *extra, str(script), "--manifest", str(manifest_path)]
 
 
+SQUEUE_TIMEOUT = 60.0  # seconds; a slurmctld this slow is treated as unreachable
+PURGED = "Invalid job id specified"  # squeue -j of one job slurmctld no longer holds (finished, MinJobAge passed)
+
+
+class QueueUnknown(Exception):
+    """squeue could not say which tasks are queued; the message, for the user, says why."""
+
+
+class _Purged(Exception):
+    """squeue refused a job id slurmctld has forgotten: that job has nothing queued."""
+
+
+def _squeue(job_ids: list[str]) -> str:
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T %r"],
+                              capture_output=True, text=True, timeout=SQUEUE_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise QueueUnknown(f"squeue timed out after {SQUEUE_TIMEOUT:g} s") from None
+    except OSError as err:
+        raise QueueUnknown(f"squeue could not run: {err}") from None
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()[0]
+        if PURGED in said:
+            raise _Purged(said)
+        raise QueueUnknown(f"squeue failed: {said}")
+    return proc.stdout
+
+
 def queued_tasks(job_ids: list[str]) -> dict[int, str]:
     """Array index -> "STATE REASON" for tasks of these jobs still pending or running.
 
     The reason matters to users: a task asking for more CPUs than any node has stays PENDING
-    (PartitionConfig) forever.
+    (PartitionConfig) forever. A queue squeue cannot read raises `QueueUnknown`: read as empty, it made
+    `status --resubmit` submit a second task for a slide still pending.
     """
-    if not job_ids or shutil.which("squeue") is None:
-        return {}
-    proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T %r"],
-                          capture_output=True, text=True, timeout=60)
+    ids = list(dict.fromkeys(job_ids))
+    if not ids:
+        return {}  # nothing was submitted: nothing can be queued
+    if shutil.which("squeue") is None:
+        raise QueueUnknown(f"squeue not found, but jobs {', '.join(ids)} were submitted for this output")
+    try:
+        text = _squeue(ids)
+    except _Purged:
+        if len(ids) == 1:
+            return {}
+        # SLURM 22.05 filters a list itself (purged ids are just absent) and fails only for a single id; a
+        # version that refused the whole list for one purged id must not hide the others' queued tasks
+        return {i: s for job in ids for i, s in queued_tasks([job]).items()}
     found: dict[int, str] = {}
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         ident, _, state = line.partition(" ")
         _, sep, index = ident.partition("_")
         if sep and index.isdigit():
@@ -161,20 +202,37 @@ def submitted_jobs(out: Path) -> list[str]:
     path = state_dir(out) / "submissions.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line)["job"] for line in path.read_text().splitlines() if line.strip()]
+    jobs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                jobs.append(str(json.loads(line)["job"]))
+            except (ValueError, KeyError, TypeError):
+                raise CamnetError(f"{path}: malformed line {n}; cannot tell which jobs were submitted") from None
+    return jobs
 
 
 @dataclass(frozen=True)
 class SlideStatus:
     index: int
     slide: str
-    status: str  # finished, running, pending, failed, missing
+    status: str  # finished, running, pending, failed, missing, unknown (squeue did not answer)
     detail: str = ""
 
 
 def cohort_status(out: Path, slides: list[str], finished: list[bool]) -> list[SlideStatus]:
-    """Per manifest index: the output decides `finished`; otherwise task state files and squeue."""
-    queued = queued_tasks(submitted_jobs(out))
+    """Per manifest index: the output decides `finished`; otherwise task state files and squeue.
+
+    When squeue cannot be read, an unfinished slide is `unknown`: a `failed` state file may be that of an
+    earlier run whose resubmission is pending, and a `missing` slide may be queued.
+    """
+    queued: dict[int, str] = {}
+    unknown = ""
+    if not all(finished):  # a finished cohort needs no squeue
+        try:
+            queued = queued_tasks(submitted_jobs(out))
+        except QueueUnknown as err:
+            unknown = str(err)
     result = []
     for index, (slide, done) in enumerate(zip(slides, finished, strict=True)):
         task = read_task_state(out, index)
@@ -182,6 +240,8 @@ def cohort_status(out: Path, slides: list[str], finished: list[bool]) -> list[Sl
             task = None  # written for another slide: the manifest was rewritten (new slides, changed sizes)
         if done:
             result.append(SlideStatus(index, slide, "finished"))
+        elif unknown:
+            result.append(SlideStatus(index, slide, "unknown", unknown))
         elif index in queued:
             state = queued[index]
             running = state.startswith("RUNNING")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layer1_patches.shared.cli import add_overrides
-from layer1_patches.shared.cohort import discover_slides
+from layer1_patches.shared.cohort import check_stems, discover_slides
 from layer1_patches.shared.errors import CamnetError
 from layer3_inference.config import load_heatmap_config
 from layer3_inference.model import read_spec
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     slides = [args.slide] if args.slide is not None else discover_slides(args.slides)
     if not slides:
         raise CamnetError(f"no slides found in {' '.join(args.slides)}")
+    check_stems(slides)  # before TensorFlow loads: a slide named `..tif` would name OUT's parent
+    if args.slide is not None and args.slide.is_dir():
+        raise CamnetError(f"slide {args.slide}: is a directory, not a slide file (a folder of slides goes to --slides)")
     from layer3_inference.infer import heatmap_cohort
 
     run = heatmap_cohort(spec, slides, args.out, cfg, args.overwrite, strict=args.slide is not None)

@@ -2,6 +2,8 @@
 
 Works without SLURM accounting (sacct): a job SLURM has forgotten is judged by its outputs alone. Stage times
 seen in scontrol are kept in OUT/pipeline/timings.json, so the report still has them after SLURM forgets.
+When scontrol or squeue cannot be asked (slurmctld down, a timeout), an unfinished stage is `unknown`, not
+`failed`: its job may still be queued.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from layer1_patches.shared.atomic import read_json_object, write_json_atomic
 from layer1_patches.shared.manifest import Manifest
-from layer1_patches.shared.slurm import cohort_status
+from layer1_patches.shared.slurm import PURGED, cohort_status
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment
 from layer3_inference.pipeline.layout import Layout
@@ -24,13 +26,15 @@ from layer3_inference.pipeline.stages import STAGES
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE"})
+SCONTROL_TIMEOUT = 30.0  # seconds; past this, the job's state is unknown
+ARRAY_STATES = ("finished", "running", "pending", "failed", "missing", "unknown")  # of `cohort_status` rows
 
 
 @dataclass(frozen=True)
 class StageStatus:
     stage: str
     job: str
-    state: str  # finished, running, pending, failed, not submitted, not run, disabled
+    state: str  # finished, running, pending, failed, unknown, not submitted, not run, disabled
     detail: str = ""
 
 
@@ -52,15 +56,28 @@ def parse_scontrol(text: str) -> list[dict[str, str]]:
     return records
 
 
-def scontrol(job: str) -> list[dict[str, str]]:
-    if not job or shutil.which("scontrol") is None:
-        return []
+def scontrol_records(job: str) -> tuple[list[dict[str, str]], str]:
+    """(the job's records, "") or ([], why scontrol could not say). A job slurmctld has forgotten ("Invalid job
+    id specified") has no records and no problem: its outputs decide."""
+    if not job:
+        return [], ""
+    if shutil.which("scontrol") is None:
+        return [], f"scontrol not found, but job {job} was submitted"
     try:
-        proc = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return parse_scontrol(proc.stdout) if proc.returncode == 0 else []
+        proc = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                              timeout=SCONTROL_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return [], f"scontrol timed out after {SCONTROL_TIMEOUT:g} s"
+    except OSError as err:
+        return [], f"scontrol could not run: {err}"
+    if proc.returncode == 0:
+        return parse_scontrol(proc.stdout), ""
+    said = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()[0]
+    return [], "" if PURGED in said else f"scontrol failed: {said}"
+
+
+def scontrol(job: str) -> list[dict[str, str]]:
+    return scontrol_records(job)[0]
 
 
 def _time(value: str | None) -> float | None:
@@ -102,7 +119,7 @@ def _array_detail(exp: Experiment, stage: str, manifest: Manifest | None) -> tup
     done = stages.entries_done(stage, exp, manifest)
     rows = cohort_status(stages.array_output(stage, exp), [e.slide for e in manifest.entries], done)
     counts = Counter(r.status for r in rows)
-    text = ", ".join(f"{counts[k]} {k}" for k in ("finished", "running", "pending", "failed", "missing") if counts[k])
+    text = ", ".join(f"{counts[k]} {k}" for k in ARRAY_STATES if counts[k])
     first_error = next((f"{Path(r.slide).name}: {r.detail}" for r in rows if r.status == "failed"), "")
     return all(done), text, first_error
 
@@ -124,7 +141,8 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
             done, detail, error = _array_detail(exp, stage, manifest)
         else:
             done, detail, error = stages.finished(stage, exp, manifest), "", ""
-        state, reason = job_summary(scontrol(job)) if job and not local else ("", "")
+        records, unknown = scontrol_records(job) if job and not local else ([], "")
+        state, reason = job_summary(records)
         # a queued or running job is about to rewrite its outputs: those of an earlier run are not "finished"
         if state not in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING") and done:
             result.append(StageStatus(stage, job, "finished", detail))
@@ -142,6 +160,8 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
             else:
                 extra = "; ".join(filter(None, [detail, error or reason, f"logs in {layout.logs}"]))
                 result.append(StageStatus(stage, job, "failed", f"{state}: {extra}"))
+        elif unknown:  # the job may still be queued: "failed" would invite submitting the chain again
+            result.append(StageStatus(stage, job, "unknown", "; ".join(filter(None, [detail, unknown]))))
         else:
             result.append(StageStatus(stage, job, "failed", "no outputs and SLURM no longer knows the job"))
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from layer1_patches.store import PatchStore, partial_path
+from layer1_patches.store import PatchStore
 from tests.helpers import assert_one_error
 
 from .conftest import CMU, DATA, REPO, run_cli
@@ -144,7 +145,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "layer1_patches", *args, "--out", str(killed)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = partial_path(killed / "CMU-1-Small-Region.h5")
+    partial = killed / f".CMU-1-Small-Region.h5.{socket.gethostname().split('.')[0]}-{proc.pid}.partial"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 200_000):
         time.sleep(0.05)
@@ -152,8 +153,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     proc.wait()
     assert partial.exists(), "extraction finished before it could be killed; make it slower"
     assert not (killed / "CMU-1-Small-Region.h5").exists()
+    assert (killed / ".CMU-1-Small-Region.h5.lock").exists()  # the killed writer's lock: dead, so taken over
     assert run_cli(*args, "--out", str(killed)).returncode == 0
-    assert not partial.exists()
+    assert sorted(p.name for p in killed.iterdir()) == ["CMU-1-Small-Region.h5"]  # partial and lock gone
     clean = tmp_path / "clean"
     assert run_cli(*args, "--out", str(clean)).returncode == 0
     with PatchStore(killed / "CMU-1-Small-Region.h5") as a, PatchStore(clean / "CMU-1-Small-Region.h5") as b:
@@ -199,3 +201,40 @@ def test_hyphenated_command_imports_only_its_module() -> None:
     from layer2_training.cli import COMMANDS
 
     assert _needed(COMMANDS, ["fetch-weights", "--backbone", "resnet50"]) == ("fetch_weights",)
+
+
+def test_directory_given_as_a_slide_says_it_is_a_directory(tmp_path: Path) -> None:
+    # Regression (issue 13): `extract --slide DIR` said "no such file" about a folder that exists.
+    (tmp_path / "x.svs").mkdir()
+    proc = run_cli("extract", "--config", str(REPO / "configs" / "layer1" / "dense.yaml"), "--slide",
+                   str(tmp_path / "x.svs"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: slide {tmp_path / 'x.svs'}: is a directory, not a slide "
+                                                "file (a folder of slides goes to --slides)"]
+
+
+def test_extract_of_two_slides_with_one_stem_fails_naming_both(tmp_path: Path) -> None:
+    # Regression (issue 13): a/slide1 and b/slide1 wrote one slide1.h5, the other reported `skipped`, exit 0.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "slide1.svs").write_bytes(CMU.read_bytes())
+    proc = run_cli("extract", "--config", str(REPO / "configs" / "layer1" / "dense.yaml"), "--slides",
+                   str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: slides {tmp_path / 'a' / 'slide1.svs'} and {tmp_path / 'b' / 'slide1.svs'} have the same name "
+        "'slide1', so they would write one output; rename one or process them into separate output folders")
+
+
+def test_finished_store_of_another_slide_with_the_same_name_is_an_error_not_a_skip(tmp_path: Path) -> None:
+    # Regression (issue 13): the second of two same-named slides, run separately, was `skipped` as finished.
+    config = str(REPO / "configs" / "layer1" / "dense.yaml")
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / CMU.name
+    twin.write_bytes(CMU.read_bytes())
+    assert run_cli("extract", "--config", config, "--slide", str(CMU), "--out", str(tmp_path / "out")).returncode == 0
+    proc = run_cli("extract", "--config", config, "--slide", str(twin), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out' / 'CMU-1-Small-Region.h5'}: finished from slide {CMU.resolve()}, not {twin} (two "
+        "slides of one name, or a moved cohort); pass --overwrite to redo it from this slide"]

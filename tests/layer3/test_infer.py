@@ -114,3 +114,82 @@ def test_finished_slides_are_skipped_and_config_changes_refused(one_slide, tiny_
     other = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{"grid.stride": 32}))
     with pytest.raises(CamnetError, match="different config"):
         heatmap_slide(HeatmapRequest(req.slide, req.out_dir, other), read_spec(tiny_run), model_fn, Ranks())
+
+
+def test_finished_folder_missing_a_listed_file_is_redone_not_skipped(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
+                                                                     model_fn, tmp_path: Path) -> None:
+    # Regression (issue 13): a folder whose summary.json existed was "finished" even when heatmap.png was missing
+    # (two writers had interleaved); the summary now lists every file, and all must exist.
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    req = HeatmapRequest(synth_slides[1], tmp_path / "out", cfg)
+    assert heatmap_slide(req, read_spec(tiny_run), model_fn, Ranks()).status == "done"
+    final = tmp_path / "out" / synth_slides[1].stem
+    listed = json.loads((final / "summary.json").read_text())["files"]
+    assert sorted(listed) == sorted(p.name for p in final.iterdir()) and "heatmap.png" in listed
+    (final / "heatmap.png").unlink()
+    again = heatmap_slide(req, read_spec(tiny_run), model_fn, Ranks())
+    assert again.status == "done" and (final / "heatmap.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [final.name]  # no lock, no partial left
+
+
+def test_model_path_spelled_relative_or_absolute_is_one_model(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
+                                                               model_fn, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression (issue 13): resuming with `--model run` after `--model /abs/run` was refused as "finished with a
+    # different config or model"; identity is the resolved path and the model file's content hash.
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    req = HeatmapRequest(synth_slides[1], tmp_path / "out", cfg)
+    assert heatmap_slide(req, read_spec(tiny_run), model_fn, Ranks()).status == "done"
+    monkeypatch.chdir(tiny_run.parent)
+    relative = read_spec(Path(tiny_run.name))
+    assert not relative.model_file.is_absolute()
+    assert heatmap_slide(req, relative, model_fn, Ranks()).status == "skipped"
+    assert json.loads((tmp_path / "out" / synth_slides[1].stem / "summary.json").read_text())["model"][
+        "model_sha256"] == relative.model_sha256
+
+
+def test_model_re_exported_into_the_same_run_dir_is_another_model(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
+                                                                   model_fn, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    req = HeatmapRequest(synth_slides[1], tmp_path / "out", cfg)
+    assert heatmap_slide(req, read_spec(run), model_fn, Ranks()).status == "done"
+    with open(run / "export" / "model.keras", "ab") as f:
+        f.write(b"\0")  # same path, same sidecar, other bytes
+    with pytest.raises(CamnetError, match="different config or model"):
+        heatmap_slide(req, read_spec(run), model_fn, Ranks())
+
+
+def test_finished_heatmap_of_another_slide_with_the_same_name_is_an_error_not_a_skip(  # type: ignore[no-untyped-def]
+        tiny_run: Path, synth_slides: list[Path], model_fn, tmp_path: Path) -> None:
+    import shutil
+
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    assert heatmap_slide(HeatmapRequest(synth_slides[1], tmp_path / "out", cfg), read_spec(tiny_run), model_fn,
+                         Ranks()).status == "done"
+    twin = tmp_path / "b" / synth_slides[1].name
+    twin.parent.mkdir()
+    shutil.copy(synth_slides[1], twin)
+    with pytest.raises(CamnetError, match=f"finished from slide .*, not {twin}"):
+        heatmap_slide(HeatmapRequest(twin, tmp_path / "out", cfg), read_spec(tiny_run), model_fn, Ranks())
+
+
+def test_second_writer_of_a_heatmap_is_told_who_holds_it(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
+                                                         model_fn, tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from layer1_patches.shared.locks import OutputBusy
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / f".{synth_slides[1].stem}.lock"
+    holder = {"host": socket.gethostname().split(".")[0], "pid": os.getppid(), "job": "77", "time": 0}
+    lock.write_text(json.dumps(holder))  # a live process on this host (our parent) holds it
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    with pytest.raises(OutputBusy, match=f"being written by .*/pid {os.getppid()}, SLURM job 77"):
+        heatmap_slide(HeatmapRequest(synth_slides[1], out, cfg), read_spec(tiny_run), model_fn, Ranks())
+    assert sorted(p.name for p in out.iterdir()) == [lock.name]  # nothing written, the holder's lock kept

@@ -235,6 +235,7 @@ def _written_geojson(tmp_path: Path, probs: np.ndarray) -> tuple[dict[str, Any],
                      np.full((65, 100, 3), 220, np.uint8), (2.0, 2.0))
     cfg = HeatmapConfig()
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, map_downsample=16.0, geojson_tiles=True))
+    (tmp_path / "model.keras").write_bytes(b"not a real model: only hashed")
     spec = ModelSpec(tmp_path, tmp_path / "model.keras", 32, 0.5, 0, 0.5, "hand", "test")
     out = SlideOutput(info, grid, probs, cfg, spec, 0.5, "digest", {"infer_s": 1.0}, 1, 0.0)
     final = tmp_path / "out" / "edge"

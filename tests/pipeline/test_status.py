@@ -1,15 +1,32 @@
 """`layer3_inference/pipeline/status.py` on hand-written `scontrol show job -o` output (Slurm 22.05 layout).
 
-No SLURM is needed: the parsing and the state/time rules are pure functions of the text.
+No SLURM is needed: the parsing and the state/time rules are pure functions of the text, and `stage_status`
+runs against stand-in `scontrol` and `squeue` executables first on PATH.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
-from layer3_inference.pipeline.status import StageStatus, format_status, job_summary, job_times, parse_scontrol
+from layer1_patches.shared.atomic import write_json_atomic
+from layer1_patches.shared.slurm import record_submission
+from layer3_inference.pipeline import stages
+from layer3_inference.pipeline.config import load_experiment
+from layer3_inference.pipeline.layout import Layout
+from layer3_inference.pipeline.status import (
+    StageStatus,
+    format_status,
+    job_summary,
+    job_times,
+    parse_scontrol,
+    stage_status,
+)
+
+from .conftest import write_experiment
 
 USER = "UserId=camnet(1000) GroupId=camnet(1000) MCS_label=N/A Priority=4294901757 Nice=0 Account=(null) QOS=(null)"
 TAIL = ("Partition=debug AllocNode:Sid=head:4242 ReqNodeList=(null) ExcNodeList=(null) NumNodes=1 NumCPUs=1 "
@@ -152,3 +169,43 @@ def test_format_status_table() -> None:
         "heatmap          -  not submitted",
         "summary: 2 finished, 1 pending, 1 not submitted",
     ])
+
+
+# --- stage_status when SLURM does not answer ---------------------------------------------------------------
+
+
+def test_unreachable_slurm_makes_unfinished_stages_unknown_not_failed(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 13, item 4): a failing scontrol/squeue read as "SLURM no longer knows the job" reported
+    a queued chain as failed (and `pipeline demo` gave up on it). A job slurmctld has purged still is judged by
+    its outputs alone."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("a.svs", "b.svs"):
+        (slides / name).write_bytes(b"not opened by status")
+    exp = load_experiment(write_experiment(tmp_path / "exp.yaml", name="st", slides=[str(slides)],
+                                           out=str(tmp_path / "out")))
+    stages.write_manifests(exp)
+    layout = Layout(exp.out)
+    write_json_atomic(layout.jobs, {"mode": "slurm", "jobs": {"layer1": "500", "index": "501"}})
+    record_submission(layout.patches, "500", [0, 1])
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+
+    def answer(line: str) -> None:
+        for name in ("scontrol", "squeue"):
+            (tools / name).write_text(f"#!/bin/bash\necho '{line}' >&2\nexit 1\n")
+            (tools / name).chmod(0o755)
+
+    answer("slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+    rows = {r.stage: r for r in stage_status(exp)}
+    cause = "scontrol failed: slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
+    assert (rows["layer1"].state, rows["layer1"].detail) == ("unknown", f"2 unknown; {cause}")
+    assert (rows["index"].state, rows["index"].detail) == ("unknown", cause)
+    assert rows["layer2"].state == "not submitted"
+
+    answer("slurm_load_jobs error: Invalid job id specified")
+    rows = {r.stage: r for r in stage_status(exp)}
+    assert (rows["layer1"].state, rows["index"].state) == ("failed", "failed")
+    assert rows["layer1"].detail == "no outputs and SLURM no longer knows the job"

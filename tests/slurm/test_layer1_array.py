@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer1_patches.store import PatchStore, partial_path
+from layer1_patches.store import PatchStore
 
 from ..conftest import SlurmCluster
 
@@ -103,16 +103,19 @@ def test_scancel_a_running_task_then_resubmit(slurm_cluster: SlurmCluster, tmp_p
             "--set", "output.gzip_level=9"]
     job = job_id(cli(slurm_cluster, "submit", "--config", "configs/layer1/dense.yaml", "--slides", str(CMU),
                      "--out", str(out), *slow))
-    partial = partial_path(out / "CMU-1-Small-Region.h5")
+    def partial() -> Path | None:
+        return next(out.glob(".CMU-1-Small-Region.h5.*.partial"), None)
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 100_000):
+    while time.monotonic() < deadline and not ((p := partial()) and p.stat().st_size > 100_000):
         time.sleep(0.2)
-    assert partial.exists(), "the task finished or never started before it could be cancelled"
+    assert partial(), "the task finished or never started before it could be cancelled"
     slurm_cluster.run(["scancel", job])
     assert slurm_cluster.wait(job, timeout=60) == "CANCELLED"
     rows, text = status_rows(slurm_cluster, out / "manifest.json")
-    assert rows == {"CMU-1-Small-Region.svs": "failed"} and "interrupted" in text, text
+    assert rows == {"CMU-1-Small-Region.svs": "failed"} and "interrupted by SIGTERM" in text, text
     assert not (out / "CMU-1-Small-Region.h5").exists()
+    assert partial() is None and not (out / ".CMU-1-Small-Region.h5.lock").exists()  # SIGTERM cleaned up
     proc = cli(slurm_cluster, "status", "--manifest", str(out / "manifest.json"), "--resubmit")
     assert slurm_cluster.wait(proc.stdout.split("as job ")[1].split(":")[0], timeout=300) == "COMPLETED"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["CMU-1-Small-Region.h5", "manifest.json"]

@@ -11,9 +11,11 @@ from layer1_patches.shared.atomic import (
     atomic_path,
     partial_path,
     read_json_object,
+    remove_inside,
     write_json_atomic,
     write_text_atomic,
 )
+from layer1_patches.shared.errors import CamnetError
 
 
 def test_partial_path_is_hidden_beside_the_final() -> None:
@@ -116,3 +118,30 @@ def test_read_json_object_of_missing_file_or_folder_is_empty(tmp_path: Path) -> 
     assert read_json_object(tmp_path / "missing.json") == {}
     assert read_json_object(tmp_path / "no" / "such" / "dir.json") == {}
     assert read_json_object(tmp_path) == {}  # a folder
+
+
+def test_remove_inside_refuses_the_folder_itself_and_its_parent(tmp_path: Path) -> None:
+    # Regression (issue 13): output folder OUT/<stem> with stem '.' or '..' is OUT or its parent; rmtree on it
+    # deleted every other slide's output, or OUT's siblings.
+    out = tmp_path / "out"
+    (out / "other").mkdir(parents=True)
+    canary = tmp_path / "canary"
+    canary.write_text("keep")
+    for victim in (out / ".", out / "..", out / "other" / ".." / ".."):
+        with pytest.raises(CamnetError, match="refusing to remove .*outside output folder"):
+            remove_inside(victim, out)
+    assert canary.read_text() == "keep" and (out / "other").is_dir()
+
+
+def test_remove_inside_removes_a_link_never_its_target(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    out.mkdir()
+    (out / "slide1").symlink_to(elsewhere)
+    remove_inside(out / "slide1", out)
+    assert not (out / "slide1").exists() and (elsewhere / "data").is_dir()
+    (out / "sub").mkdir()
+    (out / "sub" / "f").write_text("x")
+    remove_inside(out / "sub", out)
+    assert not (out / "sub").exists()
+    remove_inside(out / "gone", out)  # nothing there: fine

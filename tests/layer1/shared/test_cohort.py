@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from layer1_patches.shared.cohort import (
     discover_slides,
     find_annotation,
     find_mask,
+    output_stem,
     pair_annotations,
     require_slides,
 )
@@ -130,3 +132,40 @@ def test_pair_annotations_with_a_missing_folder_is_an_error(tmp_path: Path) -> N
     (tmp_path / "file").write_text("")
     with pytest.raises(CamnetError, match="no such folder"):
         pair_annotations([Path("/d/a.svs")], tmp_path / "file")
+
+
+# --- output names (issue 13) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..tif", "...tif", ".tif", ".hidden.svs"])
+def test_slide_named_dot_dot_tif_is_refused_naming_the_file(tmp_path: Path, name: str) -> None:
+    # Regression: `heatmap` on `..tif` (stem '.') rmtree'd OUT itself, on `...tif` (stem '..') OUT's parent.
+    (slide,) = _touch(tmp_path, name)
+    with pytest.raises(CamnetError, match=rf"slide {re.escape(str(slide))}: the name .* cannot name an output"):
+        output_stem(slide)
+    with pytest.raises(CamnetError, match="cannot name an output"):
+        discover_slides([str(slide)])
+
+
+def test_folder_listing_leaves_out_hidden_slides_like_dot_dot_tif(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: `--slides DIR` picked up `..tif` and `...tif` from the listing.
+    _touch(tmp_path, "..tif", "...tif", "._a.svs", "a.svs")
+    assert discover_slides([str(tmp_path)]) == [tmp_path / "a.svs"]
+    assert "hidden files left out: ...tif, ..tif, ._a.svs" in caplog.text
+
+
+def test_two_slides_with_one_stem_are_refused_naming_both(tmp_path: Path) -> None:
+    # Regression: `extract --slides a/ b/` with a/slide1.tif and b/slide1.tif wrote one slide1.h5 and called the
+    # other "skipped"; `submit` would have run two array tasks on one file.
+    a = _touch(tmp_path / "a", "slide1.tif")[0]
+    b = _touch(tmp_path / "b", "slide1.svs")[0]
+    with pytest.raises(CamnetError, match=f"slides {re.escape(str(a))} and {re.escape(str(b))} have the same name"):
+        discover_slides([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(CamnetError, match="config key 'slides': slides .* have the same name 'slide1'"):
+        require_slides([str(tmp_path / "a"), str(tmp_path / "b")], "config key 'slides': ")
+
+
+def test_one_slide_named_twice_is_one_slide(tmp_path: Path) -> None:
+    a = _touch(tmp_path / "a", "slide1.tif")[0]
+    assert discover_slides([str(a), str(tmp_path / "a" / ".." / "a" / "slide1.tif")])[0] == a
