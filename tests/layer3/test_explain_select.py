@@ -84,7 +84,7 @@ def write_heatmap(out: Path, stem: str, coords: np.ndarray, prob: np.ndarray, fi
         f.attrs.update({"slide_name": stem, "slide_path": "/nowhere.tif", "width": 128, "height": 128,
                         "mpp": 0.5, "level": 0, "footprint": SIZE, "threshold": 0.5})
     if finished:
-        (d / "summary.json").write_text(json.dumps({"run_hash": "x"}))
+        (d / "summary.json").write_text(json.dumps({"run_hash": "x", "files": ["probabilities.h5", "summary.json"]}))
     return d
 
 

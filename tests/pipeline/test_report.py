@@ -48,8 +48,8 @@ def computed(tmp_path: Path) -> Path:
                                                                      "accuracy": 0.9, "threshold": 0.5}}))
     for s, score in zip(SLIDES, (0.97, 0.91, 0.2), strict=True):
         (layout.heatmaps / s).mkdir(parents=True)
-        (layout.heatmaps / s / "summary.json").write_text(to_json(heatmap_summary(s, run_hash="h", patches=321,
-                                                                                  slide_score=score)))
+        (layout.heatmaps / s / "summary.json").write_text(to_json(heatmap_summary(
+            s, run_hash="h", patches=321, slide_score=score, files=["summary.json"])))
     layout.evaluate.mkdir()
     (layout.evaluate / "cohort.csv").write_text(
         "slide,label,slide_score,pixel_auc,dice,iou,patches\npatient_000_node_0,1,0.97,0.95,0.812345,0.7,321\n"
