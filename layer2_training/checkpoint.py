@@ -8,14 +8,23 @@ Preemption (SIGTERM, or SIGUSR1 from SLURM's `--signal=B:USR1@300`): all ranks a
 boundary, rank 0 saves the exact position (epoch, step) and the run exits with status 0 after writing
 `preempted.json`; `slurm/layer2_train.sbatch` requeues the job, and the same command resumes mid-epoch
 from that position (the epoch plan is a pure function of the epoch, so no sample is lost or repeated).
-The marker stays while the run is unfinished and is removed once a rerun has trained all epochs.
+The marker stays while the run is unfinished and is removed once a rerun has trained all epochs. A signal seen
+after an epoch's last batch stops the run once that epoch is finished (validated, saved at the next epoch's
+start): a position at the end of an epoch would leave a resumed `fit` zero steps, which Keras refuses.
+
+A save that fails (full disk, read-only file system) is one error line naming the checkpoint folder; the files
+it had begun are removed and the `checkpoint` pointer still names the previous checkpoint, which a rerun after
+freeing space resumes from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
+import io
 import logging
+import os
+import re
 import signal
 import threading
 import time
@@ -24,7 +33,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from layer2_training.distributed import Dist, any_rank, average_variables, updated_state
+from layer1_patches.shared.atomic import atomic_path, remove_inside
+from layer1_patches.shared.errors import CamnetError, os_reason
+from layer2_training import rundir
+from layer2_training.distributed import Dist, any_rank, average_variables, on_chief, updated_state
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted.json"
@@ -62,7 +74,7 @@ class TrainState:
     def save_last(self, epoch: int, step: int) -> str:
         self.epoch.assign(epoch)
         self.step.assign(step)
-        return str(self.last.save())
+        return save(self.last)
 
     def improved(self, value: float) -> bool:
         best = float(self.best.numpy())
@@ -70,7 +82,7 @@ class TrainState:
 
     def save_best(self, value: float) -> str:
         self.best.assign(value)
-        return str(self.best_manager.save())
+        return save(self.best_manager)
 
     def restore_best(self) -> bool:
         path = self.best_manager.latest_checkpoint or self.last.latest_checkpoint
@@ -78,6 +90,50 @@ class TrainState:
             return False
         self.ckpt.restore(path).expect_partial()
         return True
+
+
+def write_reason(err: Exception) -> str:
+    """The system's words for a failed write: TensorFlow's I/O errors end "<file>; No space left on device
+    [Op:SaveV2]" and carry no errno."""
+    if isinstance(err, OSError):
+        return os_reason(err)
+    text = re.sub(r"\s*\[Op:\w+\]\s*$", "", str(getattr(err, "message", err)).strip())
+    return text.rsplit("; ", 1)[-1].splitlines()[0] if text else type(err).__name__
+
+
+def _names(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def save(manager: tf.train.CheckpointManager) -> str:
+    """A new checkpoint in `manager`'s folder; on failure, one error line and nothing new left behind."""
+    folder = Path(manager.directory)
+    before = _names(folder)
+    try:
+        return str(manager.save())
+    except BaseException as err:  # Ctrl-C too: its half checkpoint goes as well
+        discard_unreferenced(folder, before)
+        if isinstance(err, OSError | tf.errors.OpError):
+            raise CamnetError(f"output {folder}: cannot write checkpoint ({write_reason(err)})") from None
+        raise
+
+
+def discard_unreferenced(folder: Path, before: set[str]) -> None:
+    """Remove what a failed save added to `folder` (a `ckpt-N_temp` folder, `ckpt-N` files, the pointer's
+    temporary file), except a checkpoint the `checkpoint` pointer names: TF renames the pointer into place
+    before its second, final rewrite, so a save can fail after its checkpoint became the latest."""
+    state = None
+    with contextlib.suppress(tf.errors.OpError, ValueError):
+        state = tf.train.get_checkpoint_state(str(folder))
+    kept = {Path(p).name for p in state.all_model_checkpoint_paths} if state else set()
+    for name in _names(folder) - before:
+        if state and (name == "checkpoint" or name.split(".")[0] in kept):
+            continue
+        with contextlib.suppress(OSError):  # a read-only folder: nothing was written to remove
+            remove_inside(folder / name, folder)
 
 
 class SignalFlag:
@@ -96,13 +152,27 @@ class SignalFlag:
         self.event.set()
 
 
-def append_history(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def history_text(path: Path, row: dict[str, Any]) -> str:
+    """The history CSV with one epoch's row added, replacing any row of that epoch or later ones (a rerun that
+    repeats an epoch), with the union of the columns, so that a history written before a column existed stays
+    aligned ("" where a value is missing)."""
+    rows: list[dict[str, Any]] = []
+    with contextlib.suppress(FileNotFoundError):
+        rows = [r for r in csv.DictReader(io.StringIO(path.read_text())) if _before(r, row["epoch"])]
+    rows.append(row)
+    fields = list(row) + [k for r in rows for k in r if k not in row and k is not None]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(fields)), restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _before(row: dict[str, Any], epoch: int) -> bool:
+    try:
+        return float(row.get("epoch") or "") < epoch
+    except ValueError:
+        return True  # no epoch number: not a row a rerun repeats, keep it
 
 
 class CheckpointCallback(tf.keras.callbacks.Callback):
@@ -115,6 +185,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         self.start, self.lr_of_step = start, lr_of_step
         self.epoch = start[0]
         self.t0, self.train_seconds = time.perf_counter(), 0.0
+        self.stop_after_epoch = False
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002 - Keras'
         self.epoch = epoch
@@ -128,25 +199,42 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:  # noqa: ARG002
         if not any_rank(self.dist, self.flag.event.is_set()):
             return
+        if batch + 1 == (getattr(self, "params", None) or {}).get("steps"):
+            self.stop_after_epoch = True  # the epoch's last batch: finish the epoch, then stop (module doc)
+            return
         offset = self.start[1] if self.epoch == self.start[0] else 0
-        step = offset + batch + 1
-        if self.dist.is_chief:
-            path = self.state.save_last(self.epoch, step)
-            marker = {"epoch": self.epoch, "step": step, "signal": self.flag.signum, "checkpoint": path}
-            (self.run_dir / PREEMPTED).write_text(json.dumps(marker))
-        raise Preempted(f"epoch {self.epoch} step {step}")
+        epoch, step = self.epoch, offset + batch + 1
+        on_chief(self.dist, lambda: self._mark_preempted(epoch, step, self.state.save_last(epoch, step)))
+        raise Preempted(f"epoch {epoch} step {step}")
+
+    def _mark_preempted(self, epoch: int, step: int, checkpoint: str) -> None:
+        marker = {"epoch": epoch, "step": step, "signal": self.flag.signum, "checkpoint": checkpoint}
+        rundir.write_json(self.run_dir / PREEMPTED, marker)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         average_variables(self.dist, updated_state(self.model))
-        if not self.dist.is_chief:
-            return
-        value = logs.get(self.monitor)
-        if value is not None and self.state.improved(float(value)):
-            self.state.save_best(float(value))
-        self.state.save_last(epoch + 1, 0)
+        on_chief(self.dist, lambda: self._save_epoch(epoch, logs))
+        if self.stop_after_epoch:
+            raise Preempted(f"epoch {epoch + 1} step 0")
+
+    def _save_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Rank 0: the epoch's history row, best and last checkpoints."""
         iterations = int(self.model.optimizer.iterations.numpy())
-        row = {"epoch": epoch + 1, "lr": float(self.lr_of_step(iterations)), "iterations": iterations,
+        # a run resumed mid-epoch trained (and measured) this epoch from that step on only
+        resumed = self.start[1] if epoch == self.start[0] and self.start[1] else ""
+        row = {"epoch": epoch + 1, "resumed_at_step": resumed, "lr": float(self.lr_of_step(iterations)),
+               "iterations": iterations,
                "train_seconds": round(self.train_seconds or time.perf_counter() - self.t0, 3),
                **{k: float(v) for k, v in sorted(logs.items())}}
-        append_history(self.run_dir / "history.csv", row)
+        history = self.run_dir / "history.csv"
+        # the row is written first, so that a full disk fails before any checkpoint, and renamed into place last:
+        # a row in the history means its epoch is saved
+        with rundir.writing(history), atomic_path(history) as staged:
+            staged.write_text(history_text(history, row))
+            value = logs.get(self.monitor)
+            if value is not None and self.state.improved(float(value)):
+                self.state.save_best(float(value))
+            path = self.state.save_last(epoch + 1, 0)
+        if self.stop_after_epoch:
+            self._mark_preempted(epoch + 1, 0, path)

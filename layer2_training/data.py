@@ -14,6 +14,7 @@ several groups in parallel, then cut into the planned batches and augmented in t
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from layer1_patches.index import DatasetIndex
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.store import PatchStore
 from layer2_training.config import DataConfig
 
@@ -250,8 +251,11 @@ class BatchReader:
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
             name = self.record_dir / f"{self.split.name}_rank{self.rank}_epoch{int(epoch)}.txt"
-            with self._lock, name.open("a") as f:
-                f.write("".join(f"{i}\n" for i in ids))
+            try:
+                with self._lock, name.open("a") as f:
+                    f.write("".join(f"{i}\n" for i in ids))
+            except OSError as err:
+                raise CamnetError(f"output {name}: cannot write ({os_reason(err)})") from None
         bounds = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).astype(np.int64)
         return images, labels, bounds
 
@@ -308,3 +312,10 @@ def make_dataset(reader: BatchReader, start: tuple[int, int], epochs: int, steps
     ds = ds.flat_map(split)
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(cfg.prefetch)
+
+
+def data_error(err: Exception) -> CamnetError | None:
+    """The `CamnetError` raised in a reader thread (a damaged store, a full disk), which TensorFlow hands back as
+    an `UnknownError` carrying its text: the one error line it was, instead of a TensorFlow traceback."""
+    found = re.search(r"CamnetError: (.+)", str(err))
+    return CamnetError(found.group(1).strip()) if found else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,3 +105,33 @@ def average_variables(dist: Dist, variables: list[Any]) -> None:
 
     for i, var in enumerate(variables):
         var.assign(hvd_tf.allreduce(var, op=hvd_tf.Average, name=f"camnet_avg_{i}"))
+
+
+class ChiefFailed(Exception):
+    """Raised on the other ranks when rank 0 failed (its error line says why), so that every rank stops."""
+
+
+def chief_ok(dist: Dist, ok: bool) -> bool:
+    """Rank 0's `ok` on every rank; the other ranks' values are ignored."""
+    if dist.hvd is None:
+        return ok
+    import horovod.tensorflow as hvd_tf
+
+    value = hvd_tf.broadcast(tf.constant(1 if ok else 0, dtype=tf.int32), root_rank=0, name="camnet_chief_ok")
+    return bool(int(value))
+
+
+def on_chief(dist: Dist, action: Callable[[], object]) -> None:
+    """Run `action` (a write to the run dir, taking its lock) on rank 0 only; if it fails, every rank stops.
+
+    Rank 0 re-raises its exception (one error line), the others raise `ChiefFailed`. Without this the other
+    ranks would wait for rank 0 in their next collective until the launcher noticed it had exited.
+    """
+    try:
+        if dist.is_chief:
+            action()
+    except BaseException:
+        chief_ok(dist, False)
+        raise
+    if not chief_ok(dist, True):
+        raise ChiefFailed(f"rank {dist.rank}: stopped because rank 0 failed (its error line says why)")

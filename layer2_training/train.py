@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +24,7 @@ from layer2_training import data, metrics, rundir
 from layer2_training.augment import make_transform
 from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
 from layer2_training.config import Layer2Config
-from layer2_training.distributed import Dist, broadcast_variables, wrap_optimizer
+from layer2_training.distributed import Dist, broadcast_variables, on_chief, wrap_optimizer
 from layer2_training.losses import make_loss
 from layer2_training.model import build_model, check_phases, set_phase
 from layer2_training.schedule import make_schedule
@@ -131,10 +132,11 @@ def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.nda
 def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) -> dict[str, Any]:
     """Rank 0: best weights -> export, sidecar, metrics and ROC plot."""
     state.restore_best()
-    export = p.run_dir / "export"
-    export.mkdir(exist_ok=True)
-    with atomic_path(export / "model.keras") as tmp:
-        model.save(str(tmp))
+    export = p.run_dir / "export" / "model.keras"
+    with rundir.writing(export):
+        export.parent.mkdir(exist_ok=True)
+        with atomic_path(export) as tmp:
+            model.save(str(tmp))
     rundir.write_json(p.run_dir / SIDECAR, sidecar(p, steps).to_dict())
     results: dict[str, Any] = {"best_" + p.cfg.output.monitor: float(state.best.numpy())}
     curves = {}
@@ -145,7 +147,8 @@ def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) ->
         results[name] = metrics.binary_metrics(split.label, prob, p.cfg.output.threshold)
         curves[name] = (split.label, prob)
     rundir.write_json(p.run_dir / "metrics.json", results)
-    metrics.plot_roc(curves, p.run_dir / "roc.png")
+    with rundir.writing(p.run_dir / "roc.png"):
+        metrics.plot_roc(curves, p.run_dir / "roc.png")
     return results
 
 
@@ -154,12 +157,23 @@ def write_weights_digest(model: tf.keras.Model, path: Path) -> None:
     digest = hashlib.sha256()
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w).tobytes())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, digest.hexdigest() + "\n")
+    with rundir.writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, digest.hexdigest() + "\n")
 
 
 def run(cfg: Layer2Config, dist: Dist) -> int:
     p = prepare(cfg)
+    with ExitStack() as stack:
+        # one training per run dir: rank 0 locks it until the run ends (a preemption or an error line
+        # included); the other ranks learn whether it could, and stop too if not
+        on_chief(dist, lambda: stack.enter_context(rundir.claim(p.run_dir)))
+        return train_locked(p, dist)
+
+
+def train_locked(p: Prepared, dist: Dist) -> int:
+    """The run itself, once rank 0 holds the run dir."""
+    cfg = p.cfg
     resumed = rundir.prepare(p.run_dir, cfg)
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
@@ -176,9 +190,8 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
     _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
     state = TrainState(p.run_dir, model, optimizer, higher_is_better=cfg.output.monitor == "val_auc")
     start = state.restore() if resumed else (0, 0)
-    if dist.is_chief:
-        rundir.write_start(p.run_dir, cfg, dist.size, {"resumed_at": list(start), "steps_per_epoch": steps,
-                                                       "train_samples": len(p.train)})
+    on_chief(dist, lambda: rundir.write_start(p.run_dir, cfg, dist.size, {
+        "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train)}))
     broadcast_variables(dist, model.variables)
     flag = SignalFlag()
     flag.install()
@@ -209,6 +222,11 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
     except Preempted as stop:
         print(f"preempted at {stop}: state saved in {p.run_dir}; rerun the same command to resume")
         return 0
+    except tf.errors.OpError as err:
+        stated = data.data_error(err)
+        if stated is None:
+            raise
+        raise stated from None
     finally:
         reader.close()
         val_reader.close()
@@ -216,7 +234,8 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
         write_weights_digest(model, record / f"weights_rank{dist.rank}.txt")
     if dist.is_chief:
         # training is complete: a marker of an earlier preemption would now misreport the run as pending
-        (p.run_dir / PREEMPTED).unlink(missing_ok=True)
+        with rundir.writing(p.run_dir / PREEMPTED):
+            (p.run_dir / PREEMPTED).unlink(missing_ok=True)
         results = finish(model, state, p, steps)
         print(f"run dir {p.run_dir}: val AUC {results['val']['auc']:.4f}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,4 +25,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_layer2_config(args.config, args.overrides)  # config errors before TensorFlow loads
     from layer2_training import distributed, train
 
-    return train.run(cfg, distributed.init())
+    try:
+        return train.run(cfg, distributed.init())
+    except distributed.ChiefFailed as stop:
+        # rank 0 prints the one error line; a second one per rank would bury it in a many-rank job's log
+        print(stop, file=sys.stderr)
+        return 2

@@ -122,3 +122,63 @@ def read_history(run_dir: Path) -> list[dict[str, str]]:
         return []
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+class Tmpfs:
+    """A mounted tmpfs: a real file system that fills up or turns read-only on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler.bin"
+
+    def fill(self, leave: int = 0) -> None:
+        """Take all free space but `leave` bytes (rounded to pages by the kernel) with a filler file."""
+        import os
+
+        fd = os.open(self.filler, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):  # big writes, then the last partial page byte by byte
+                block = b"\0" * chunk
+                while True:
+                    try:
+                        os.write(fd, block)
+                    except OSError:
+                        break
+        finally:
+            os.close(fd)
+        if leave:
+            os.truncate(self.filler, max(0, self.filler.stat().st_size - leave))
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def remount(self, mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def mount_tmpfs() -> Any:
+    """`mount_tmpfs(path, "256k")` mounts a tmpfs of that size at `path` (created if missing); all are unmounted
+    after the test. Skips, saying why, where mounting is impossible (not root, no CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Tmpfs:
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+        mounted.append(path)
+        return Tmpfs(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=False, capture_output=True)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Partial outputs anywhere under `root`: ours (`.partial`), TensorFlow's (`_temp` folders, `.tmp<hex>`)."""
+    import re
+
+    pattern = re.compile(r"\.partial|_temp$|\.tmp[0-9a-f]{32}$")
+    return [p for p in root.rglob("*") if pattern.search(p.name)]

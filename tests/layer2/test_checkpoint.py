@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from layer1_patches.shared.errors import CamnetError
 from layer2_training import checkpoint
 from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
 from layer2_training.distributed import Dist
@@ -131,3 +132,83 @@ def test_signal_flag_is_set_by_sigusr1() -> None:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def history_callback(run: Path, start: tuple[int, int]) -> tuple[CheckpointCallback, tf.keras.Model]:
+    model = tiny_model(1)
+    state = state_for(run, model)
+    model.compile(optimizer=state.ckpt.optimizer, loss="binary_crossentropy")
+    callback = CheckpointCallback(Dist(), state, SignalFlag(), "val_auc", start, lambda _s: 0.1)
+    callback.set_model(model)
+    return callback, model
+
+
+def test_history_did_not_say_an_epoch_was_resumed_mid_way(tmp_path: Path) -> None:
+    # resumed at step 3 of epoch 2 (0-based): that epoch's metrics cover steps 3.. only, and the row says so
+    callback, _ = history_callback(tmp_path, (2, 3))
+    for epoch in (2, 3):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"val_auc": 0.5, "loss": 0.3})
+    with (tmp_path / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["resumed_at_step"]) for r in rows] == [("3", "3"), ("4", "")]
+
+
+def test_history_of_an_older_run_gains_the_resumed_column_and_a_redone_epoch_replaces_its_row(
+        tmp_path: Path) -> None:
+    # written before the column existed, by a run whose epoch 2 is repeated (resumed from epoch 1's checkpoint)
+    (tmp_path / "history.csv").write_text("epoch,lr,loss\n1,0.1,0.9\n2,0.1,0.8\n")
+    callback, _ = history_callback(tmp_path, (1, 0))
+    callback.on_epoch_begin(1)
+    callback.on_epoch_end(1, {"val_auc": 0.5, "loss": 0.7})
+    with (tmp_path / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["loss"], r["resumed_at_step"]) for r in rows] == [("1", "0.9", ""), ("2", "0.7", "")]
+
+
+def test_preemption_at_the_last_batch_left_an_epoch_of_zero_steps_to_resume(tmp_path: Path) -> None:
+    """Stopping after an epoch's last batch saved (epoch, steps): the rerun's `fit(steps_per_epoch=0)` raised.
+    The epoch is finished first (validation, checkpoint at the next epoch's start, history), then the run stops."""
+    callback, _ = history_callback(tmp_path, (0, 0))
+    callback.set_params({"steps": 5, "epochs": 3})
+    callback.flag.signum = signal.SIGTERM
+    callback.flag.event.set()
+    callback.on_epoch_begin(1)
+    callback.on_train_batch_end(4)  # the last batch: no stop yet
+    assert not (tmp_path / PREEMPTED).exists()
+    with pytest.raises(Preempted, match="epoch 2 step 0"):
+        callback.on_epoch_end(1, {"val_auc": 0.5, "loss": 0.3})
+    marker = json.loads((tmp_path / PREEMPTED).read_text())
+    assert (marker["epoch"], marker["step"]) == (2, 0)
+    assert state_for(tmp_path, tiny_model(2)).restore() == (2, 0)
+    assert [r["epoch"] for r in csv.DictReader((tmp_path / "history.csv").read_text().splitlines())] == ["2"]
+
+
+@pytest.mark.parametrize(("failure", "reason"), [("full", "No space left on device"),
+                                                  ("read-only", "Read-only file system")])
+def test_checkpoint_save_on_a_full_or_read_only_disk_was_a_traceback_and_left_a_half_checkpoint(
+        tmp_path: Path, mount_tmpfs, failure: str, reason: str) -> None:
+    disk = mount_tmpfs(tmp_path / "disk", "512k")
+    model = tiny_model(1)
+    state = state_for(disk.path, model)
+    state.save_last(1, 0)
+    first = model.get_weights()
+    folder = disk.path / "checkpoints" / "last"
+    before = sorted(p.name for p in folder.iterdir())
+    model.set_weights([w + 1.0 for w in first])
+    if failure == "full":
+        disk.fill()
+    else:
+        disk.remount("ro")
+    with pytest.raises(CamnetError, match=rf"^output {folder}: cannot write checkpoint \({reason}\)$"):
+        state.save_last(2, 0)
+    assert sorted(p.name for p in folder.iterdir()) == before, "no half checkpoint, no temporary files"
+    # after freeing space the previous checkpoint is the one a resume continues from
+    if failure == "full":
+        disk.free()
+    else:
+        disk.remount("rw")
+    other = tiny_model(3)
+    assert state_for(disk.path, other).restore() == (1, 0)
+    for x, y in zip(other.get_weights(), first, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -10,8 +10,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.layer2.conftest import REPO, base_config, cli_env, read_history, run_cli, write_config
+from layer1_patches.shared.locks import lock_path, output_lock
+from tests.helpers import assert_one_error
+from tests.layer2.conftest import (
+    REPO,
+    base_config,
+    cli_env,
+    leftovers,
+    make_cohort,
+    read_history,
+    run_cli,
+    write_config,
+)
 
 
 def start_cli(args: list[str]) -> subprocess.Popen[str]:
@@ -89,10 +101,14 @@ def test_sigterm_saves_mid_epoch_and_rerun_continues_exactly(tmp_path: Path, tin
     cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run, epochs=3, batch_size=4))
     proc = start_cli(["train", "--config", str(cfg)])
     wait_for(lambda: len(read_history(run)) >= 1, proc)
+    # one writer per run dir: the lock is held for the whole training, by this process
+    assert json.loads(lock_path(run).read_text())["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "preempted" in out
+    assert not lock_path(run).exists(), "a preempted run releases its lock"
+    assert leftovers(tmp_path) == []
     marker = json.loads((run / "preempted.json").read_text())
     second = run_cli(["train", "--config", str(cfg)])
     assert second.returncode == 0, second.stdout + second.stderr
@@ -101,3 +117,107 @@ def test_sigterm_saves_mid_epoch_and_rerun_continues_exactly(tmp_path: Path, tin
     rows = read_history(run)
     assert int(rows[-1]["epoch"]) == 3 and int(rows[-1]["iterations"]) == 3 * env["steps_per_epoch"]
     assert not (run / "preempted.json").exists(), "the finished rerun leaves no preemption marker"
+    # the interrupted epoch's metrics cover the resumed steps only, and its row says from which step
+    assert 0 < marker["step"] < env["steps_per_epoch"]
+    assert [r["resumed_at_step"] for r in rows] == [str(marker["step"]) if int(r["epoch"]) == marker["epoch"] + 1
+                                                    else "" for r in rows]
+    assert not lock_path(run).exists() and leftovers(tmp_path) == []
+
+
+def test_two_trainings_into_one_run_dir_ran_at_once(tmp_path: Path, tiny_index: Path) -> None:
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run, epochs=50, batch_size=4))
+    first = start_cli(["train", "--config", str(cfg)])
+    try:
+        wait_for(lambda: len(read_history(run)) >= 1, first)
+        second = run_cli(["train", "--config", str(cfg)])
+        assert_one_error(second, f"{run}: being written by ", f"/pid {first.pid}", str(lock_path(run)))
+        assert first.poll() is None, "the first training goes on"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and "preempted" in out, out
+    assert not lock_path(run).exists() and leftovers(tmp_path) == []
+
+
+def test_disk_full_at_the_first_checkpoint_was_a_traceback_and_left_a_half_checkpoint(
+        tmp_path: Path, tiny_index: Path, mount_tmpfs) -> None:
+    run = tmp_path / "run"
+    mount_tmpfs(run, "256k")  # the run dir's small files fit, a checkpoint of MobileNetV2 (MBs) does not
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run))
+    proc = run_cli(["train", "--config", str(cfg)])
+    assert_one_error(proc, f"output {run / 'checkpoints'}/", "(No space left on device)")
+    assert not [p for p in run.rglob("*") if p.name.startswith("ckpt")], "no half checkpoint"
+    assert leftovers(tmp_path) == [] and not lock_path(run).exists()
+
+
+def test_full_disk_at_export_and_a_read_only_run_dir_were_tracebacks(tmp_path: Path, tiny_index: Path,
+                                                                     mount_tmpfs) -> None:
+    run = tmp_path / "run"
+    disk = mount_tmpfs(run, "256m")
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run))
+    assert run_cli(["train", "--config", str(cfg)]).returncode == 0
+    export = run / "export" / "model.keras"
+    export.unlink()
+    disk.fill(leave=64 << 10)  # the run dir's small files fit, the exported model (MBs) does not
+    proc = run_cli(["train", "--config", str(cfg)])  # all epochs done: the rerun only exports and evaluates
+    assert_one_error(proc, f"output {export}: cannot write (No space left on device)")
+    assert leftovers(tmp_path) == [] and not export.exists() and not lock_path(run).exists()
+    disk.free()
+    again = run_cli(["train", "--config", str(cfg)])
+    assert again.returncode == 0, again.stderr
+    assert export.is_file() and json.loads((run / "environment.json").read_text())["resumed_at"] == [1, 0]
+
+    disk.remount("ro")
+    proc = run_cli(["train", "--config", str(cfg)])
+    assert_one_error(proc, f"output {run / 'config.yaml'}: cannot write (Read-only file system)")
+    assert leftovers(tmp_path) == [] and not lock_path(run).exists()
+
+
+@pytest.mark.horovod
+def test_ranks_waited_forever_when_rank_0_could_not_take_the_run_dir(tmp_path: Path, tiny_index: Path) -> None:
+    """Only rank 0 takes the run dir's lock; it tells the other ranks, which stop too, instead of waiting for it
+    in the first collective."""
+    from tests.layer2.test_horovod import horovodrun
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run))
+    command = [horovodrun(), "-np", "2", "--gloo", sys.executable, "-m", "layer2_training", "train",
+               "--config", str(cfg)]
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(run):  # this live process is writing the run dir
+        proc = subprocess.run(command, cwd=REPO, env=cli_env(HOROVOD_CYCLE_TIME="5"), capture_output=True,
+                              text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    errors = [line for line in out.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "being written by" in errors[0], out[-3000:]
+    assert "rank 1: stopped because rank 0 failed" in out, out[-3000:]
+    # horovodrun itself ends with a traceback of its own when a rank exits non-zero; the ranks print none
+    assert not [line for line in out.splitlines() if line.startswith(("[0]", "[1]")) and "Traceback" in line]
+    assert not (run / "config.yaml").exists()
+    # the lock released, the same ranks train: rank 0's writes at every epoch's end are agreed on without a hang
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(HOROVOD_CYCLE_TIME="5"), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(read_history(run)) == 1 and (run / "export" / "model.keras").is_file()
+    assert not lock_path(run).exists() and leftovers(tmp_path) == []
+
+
+def test_damaged_patch_store_read_during_training_was_a_tensorflow_traceback(tmp_path: Path) -> None:
+    # The reader thread's CamnetError came back through tf.data as an UnknownError traceback; now it is the one
+    # error line naming the store.
+    import h5py
+
+    from layer1_patches.index import DatasetIndex
+
+    index = make_cohort(tmp_path / "cohort")
+    store = DatasetIndex.load(index).resolve(DatasetIndex.load(index).split("train")[0])
+    with h5py.File(store, "r") as f:
+        info = f["patches"].id.get_chunk_info(3)
+    with open(store, "r+b") as f:
+        f.seek(info.byte_offset + info.size // 2)
+        f.write(b"\xff" * 64)
+    cfg = write_config(tmp_path / "c.yaml", base_config(index, tmp_path / "run"))
+    proc = run_cli(["train", "--config", str(cfg)])
+    assert_one_error(proc, f"patch store {store}: damaged data in 'patches'")
