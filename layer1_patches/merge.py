@@ -24,13 +24,14 @@ def merge_shards(out_dir: Path, slide: Path, count: int, keep_shards: bool = Fal
     if missing:
         raise CamnetError(f"cannot merge {final}: shard files not finished: {', '.join(missing)}")
     with output_lock(final):
-        try:
-            _merge(final, shards, count)
-        except OSError as err:  # disk full, read-only: the writer has removed its partial file
-            raise CamnetError(f"output {final}: cannot write ({os_reason(err)})") from None
-    if not keep_shards:
-        for path in shards:
-            remove_inside(path, out_dir)
+        if not (is_complete(final) and not any(p.exists() for p in shards)):  # not merged while we waited
+            try:
+                _merge(final, shards, count)
+            except OSError as err:  # disk full, read-only: the writer has removed its partial file
+                raise CamnetError(f"output {final}: cannot write ({os_reason(err)})") from None
+            if not keep_shards:  # under the lock: a second merge must not read shards being deleted
+                for path in shards:
+                    remove_inside(path, out_dir)
     return final
 
 

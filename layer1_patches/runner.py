@@ -70,8 +70,8 @@ def run_many(base: ExtractRequest, slides: list[tuple[Path, Path | None]], worke
         ctx = multiprocessing.get_context("spawn")  # no inherited locks or open slide handles
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(logging.getLogger().level,)) as pool:
-            futures = [pool.submit(_run_one, r) for r in requests]
             try:
+                futures = [pool.submit(_run_one, r) for r in requests]
                 for fut in as_completed(futures):
                     results.append(_report(fut.result(), len(results) + 1, len(requests), start, bar))
             except KeyboardInterrupt:  # SIGTERM/SIGINT: stop the workers' slides too, each cleaning up

@@ -16,7 +16,8 @@ Layout (schema version 1):
                     `rejects` and `counts` (JSON), `config` (resolved config, JSON)
 
 A file is finished only if it sits at its final name *and* carries `complete = True`:
-writers fill `.<name>.partial` and rename it when done, so a killed run leaves at most a
+writers fill `.<name>.<host>-<pid>.partial` (under the output's lock, `shared/locks.py`) and rename it when
+done, so a killed run leaves at most a
 `.partial` file that no reader accepts.
 
 Integrity: every chunk of the per-patch datasets carries a Fletcher-32 checksum (stores written before, without,
@@ -134,7 +135,7 @@ def discard_h5(f: h5py.File, path: Path) -> None:
 
 
 class PatchWriter:
-    """Appends patches to `.<name>.partial`; `finish` marks complete and renames atomically.
+    """Appends patches to `.<name>.<host>-<pid>.partial`; `finish` marks complete and renames atomically.
 
     One process writes a file; leaving the `with` block without `finish` deletes the partial.
     """

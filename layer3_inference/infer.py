@@ -182,7 +182,18 @@ class HeatmapResult:
 
 def run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
     # the model's identity is part of the hash: the same config with another model is another result
-    canonical = json.dumps({"config": config_hash(cfg), "model": spec.identity()}, sort_keys=True)
+    return _digest(config_hash(cfg), spec.identity())
+
+
+def legacy_run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
+    """The hash CamNet 0.1.0 wrote, before the model's identity held its content hash: its model file path as
+    spelled (relative to the run dir given), so an unchanged command still resumes its finished slides."""
+    identity = {k: v for k, v in spec.identity().items() if k != "model_sha256"}
+    return _digest(config_hash(cfg), {**identity, "model_file": str(spec.model_file)})
+
+
+def _digest(config: str, model: dict[str, Any]) -> str:
+    canonical = json.dumps({"config": config, "model": model}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -195,7 +206,7 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
     with contextlib.ExitStack() as stack:
         verdict = ("", "")
         if ranks.rank == 0:
-            verdict = _take(stack, req, final, digest)
+            verdict = _take(stack, req, spec, final, digest)
         kind, message = ranks.allgather(verdict)[0]
         if kind == "skipped":
             return HeatmapResult(req.slide.stem, str(final), "skipped")
@@ -204,31 +215,36 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
         return _heatmap(req, spec, model_fn, ranks, digest)
 
 
-def _take(stack: contextlib.ExitStack, req: HeatmapRequest, final: Path, digest: str) -> tuple[str, str]:
+def _take(stack: contextlib.ExitStack, req: HeatmapRequest, spec: ModelSpec, final: Path,
+          digest: str) -> tuple[str, str]:
     """Rank 0 takes `final`'s lock into `stack`: ("", "") when it is ours to write, else (kind, message)."""
     try:
-        if not req.overwrite and _finished(req, final, digest):  # finished: only read, no lock needed
+        if not req.overwrite and _finished(req, spec, final, digest):  # finished: only read, no lock needed
             return "skipped", ""
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CamnetError(f"output directory {final.parent}: cannot create ({os_reason(err)})") from None
         stack.enter_context(output_lock(final))
-        if not req.overwrite and _finished(req, final, digest):  # another writer finished it meanwhile
+        if not req.overwrite and _finished(req, spec, final, digest):  # another writer finished it meanwhile
             return "skipped", ""
     except OutputBusy as err:
         return "busy", str(err)
     except CamnetError as err:
         return "error", str(err)
+    except Exception as err:  # noqa: BLE001 - raised on rank 0 alone, it would leave the others in the gather
+        return "error", f"{final}: {type(err).__name__}: {err}"
     return "", ""
 
 
-def _finished(req: HeatmapRequest, final: Path, digest: str) -> bool:
+def _finished(req: HeatmapRequest, spec: ModelSpec, final: Path, digest: str) -> bool:
     """True for a finished output of this config, model and slide; an error for one of another."""
     done = outputs.finished_summary(final)
     if done is None:
         return False
-    if done.get("run_hash") != digest:
+    model = done.get("model")
+    legacy = isinstance(model, dict) and "model_sha256" not in model  # written by 0.1.0
+    if done.get("run_hash") != digest and not (legacy and done.get("run_hash") == legacy_run_hash(req.config, spec)):
         raise CamnetError(f"{final}: finished with a different config or model; pass --overwrite to redo it")
     source = str(done.get("slide_path", ""))
     if source and Path(source) != Path(req.slide).resolve():

@@ -1,9 +1,10 @@
-"""Per-slide outputs, written by rank 0 into `OUT/.<stem>.partial/` and renamed to `OUT/<stem>/` when complete.
+"""Per-slide outputs: rank 0, holding `OUT/.<stem>.lock`, writes `OUT/.<stem>.<host>-<pid>.partial/` and renames it
+to `OUT/<stem>/` when complete.
 
-A slide is finished exactly when `OUT/<stem>/summary.json` exists (it is written last, before the rename);
-readers refuse anything else. Files: `probabilities.h5` (grid, coordinates, map, tissue mask), `grid.npy`,
-`heatmap.png` (thumbnail + colour bar), `overlay.png` (RGBA, transparent where there is no prediction),
-`<stem>.geojson` (QuPath) and `summary.json`.
+A slide is finished exactly when `OUT/<stem>/summary.json` exists (written last, before the rename) and so does
+every file its `files` lists; readers refuse anything else. Files: `probabilities.h5` (grid, coordinates, map,
+tissue mask), `grid.npy`, `heatmap.png` (thumbnail + colour bar), `overlay.png` (RGBA, transparent where there is
+no prediction), `<stem>.geojson` (QuPath) and `summary.json`.
 """
 
 from __future__ import annotations

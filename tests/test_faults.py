@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import pytest
 
-from layer1_patches.shared.locks import _host
+from layer1_patches.shared.locks import GUARD, _host
 from layer1_patches.store import PatchStore
 from tests.helpers import REPO, cli_env
 
@@ -220,8 +220,9 @@ class Site:
         return sorted(n for n in os.listdir(self.out) if n.endswith(".lock")) if self.out.is_dir() else []
 
     def outputs(self) -> list[str]:
-        """OUT's entries other than the canary, hidden ones (partials, locks) included."""
-        return sorted(n for n in os.listdir(self.out) if n != INSIDE) if self.out.is_dir() else []
+        """OUT's entries other than the canary, hidden ones (partials, locks) included; not the empty guard file a
+        lock takeover leaves (layer1_patches.shared.locks.GUARD)."""
+        return sorted(n for n in os.listdir(self.out) if n not in (INSIDE, GUARD)) if self.out.is_dir() else []
 
 
 def make_site(root: Path) -> Site:

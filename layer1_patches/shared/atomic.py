@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +32,6 @@ def check_inside(path: Path, root: Path) -> Path:
 
 def remove_inside(path: Path, root: Path) -> None:
     """Delete the file or folder `path` (a symlink itself, never its target), which must lie inside `root`."""
-    import shutil
-
     path = Path(path)
     if not os.path.lexists(path):
         return

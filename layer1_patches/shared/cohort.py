@@ -25,7 +25,7 @@ def output_stem(slide: Path) -> str:
 
     `OUT/<stem>` must name a new entry inside OUT: stem `.` (slide `..tif`) is OUT itself and `..` its parent,
     which a writer replacing its output folder would delete; a leading dot would hide the output and collide with
-    the writers' own `.<name>.partial` and `.<name>.lock` files.
+    the writers' own `.<name>.<host>-<pid>.partial` and `.<name>.lock` files.
     """
     stem = Path(slide).stem
     if not stem or stem.startswith(".") or any(ch in stem for ch in "/\\\0"):
@@ -54,7 +54,12 @@ def discover_slides(patterns: Iterable[str]) -> list[Path]:
             found += [Path(p) for p in sorted(glob.glob(pattern))]
         else:
             found.append(path)  # missing files fail per slide, with the file named
-    slides = list(dict.fromkeys(found))
+    first: dict[Path, Path] = {}
+    for p in found:
+        # One entry however often and however it is spelled; the name itself is kept: two links of other names
+        # to one file (a cohort folder of symlinks) are two slides with two outputs.
+        first.setdefault(p.absolute().parent.resolve() / p.name, p)
+    slides = list(first.values())
     check_stems(slides)
     return slides
 
@@ -64,7 +69,7 @@ def check_stems(slides: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for slide in slides:
         stem = output_stem(slide)
-        if stem in seen and seen[stem].resolve() != slide.resolve():
+        if stem in seen:
             raise CamnetError(f"slides {seen[stem]} and {slide} have the same name {stem!r}, so they would write "
                               "one output; rename one or process them into separate output folders")
         seen.setdefault(stem, slide)

@@ -12,22 +12,26 @@ could each delete the other's fresh lock.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from layer1_patches.shared.atomic import remove_inside
 from layer1_patches.shared.errors import CamnetError
 
 # A lock file without a readable record this old was left by a writer stopped between creating and filling it.
 GARBAGE_SECONDS = 30.0
+
+
+GUARD = ".camnet-lock-guard"  # flocked while a stale lock is taken over (see `_take_over`)
 
 
 class OutputBusy(CamnetError):
@@ -101,9 +105,44 @@ def _age(path: Path) -> float:
         return 0.0
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), "" where unknown: with the PID it names one
+    process, so a PID reused by another process does not keep a dead writer's lock alive."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _job_gone(job: str) -> bool:
+    """SLURM no longer runs `job` (squeue answers without it, or says the id is unknown); False when unsure."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if proc.returncode != 0:
+        return "Invalid job id" in proc.stderr
+    return not proc.stdout.strip()
+
+
 def _is_stale(owner: dict[str, object]) -> bool:
-    pid = owner.get("pid")
-    return owner.get("host") == _host() and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
+    """The lock's writer is certainly gone.
+
+    On this host: its process no longer exists (or the PID now names another process, or it is our own PID, left
+    by an earlier container of one PID namespace). Elsewhere: it was an earlier run of our own SLURM job (a
+    requeue after a node failure or preemption keeps the job id and counts restarts), or squeue says its job has
+    ended. A lock of another host whose job SLURM cannot vouch for stays: that writer may still be writing over
+    the shared file system.
+    """
+    pid, job = owner.get("pid"), str(owner.get("job") or "")
+    if owner.get("host") == _host() and isinstance(pid, int):
+        if pid == os.getpid() or not _alive(pid):
+            return True
+        started = str(owner.get("started") or "")
+        return bool(started) and started != _start_time(pid)
+    if job and job == os.environ.get("SLURM_JOB_ID", ""):  # requeued: SLURM counts the restarts
+        return str(owner.get("restart") or "0") != os.environ.get("SLURM_RESTART_COUNT", "0")
+    return bool(job) and _job_gone(job)
 
 
 def _create(path: Path, what: str) -> bool:
@@ -114,7 +153,9 @@ def _create(path: Path, what: str) -> bool:
         return False
     except OSError as err:
         raise CamnetError(f"{what}: cannot create lock {path} ({err.strerror or err})") from None
-    record = {"host": _host(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""), "time": time.time()}
+    record = {"host": _host(), "pid": os.getpid(), "started": _start_time(os.getpid()),
+              "job": os.environ.get("SLURM_JOB_ID", ""), "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
+              "time": time.time()}
     try:
         os.write(fd, json.dumps(record).encode())
     except OSError as err:
@@ -126,8 +167,12 @@ def _create(path: Path, what: str) -> bool:
 
 
 def _take_over(path: Path, seen: dict[str, object]) -> None:
-    """Remove the stale lock `seen` unless another writer replaced it first."""
-    guard = path.with_name(path.name + ".guard")
+    """Remove the stale lock `seen` unless another writer replaced it first.
+
+    The guard is one file per folder and is never deleted: a guard removed after use lets a waiter holding the
+    old file and a newcomer creating a new one both in.
+    """
+    guard = path.with_name(GUARD)
     try:
         fd = os.open(guard, os.O_CREAT | os.O_RDWR, 0o644)
     except OSError:
@@ -142,8 +187,6 @@ def _take_over(path: Path, seen: dict[str, object]) -> None:
         # No flock here: leave the stale lock for the user rather than risk two owners.
     finally:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            guard.unlink()
 
 
 def acquire(final: Path) -> Path:
@@ -182,18 +225,7 @@ def output_lock(final: Path) -> Iterator[Path]:
     path = acquire(final)
     try:
         for leftover in stale_partials(final):
-            remove_leftover(leftover)
+            remove_inside(leftover, final.parent)  # a dead writer's; the lock holder owns the output
         yield path
     finally:
         release(path)
-
-
-def remove_leftover(path: Path) -> None:
-    """A dead writer's partial file or folder; the lock holder owns the output, so it may go."""
-    import shutil
-
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()

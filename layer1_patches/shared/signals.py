@@ -55,6 +55,7 @@ def stop_on_signals() -> dict[int, object]:
 def restore(previous: dict[int, object]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)  # type: ignore[arg-type]
+    sys.unraisablehook = sys.__unraisablehook__
 
 
 def received() -> int | None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -127,15 +128,52 @@ def _python_env() -> dict[str, str]:
     return env
 
 
+# Stage processes running now. On SIGTERM or Ctrl-C the runner passes SIGTERM on, as scancel does, so each stage
+# removes its partial output and lock (and training saves its state); `subprocess.run` would SIGKILL them.
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.Lock()
+_stopping = threading.Event()
+STOP_GRACE_S = 120.0  # a stage still running this long after SIGTERM is killed
+
+
 def _run_module(argv: list[str], log: Path) -> None:
     with open(log, "a") as f:
         f.write(f"$ python -m {' '.join(argv)}\n")
         f.flush()
-        proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=_python_env(), stdout=f,
-                              stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
+        with _children_lock:
+            if _stopping.is_set():
+                raise CamnetError(f"{argv[0]} {argv[1]}: not started, the runner is stopping")
+            proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=_python_env(), stdout=f,
+                                    stderr=subprocess.STDOUT)
+            _children.add(proc)
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            _stop_children()
+            raise
+        finally:
+            with _children_lock:
+                _children.discard(proc)
+    if returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise CamnetError(f"{argv[0]} {argv[1]} exited with status {proc.returncode}; log {log}:\n{tail}")
+        raise CamnetError(f"{argv[0]} {argv[1]} exited with status {returncode}; log {log}:\n{tail}")
+
+
+def _stop_children() -> None:
+    """SIGTERM to every running stage, then wait for them to clean up (SIGKILL after STOP_GRACE_S)."""
+    with _children_lock:
+        _stopping.set()
+        procs = list(_children)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _save_timing(layout: Layout, run: StageRun, start: float) -> None:
@@ -147,6 +185,7 @@ def _save_timing(layout: Layout, run: StageRun, start: float) -> None:
 
 def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list[StageRun]:
     """Every stage in order as subprocesses (the commands the SLURM jobs run); finished stages are skipped."""
+    _stopping.clear()
     layout = Layout(exp.out)
     manifest = stages.write_manifests(exp)
     write_text_atomic(layout.resolved, resolved_yaml(exp))
@@ -190,5 +229,10 @@ def _array_local(cmd: stages.StageCommand, n: int, workers: int, log: Path) -> N
         _run_module(cmd.local_argv(i), log.with_name(f"{cmd.stage}_{i}.log"))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(one, i) for i in range(n)]:
-            future.result()
+        try:
+            for future in [pool.submit(one, i) for i in range(n)]:
+                future.result()
+        except KeyboardInterrupt:  # in this (main) thread: stop the queued tasks and the running ones
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_children()
+            raise

@@ -155,7 +155,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert not (killed / "CMU-1-Small-Region.h5").exists()
     assert (killed / ".CMU-1-Small-Region.h5.lock").exists()  # the killed writer's lock: dead, so taken over
     assert run_cli(*args, "--out", str(killed)).returncode == 0
-    assert sorted(p.name for p in killed.iterdir()) == ["CMU-1-Small-Region.h5"]  # partial and lock gone
+    # the partial and the lock are gone; the takeover's guard file stays (it holds nothing)
+    assert sorted(p.name for p in killed.iterdir()) == [".camnet-lock-guard", "CMU-1-Small-Region.h5"]
     clean = tmp_path / "clean"
     assert run_cli(*args, "--out", str(clean)).returncode == 0
     with PatchStore(killed / "CMU-1-Small-Region.h5") as a, PatchStore(clean / "CMU-1-Small-Region.h5") as b:

@@ -193,3 +193,30 @@ def test_second_writer_of_a_heatmap_is_told_who_holds_it(tiny_run: Path, synth_s
     with pytest.raises(OutputBusy, match=f"being written by .*/pid {os.getppid()}, SLURM job 77"):
         heatmap_slide(HeatmapRequest(synth_slides[1], out, cfg), read_spec(tiny_run), model_fn, Ranks())
     assert sorted(p.name for p in out.iterdir()) == [lock.name]  # nothing written, the holder's lock kept
+
+
+def test_heatmaps_finished_by_the_previous_version_are_still_skipped(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
+                                                                     model_fn, tmp_path: Path) -> None:
+    # Regression (review of issue 13): adding the model's content hash to its identity changed every run hash,
+    # so each slide finished by CamNet 0.1.0 was refused as "finished with a different config or model".
+    import hashlib
+
+    from layer1_patches.shared.typedconfig import config_hash
+
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
+    spec = read_spec(tiny_run)
+    req = HeatmapRequest(synth_slides[1], tmp_path / "out", cfg)
+    assert heatmap_slide(req, spec, model_fn, Ranks()).status == "done"
+    path = tmp_path / "out" / synth_slides[1].stem / "summary.json"
+    summary = json.loads(path.read_text())
+    old_model = {"run_dir": str(spec.run_dir.resolve()), "model_file": str(spec.model_file), "backbone": spec.backbone,
+                 "patch_size": spec.patch_size, "working_mpp": spec.working_mpp, "level": spec.level,
+                 "threshold": spec.threshold, "config_hash": spec.config_hash}  # 0.1.0's ModelSpec.identity
+    canonical = json.dumps({"config": config_hash(cfg), "model": old_model}, sort_keys=True)
+    summary.update(model=old_model, run_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
+    del summary["files"]
+    path.write_text(json.dumps(summary))
+    assert heatmap_slide(req, spec, model_fn, Ranks()).status == "skipped"
+    other = load_heatmap_config(heatmap_config(tmp_path / "c2.yaml", **{"grid.stride": 24}))
+    with pytest.raises(CamnetError, match="different config or model"):
+        heatmap_slide(HeatmapRequest(req.slide, req.out_dir, other), spec, model_fn, Ranks())

@@ -4,7 +4,11 @@ once per manifest index; a rerun skips what is finished."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from layer1_patches.synth import write_cohort
 from layer3_inference.pipeline import stages
@@ -52,3 +56,45 @@ def test_local_run_runs_each_stages_command_then_skips_it(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr[-2000:]
     skipped = [line for line in again.stdout.splitlines() if "finished before, skipped" in line]
     assert len(skipped) == 5, again.stdout  # everything but the report (always rewritten) and explain (disabled)
+
+
+STAGE = '''
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    out.write_text(signal.Signals(signum).name)  # what a stage's cleanup would do
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+(out.parent / f"{out.name}.started").write_text("")
+time.sleep(60)
+'''
+
+
+def test_sigterm_to_the_local_runner_reaches_its_stages_instead_of_sigkill(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review of issue 13: `subprocess.run` answered the runner's SIGTERM with SIGKILL to the stage, which then
+    # could not remove its partial output and lock (nor training save its state); array stages also went on.
+    import os
+    import signal
+    import threading
+
+    from layer1_patches.shared import signals
+    from layer3_inference.pipeline import chain
+
+    (tmp_path / "fakestage.py").write_text(STAGE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cmd = SimpleNamespace(stage="heatmap", local_argv=lambda i: ["fakestage", str(tmp_path / f"task{i}")])
+    previous = signals.stop_on_signals()
+    try:
+        def kill_when_started() -> None:
+            while not all((tmp_path / f"task{i}.started").exists() for i in range(2)):
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=kill_when_started, daemon=True).start()
+        with pytest.raises(signals.Terminated):
+            chain._array_local(cmd, 5, 2, tmp_path / "heatmap.log")  # type: ignore[arg-type]
+    finally:
+        signals.restore(previous)
+    assert (tmp_path / "task0").read_text() == (tmp_path / "task1").read_text() == "SIGTERM"
+    assert not list(tmp_path.glob("task[234]*"))  # queued tasks never started

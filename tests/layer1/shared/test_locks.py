@@ -15,6 +15,7 @@ import pytest
 from layer1_patches.shared.locks import (
     OutputBusy,
     _host,
+    _start_time,
     _take_over,
     lock_path,
     output_lock,
@@ -137,3 +138,50 @@ def test_lock_left_empty_by_a_writer_stopped_while_creating_it_is_taken_over_onc
     os.utime(lock_path(final), (0, 0))
     with output_lock(final) as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_lock_of_a_dead_node_is_taken_over_by_the_requeued_job(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review of issue 13: a lock left on another node (SIGKILL after a time limit, OOM, node failure) refused the
+    # requeued task forever. A requeue keeps the job id and counts restarts: the old record is its own past.
+    final = tmp_path / "s.h5"
+    _write_lock(final, host="node07", pid=4242, job="9001", restart="0")
+    monkeypatch.setenv("SLURM_JOB_ID", "9001")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with output_lock(final) as path:
+        assert json.loads(path.read_text())["restart"] == "1"
+    # the same job and restart on another node is a concurrent step of one job: busy
+    _write_lock(final, host="node07", pid=4242, job="9001", restart="1")
+    with pytest.raises(OutputBusy, match="node07/pid 4242, SLURM job 9001"), output_lock(final):
+        pass
+
+
+def test_lock_of_another_node_whose_job_slurm_says_has_ended_is_taken_over(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "squeue").write_text('#!/bin/sh\n[ "$3" = 555 ] && exit 0\n'
+                                 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1\n')
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    final = tmp_path / "s.h5"
+    for job in ("555", "777"):  # squeue lists nothing for 555 (ended); says 777 is unknown (purged)
+        _write_lock(final, host="node07", pid=4242, job=job)
+        with output_lock(final):
+            pass
+    (fake / "squeue").write_text('#!/bin/sh\necho "slurm_load_jobs error: Unable to contact slurm controller" >&2\n'
+                                 'exit 1\n')
+    _write_lock(final, host="node07", pid=4242, job="888")  # SLURM cannot vouch: the writer may be alive
+    with pytest.raises(OutputBusy, match="node07/pid 4242, SLURM job 888"), output_lock(final):
+        pass
+
+
+def test_pid_reused_by_another_process_does_not_keep_a_dead_writers_lock(tmp_path: Path) -> None:
+    final = tmp_path / "s.h5"
+    _write_lock(final, pid=os.getppid(), started="1")  # our parent lives, but did not start at tick 1
+    with output_lock(final) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    _write_lock(final, pid=os.getppid(), started=_start_time(os.getppid()))
+    with pytest.raises(OutputBusy), output_lock(final):
+        pass

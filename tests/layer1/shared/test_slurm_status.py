@@ -125,7 +125,7 @@ def test_failing_squeue_is_unknown_not_empty_and_resubmit_refuses(cohort: Cohort
     assert rows(proc) == {0: "unknown", 1: "unknown", 2: "unknown"}, proc.stdout
     assert f"unknown   s1.svs  {cause}" in proc.stdout
     assert "summary: 0 finished, 0 running, 0 pending, 0 failed, 0 missing, 3 unknown" in proc.stdout
-    assert proc.returncode == 0  # nothing is known to have failed
+    assert proc.returncode == 1  # nothing is known to have failed, but nothing is known to be fine either
 
     proc = status(capsys, cohort, "--resubmit")
     assert_one_error(proc, str(cohort.manifest), cause, "nothing was resubmitted")
