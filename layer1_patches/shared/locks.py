@@ -128,15 +128,15 @@ def _job_gone(job: str) -> bool:
 def _is_stale(owner: dict[str, object]) -> bool:
     """The lock's writer is certainly gone.
 
-    On this host: its process no longer exists (or the PID now names another process, or it is our own PID, left
-    by an earlier container of one PID namespace). Elsewhere: it was an earlier run of our own SLURM job (a
+    On this host: its process no longer exists, or the PID now names another process (its start time differs: a
+    reused PID, or an earlier container of one PID namespace). Elsewhere: it was an earlier run of our own SLURM job (a
     requeue after a node failure or preemption keeps the job id and counts restarts), or squeue says its job has
     ended. A lock of another host whose job SLURM cannot vouch for stays: that writer may still be writing over
     the shared file system.
     """
     pid, job = owner.get("pid"), str(owner.get("job") or "")
     if owner.get("host") == _host() and isinstance(pid, int):
-        if pid == os.getpid() or not _alive(pid):
+        if not _alive(pid):
             return True
         started = str(owner.get("started") or "")
         return bool(started) and started != _start_time(pid)
