@@ -19,7 +19,7 @@ from layer1_patches.annotations import check_inside, load_annotations, tumour_ma
 from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.masks import masker_from_config
-from layer1_patches.shared.cohort import output_stem
+from layer1_patches.shared.cohort import check_same_slide, output_stem
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import output_lock
 from layer1_patches.shared.typedconfig import config_hash, data_hash, to_dict
@@ -146,10 +146,7 @@ def _skip_finished(req: ExtractRequest, start: float) -> ExtractResult:
         raise CamnetError(f"{err} (extract --overwrite redoes it)") from None
     if attrs.get("config_hash") not in (store_hash(cfg), legacy_store_hash(cfg)):
         raise CamnetError(f"{out}: finished with a different config; pass --overwrite to redo it")
-    source = str(attrs.get("slide_path", ""))
-    if source and Path(source) != Path(req.slide).resolve():
-        raise CamnetError(f"{out}: finished from slide {source}, not {Path(req.slide).resolve()} (two slides of "
-                          "one name, or a moved cohort); pass --overwrite to redo it from this slide")
+    check_same_slide(out, str(attrs.get("slide_path", "")), req.slide)
     return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
+from layer1_patches.shared.cohort import check_same_slide
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import OutputBusy, output_lock
 from layer1_patches.shared.typedconfig import config_hash
@@ -246,10 +247,7 @@ def _finished(req: HeatmapRequest, spec: ModelSpec, final: Path, digest: str) ->
     legacy = isinstance(model, dict) and "model_sha256" not in model  # written by 0.1.0
     if done.get("run_hash") != digest and not (legacy and done.get("run_hash") == legacy_run_hash(req.config, spec)):
         raise CamnetError(f"{final}: finished with a different config or model; pass --overwrite to redo it")
-    source = str(done.get("slide_path", ""))
-    if source and Path(source) != Path(req.slide).resolve():
-        raise CamnetError(f"{final}: finished from slide {source}, not {Path(req.slide).resolve()} (two slides of "
-                          "one name, or a moved cohort); pass --overwrite to redo it from this slide")
+    check_same_slide(final, str(done.get("slide_path", "")), req.slide)
     return True
 
 

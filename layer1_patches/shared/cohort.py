@@ -75,6 +75,14 @@ def check_stems(slides: list[Path]) -> None:
         seen.setdefault(stem, slide)
 
 
+def check_same_slide(output: Path, recorded: str, slide: Path) -> None:
+    """A finished output is only this slide's if it was made from this file; another slide of the same name (or a
+    moved cohort) is an error, never a skip."""
+    if recorded and Path(recorded) != Path(slide).resolve():
+        raise CamnetError(f"{output}: finished from slide {recorded}, not {Path(slide).resolve()} (two slides of "
+                          "one name, or a moved cohort); pass --overwrite to redo it from this slide")
+
+
 def require_slides(patterns: list[str], context: str = "") -> list[Path]:
     """`discover_slides` for a cohort fixed up front (a SLURM array): at least one slide, every one a file."""
     try:
