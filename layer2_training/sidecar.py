@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from layer1_patches.colour import ColourStats
 from layer1_patches.shared.typedconfig import bounded, load_contract, required, to_dict
 
 SIDECAR = "model.json"
@@ -53,6 +54,8 @@ class ModelSidecar:
                                             metadata={"doc": "stain normalisation inside the model"})
     config_hash: str = bounded("", doc="hash of the resolved Layer 2 config that trained the model")
     steps_per_epoch: int | None = bounded(None, min=1, doc="training steps per epoch (informative)")
+    colour: ColourStats | None = bounded(None, doc="optical-density statistics of the training patches' stained "
+                                         "pixels: a heatmap warns on tissue far outside them (null: not recorded)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
