@@ -225,6 +225,24 @@ def tumour_mask(polygons: list[Polygon], cfg: AnnotationConfig, dimensions: tupl
     return Mask(tumour & ~exclude, ds_x, ds_y)
 
 
+def tumour_region(polygons: list[Polygon], cfg: AnnotationConfig) -> shapely.Geometry:
+    """The tumour of `tumour_mask` as geometry in level-0 pixels, for exact patch fractions (`fractions.py`).
+
+    Same definition: each tumour-group polygon less its own holes, united, minus the exclusion-group polygons'
+    outlines (`tumour_mask` ignores an excluded polygon's holes, so this does too). Rings are filled even-odd,
+    as the rasteriser fills them: `make_valid` leaves a valid ring as it is and splits a self-crossing one into
+    the lobes the raster covers (`load_annotations` has already repaired invalid ones).
+    """
+    tumour = [shapely.difference(_filled(p.points), shapely.union_all([_filled(h) for h in p.holes]))
+              for p in polygons if _in(p.group, cfg.tumour_groups)]
+    excluded = [_filled(p.points) for p in polygons if _in(p.group, cfg.exclude_groups)]
+    return shapely.difference(shapely.union_all(tumour), shapely.union_all(excluded))
+
+
+def _filled(points: np.ndarray) -> shapely.Geometry:
+    return _polygonal(shapely.make_valid(_shape(points)))[0]  # a degenerate ring's line parts have no area
+
+
 def _raster(points: np.ndarray, shape: tuple[int, int], ds_x: float, ds_y: float) -> np.ndarray:
     # Pixel (r, c) covers level-0 [c*ds, (c+1)*ds); it is inside when its centre is.
     out = np.zeros(shape, dtype=bool)

@@ -59,7 +59,9 @@ class AnnotationConfig:
                                        doc="annotation groups that are tumour (any case); other groups are ignored")
     exclude_groups: list[str] = bounded(["_2", "Exclusion"],
                                         doc="annotation groups cut out of tumour (Camelyon `_2`), any case")
-    downsample: float = bounded(16.0, min=1, doc="downsample (relative to level 0) the tumour mask is rasterised at")
+    downsample: float = bounded(16.0, min=1, doc="downsample (relative to level 0) the tumour mask is rasterised "
+                                "at: Layer 3's pixel truth and the finest the stored tumour thumbnail is drawn at; "
+                                "patch labels use exact polygon areas")
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,8 @@ class Layer1Config:
     resolution: ResolutionConfig = bounded(ResolutionConfig(level=0), doc="working resolution: exactly one of "
                                            "level, magnification, mpp (default: level 0)")
     tissue: TissueConfig = bounded(TissueConfig(), doc="tissue mask: where patches may come from")
-    annotation: AnnotationConfig = bounded(AnnotationConfig(), doc="tumour annotations (ASAP XML, GeoJSON) "
-                                           "rasterised into the tumour mask")
+    annotation: AnnotationConfig = bounded(AnnotationConfig(), doc="tumour annotations (ASAP XML, GeoJSON): "
+                                           "exact polygon areas label patches")
     labels: LabelConfig = bounded(LabelConfig(), doc="patch labels from the annotated tumour share")
     sampling: SamplingConfig = bounded(SamplingConfig(), doc="which patch positions are tried")
     filters: FilterConfig = bounded(FilterConfig(), doc="rejection of patches with little tissue, glass or black")

@@ -9,7 +9,7 @@ Layout (schema version 1):
                     (CLAM/TRIDENT/WSInfer layout: the patch covers patch_size * downsample
                     level-0 pixels)
   /labels           (N,) uint8: 1 tumour, 0 normal
-  /tumour_fraction  (N,) float32: tumour share of the patch's area (from the annotation)
+  /tumour_fraction  (N,) float32: exact tumour share of the patch's level-0 square (from the annotation polygons)
   /tissue_fraction  (N,) float32: tissue share of the patch's area (from the tissue mask)
   /masks/tissue, /masks/tumour   small uint8 thumbnails (255 = inside)
   file attrs        see `SlideMeta`, plus `complete` (the completion marker, set last),

@@ -16,6 +16,13 @@ from layer1_patches.config import LabelConfig, RandomConfig
 from layer1_patches.masks import Mask
 
 
+class AreaShare(Protocol):
+    """A region that knows what share of level-0 squares it covers: a raster `Mask`, or the exact geometry of
+    `fractions.TumourGeometry` that labels use."""
+
+    def fractions(self, coords: np.ndarray, footprint: int) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class SlideField:
     """What a tiler may look at: slide size, patch footprint, and the masks."""
@@ -24,7 +31,7 @@ class SlideField:
     footprint: int  # level-0 pixels per patch side
     downsample: float  # working -> level-0
     tissue: Mask
-    tumour: Mask | None
+    tumour: AreaShare | None
     min_tissue: float
     labels: LabelConfig
 

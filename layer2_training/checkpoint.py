@@ -1,6 +1,10 @@
 """Atomic checkpoints (model, optimiser, position in the epoch plan), resume, and preemption.
 
-`last` holds the newest state; `best` the state with the best monitored validation metric. TF writes a
+`last` holds the newest state; `best` the state with the best monitored validation metric. An exact tie of the
+monitored metric is broken by a second one (val_loss lower; val_auc higher when val_loss is monitored): val AUC
+is often exactly 1.0 on a small validation split for several epochs, and keeping the first of them kept a model
+with a far worse loss. The second metric's best value, the best epoch and whether a tie-break chose it are saved
+with the checkpoint, so a resumed run goes on choosing the same way. TF writes a
 checkpoint's files first and the `checkpoint` pointer file last, so a kill mid-write leaves the previous
 checkpoint in force.
 
@@ -23,11 +27,13 @@ import contextlib
 import csv
 import io
 import logging
+import math
 import os
 import re
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +52,50 @@ class Preempted(Exception):
     """Raised out of `fit` after the state was saved on a preemption signal."""
 
 
+@dataclass(frozen=True)
+class Monitor:
+    """The validation metric that picks the best checkpoint, and the one that breaks its exact ties."""
+
+    name: str  # val_auc or val_loss
+
+    @property
+    def tie_break(self) -> str:
+        return "val_auc" if self.name == "val_loss" else "val_loss"
+
+    def replaces(self, new: tuple[float, float], best: tuple[float, float]) -> str | None:
+        """Why (monitor value, tie-break value) `new` replaces `best`: "monitor" when the monitored metric is
+        better, the tie-break's name when it ties exactly and the second metric is better; None when it does not.
+        NaN is never better, so a missing second value (NaN) never wins a tie."""
+        if _better(new[0], best[0], self.name):
+            return "monitor"
+        if new[0] == best[0] and _better(new[1], best[1], self.tie_break):
+            return self.tie_break
+        return None
+
+
+def _better(value: float, best: float, metric: str) -> bool:
+    return value < best if metric == "val_loss" else value > best
+
+
+def _worst(metric: str) -> float:
+    return float("inf") if metric == "val_loss" else float("-inf")
+
+
 class TrainState:
-    def __init__(self, run_dir: Path, model: tf.keras.Model, optimizer: Any, higher_is_better: bool) -> None:
+    def __init__(self, run_dir: Path, model: tf.keras.Model, optimizer: Any, monitor: str) -> None:
         self.run_dir = run_dir
+        self.monitor = Monitor(monitor)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        worst = float("-inf") if higher_is_better else float("inf")
-        self.best = tf.Variable(worst, dtype=tf.float64, trainable=False, name="best")
-        self.higher_is_better = higher_is_better
+        self.best = tf.Variable(_worst(monitor), dtype=tf.float64, trainable=False, name="best")
+        # checkpoints written before these existed restore without them: the initial (worst, 0) values stay
+        self.best_second = tf.Variable(_worst(self.monitor.tie_break), dtype=tf.float64, trainable=False,
+                                       name="best_second")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")  # 1-based, 0: none
+        self.best_by_tie = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_by_tie")
         self.ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, step=self.step,
-                                        best=self.best)
+                                        best=self.best, best_second=self.best_second, best_epoch=self.best_epoch,
+                                        best_by_tie=self.best_by_tie)
         self.last = tf.train.CheckpointManager(self.ckpt, str(run_dir / "checkpoints" / "last"),
                                                max_to_keep=2)
         self.best_manager = tf.train.CheckpointManager(self.ckpt, str(run_dir / "checkpoints" / "best"),
@@ -76,13 +116,27 @@ class TrainState:
         self.step.assign(step)
         return save(self.last)
 
-    def improved(self, value: float) -> bool:
-        best = float(self.best.numpy())
-        return value > best if self.higher_is_better else value < best
+    def improved(self, value: float, second: float = float("nan")) -> str | None:
+        """Why (monitored value, tie-break value) would replace the best checkpoint (`Monitor.replaces`)."""
+        return self.monitor.replaces((value, second), (float(self.best.numpy()), float(self.best_second.numpy())))
 
-    def save_best(self, value: float) -> str:
+    def mark_best(self, value: float, second: float, epoch: int, reason: str) -> None:
+        """Record epoch (1-based) as the best; `save_best` then writes it."""
         self.best.assign(value)
+        self.best_second.assign(second)
+        self.best_epoch.assign(epoch)
+        self.best_by_tie.assign(int(reason == self.monitor.tie_break))
+
+    def save_best(self) -> str:
         return save(self.best_manager)
+
+    def selected(self) -> dict[str, Any]:
+        """metrics.json's `selected`: the epoch whose weights were exported and why (nulls: no best was kept,
+        or a checkpoint from before the epoch was recorded)."""
+        value = float(self.best.numpy())
+        return {"epoch": int(self.best_epoch.numpy()) or None, "monitor": self.monitor.name,
+                "value": value if math.isfinite(value) else None,
+                "tie_break": self.monitor.tie_break if int(self.best_by_tie.numpy()) else None}
 
     def restore_best(self) -> bool:
         path = self.best_manager.latest_checkpoint or self.last.latest_checkpoint
@@ -220,21 +274,29 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
 
     def _save_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         """Rank 0: the epoch's history row, best and last checkpoints."""
+        value = logs.get(self.monitor)
+        second = logs.get(self.state.monitor.tie_break, float("nan"))
+        reason = None
+        if value is not None:
+            reason = self.state.improved(float(value), float(second))
+            if reason:
+                self.state.mark_best(float(value), float(second), epoch + 1, reason)
         iterations = int(self.model.optimizer.iterations.numpy())
         # a run resumed mid-epoch trained (and measured) this epoch from that step on only
         resumed = self.start[1] if epoch == self.start[0] and self.start[1] else ""
         row = {"epoch": epoch + 1, "resumed_at_step": resumed, "lr": float(self.lr_of_step(iterations)),
                "iterations": iterations,
                "train_seconds": round(self.train_seconds or time.perf_counter() - self.t0, 3),
-               **{k: float(v) for k, v in sorted(logs.items())}}
+               **{k: float(v) for k, v in sorted(logs.items())},
+               # the epoch whose weights would be exported if training ended here
+               "best_epoch": int(self.state.best_epoch.numpy()) or ""}
         history = self.run_dir / "history.csv"
         # the row is written first, so that a full disk fails before any checkpoint, and renamed into place last:
         # a row in the history means its epoch is saved
         with rundir.writing(history), atomic_path(history) as staged:
             staged.write_text(history_text(history, row))
-            value = logs.get(self.monitor)
-            if value is not None and self.state.improved(float(value)):
-                self.state.save_best(float(value))
+            if reason:
+                self.state.save_best()
             path = self.state.save_last(epoch + 1, 0)
         if self.stop_after_epoch:
             self._mark_preempted(epoch + 1, 0, path)

@@ -132,6 +132,8 @@ class OutputConfig:
     monitor: Literal["val_auc", "val_loss"] = bounded("val_auc", doc="validation metric that picks the best "
                                                       "checkpoint, which is exported")
     tensorboard: bool = bounded(True, doc="write TensorBoard logs to `<run>/tensorboard`")
+    colour_patches: int = bounded(2000, min=0, doc="distinct training patches (seeded sample) whose stained pixels' "
+                                  "optical-density mean/std go into model.json `colour`; 0: not recorded (null)")
 
 
 @dataclass(frozen=True)

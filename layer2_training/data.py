@@ -76,8 +76,10 @@ def _balance(idx: np.ndarray, labels: np.ndarray, mode: str, rng: np.random.Gene
     return idx
 
 
-def load_split(index: DatasetIndex, name: str, cfg: DataConfig, seed: int, balance: bool) -> SplitData:
-    """One split's samples; a split without samples or with one class is a user error."""
+def load_split(index: DatasetIndex, name: str, cfg: DataConfig, seed: int, balance: bool,
+               both_classes: bool = True) -> SplitData:
+    """One split's samples; a split without samples is a user error, and so is one with a single class where
+    `both_classes` (training needs both; a one-class validation or test split is a health warning instead)."""
     offsets = np.cumsum([0] + [e.n_patches for e in index.entries])
     known = sorted({e.split for e in index.entries})
     members = [(i, e) for i, e in enumerate(index.entries) if e.split == name]
@@ -105,7 +107,7 @@ def load_split(index: DatasetIndex, name: str, cfg: DataConfig, seed: int, balan
     n_pos = int(label.sum())
     if len(label) == 0:
         raise CamnetError(f"dataset index {index.root}: split '{name}' has no patches")
-    if n_pos in (0, len(label)):
+    if both_classes and n_pos in (0, len(label)):
         only = "tumour" if n_pos else "normal"
         raise CamnetError(f"dataset index {index.root}: split '{name}' has only {only} patches "
                           f"({len(label)}); training and AUC need both classes")

@@ -2,12 +2,18 @@
 
 Every user error (config, index, splits, sizes, weights, stain reference) is raised by `prepare`, before
 the first training step, so a bad job fails in seconds rather than after queueing for GPUs.
+
+A finished run also says what its figures are worth: `metrics.json` carries the health warnings of the val and
+test predictions (`layer2_training.health`) and which epoch was exported and why, each warning is one `warning:`
+line on stderr, and `model.json` records the training patches' colour statistics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +22,7 @@ from typing import Any, cast
 import numpy as np
 import tensorflow as tf
 
+from layer1_patches.colour import ColourAccumulator, ColourStats
 from layer1_patches.index import DatasetIndex
 from layer1_patches.shared.atomic import atomic_path, write_text_atomic
 from layer1_patches.shared.errors import CamnetError
@@ -23,8 +30,9 @@ from layer1_patches.shared.typedconfig import config_hash
 from layer2_training import data, metrics, rundir
 from layer2_training.augment import make_transform
 from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
-from layer2_training.config import Layer2Config
+from layer2_training.config import DataConfig, Layer2Config
 from layer2_training.distributed import Dist, broadcast_variables, on_chief, wrap_optimizer
+from layer2_training.health import HealthWarning, classifier_warnings
 from layer2_training.losses import make_loss
 from layer2_training.model import build_model, check_phases, set_phase
 from layer2_training.schedule import make_schedule
@@ -75,8 +83,10 @@ def prepare(cfg: Layer2Config) -> Prepared:
         stain = (cfg.stain.method, fit_reference(ref, cfg.stain.method))
     names = cfg.data.splits
     train = data.load_split(index, names.train, cfg.data, cfg.seed, balance=True)
-    val = data.load_split(index, names.val, cfg.data, cfg.seed, balance=False)
-    test = data.load_split(index, names.test, cfg.data, cfg.seed, balance=False) if names.test else None
+    # a one-class val or test split trains and evaluates; metrics.json warns that its figures mean little
+    val = data.load_split(index, names.val, cfg.data, cfg.seed, balance=False, both_classes=False)
+    test = (data.load_split(index, names.test, cfg.data, cfg.seed, balance=False, both_classes=False)
+            if names.test else None)
     return Prepared(cfg, index, Path(cfg.output.run_dir), patch_size, input_size, weights, stain, train, val,
                     test)
 
@@ -104,7 +114,7 @@ def segments(start: tuple[int, int], head_epochs: int, epochs: int) -> list[tupl
     return out
 
 
-def sidecar(p: Prepared, steps: int) -> ModelSidecar:
+def sidecar(p: Prepared, steps: int, colour: ColourStats | None = None) -> ModelSidecar:
     entry = p.index.entries[0]
     # p.stain's method is the config's Literal, typed str by the tuple
     stain = StainSidecar(cast(Any, p.stain[0]), p.stain[1], p.cfg.stain.reference) if p.stain else StainSidecar()
@@ -115,7 +125,38 @@ def sidecar(p: Prepared, steps: int) -> ModelSidecar:
         input="RGB 0-255 (uint8 or float), shape (n, patch_size, patch_size, 3); all preprocessing is "
               "inside the model",
         output="sigmoid probability of class 1", preprocessing=spec(p.cfg.model.backbone).preprocessing,
-        stain=stain, config_hash=config_hash(p.cfg), steps_per_epoch=steps)
+        stain=stain, config_hash=config_hash(p.cfg), steps_per_epoch=steps, colour=colour)
+
+
+COLOUR_SEED = 13  # with cfg.seed: the colour sample's own stream, apart from subsampling and epoch order
+COLOUR_BATCH = 256  # patches read and added at once: bounded memory (256-px patches: 50 MB)
+
+
+def colour_positions(split: data.SplitData, k: int, seed: int) -> np.ndarray:
+    """Sorted split positions of at most `k` distinct patches, a seeded uniform sample without replacement.
+
+    Oversampling repeats tumour patches in the training split; each patch counts once, so the statistics
+    describe the training tissue rather than the balancing."""
+    _, first = np.unique(split.sample_id, return_index=True)
+    if len(first) > k:
+        first = np.random.default_rng([seed, COLOUR_SEED]).choice(first, size=k, replace=False)
+    return np.sort(first)
+
+
+def training_colour(split: data.SplitData, cfg: DataConfig, k: int, seed: int) -> ColourStats | None:
+    """Optical-density statistics of the stained pixels of `colour_positions` (None: k is 0 or no pixel is
+    stained)."""
+    pos = colour_positions(split, k, seed)
+    if len(pos) == 0:
+        return None
+    acc = ColourAccumulator()
+    reader = data.BatchReader(split, COLOUR_BATCH, cfg, (0, 1), None)
+    try:
+        for chunk in np.array_split(pos, math.ceil(len(pos) / COLOUR_BATCH)):
+            acc.add(reader.read_positions(chunk)[0])
+    finally:
+        reader.close()
+    return acc.stats()
 
 
 def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.ndarray:
@@ -129,27 +170,44 @@ def predict(model: tf.keras.Model, split: data.SplitData, p: Prepared) -> np.nda
     return np.asarray(prob, dtype=np.float64).ravel()
 
 
+def evaluation(curves: dict[str, tuple[np.ndarray, np.ndarray]], selected: dict[str, Any],
+               threshold: float) -> dict[str, Any]:
+    """metrics.json: `best_<monitor>`, `selected` (the exported epoch and why), per split the metrics at
+    `threshold`, and `warnings` (HealthWarning dicts of every split)."""
+    results: dict[str, Any] = {"best_" + selected["monitor"]: selected["value"], "selected": selected}
+    warnings: list[HealthWarning] = []
+    for name, (label, prob) in curves.items():
+        results[name] = metrics.binary_metrics(label, prob, threshold)
+        warnings += classifier_warnings(name, label, prob, threshold)
+    results["warnings"] = [w.to_dict() for w in warnings]
+    return results
+
+
 def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) -> dict[str, Any]:
-    """Rank 0: best weights -> export, sidecar, metrics and ROC plot."""
+    """Rank 0: best weights -> export, metrics with health warnings, ROC plot, and the sidecar last (its presence
+    means training finished)."""
     state.restore_best()
     export = p.run_dir / "export" / "model.keras"
     with rundir.writing(export):
         export.parent.mkdir(exist_ok=True)
         with atomic_path(export) as tmp:
             model.save(str(tmp))
-    rundir.write_json(p.run_dir / SIDECAR, sidecar(p, steps).to_dict())
-    results: dict[str, Any] = {"best_" + p.cfg.output.monitor: float(state.best.numpy())}
-    curves = {}
-    for name, split in (("val", p.val), ("test", p.test)):
-        if split is None:
-            continue
-        prob = predict(model, split, p)
-        results[name] = metrics.binary_metrics(split.label, prob, p.cfg.output.threshold)
-        curves[name] = (split.label, prob)
+    curves = {name: (split.label, predict(model, split, p)) for name, split in (("val", p.val), ("test", p.test))
+              if split is not None}
+    results = evaluation(curves, state.selected(), p.cfg.output.threshold)
     rundir.write_json(p.run_dir / "metrics.json", results)
     with rundir.writing(p.run_dir / "roc.png"):
         metrics.plot_roc(curves, p.run_dir / "roc.png")
+    colour = training_colour(p.train, p.cfg.data, p.cfg.output.colour_patches, p.cfg.seed)
+    rundir.write_json(p.run_dir / SIDECAR, sidecar(p, steps, colour).to_dict())
     return results
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What the end of training prints: the val AUC, then each warning as one `warning:` line (stderr)."""
+    auc = results["val"]["auc"]
+    head = f"val AUC {auc:.4f}" if auc is not None else "val AUC undefined (see the warnings)"
+    return [head] + [f"warning: {w['message']} [{w['code']}]" for w in results["warnings"]]
 
 
 def write_weights_digest(model: tf.keras.Model, path: Path) -> None:
@@ -188,7 +246,7 @@ def train_locked(p: Prepared, dist: Dist) -> int:
                              cfg.phases.fine_tune_lr_factor)
     optimizer = make_optimizer(cfg, schedule)
     _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
-    state = TrainState(p.run_dir, model, optimizer, higher_is_better=cfg.output.monitor == "val_auc")
+    state = TrainState(p.run_dir, model, optimizer, cfg.output.monitor)
     start = state.restore() if resumed else (0, 0)
     on_chief(dist, lambda: rundir.write_start(p.run_dir, cfg, dist.size, {
         "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train)}))
@@ -236,6 +294,8 @@ def train_locked(p: Prepared, dist: Dist) -> int:
         # training is complete: a marker of an earlier preemption would now misreport the run as pending
         with rundir.writing(p.run_dir / PREEMPTED):
             (p.run_dir / PREEMPTED).unlink(missing_ok=True)
-        results = finish(model, state, p, steps)
-        print(f"run dir {p.run_dir}: val AUC {results['val']['auc']:.4f}")
+        result, *warnings = summary_lines(finish(model, state, p, steps))
+        print(f"run dir {p.run_dir}: {result}")
+        for line in warnings:
+            print(line, file=sys.stderr)
     return 0

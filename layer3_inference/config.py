@@ -8,7 +8,7 @@ from typing import Literal
 
 from layer1_patches.config import AnnotationConfig, TissueConfig
 from layer1_patches.shared.errors import ConfigError
-from layer1_patches.shared.typedconfig import bounded, load_config
+from layer1_patches.shared.typedconfig import apply_overrides, bounded, from_mapping, load_config, read_yaml
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class WarningsConfig:
+    """When a slide's summary warns that its heatmap may not be trustworthy (the heatmap is written either way)."""
+
+    max_colour_shift: float | None = bounded(
+        0.7, min_exclusive=0, doc="warn when the slide's tissue colour lies further than this from the training "
+        "colour: the largest per-channel |slide mean - training mean| optical density, in training standard "
+        "deviations (model.json `colour`; measured against synthetic training tissue: other synthetic slides "
+        "<= 0.58, real H&E >= 0.78); null: no colour check")
+    max_tumour_share: float | None = bounded(
+        0.5, min=0, max=1, doc="warn when more than this share of the slide's tissue patches is at or above the "
+        "threshold (in Camelyon16 metastases cover far less than half a node's tissue); null: no check")
+
+
+@dataclass(frozen=True)
 class HeatmapConfig:
     match: MatchConfig = bounded(MatchConfig(), doc="where the model's training resolution (model.json) is on "
                                  "each slide")
@@ -71,6 +85,8 @@ class HeatmapConfig:
     reader: ReaderConfig = bounded(ReaderConfig(), doc="reading patches ahead of the model")
     score: ScoreConfig = bounded(ScoreConfig(), doc="slide score from the patch probabilities")
     output: OutputConfig = bounded(OutputConfig(), doc="map, images and GeoJSON per slide")
+    warnings: WarningsConfig = bounded(WarningsConfig(), doc="checks that the slide suits the model: tissue colour "
+                                       "and share called tumour")
 
     def validate(self, _path: str) -> None:
         import matplotlib
@@ -81,10 +97,15 @@ class HeatmapConfig:
 
 @dataclass(frozen=True)
 class FrocConfig:
-    """Camelyon16 lesion detection: detections are local maxima of the map above `detection_threshold`."""
+    """Camelyon16 lesion detection: candidate points are the local maxima of the smoothed probability map, kept
+    strongest first with non-maximum suppression; the FROC curve sweeps every confidence they carry."""
 
-    detection_threshold: float = bounded(0.5, min=0, max=1, doc="map regions at or above this probability are "
-                                         "detections, at their maximum")
+    smoothing_um: float = bounded(25.0, min=0, doc="micrometres: Gaussian sigma of the map smoothing before "
+                                  "maxima are sought (over predicted pixels only); 0: none")
+    nms_radius_um: float = bounded(150.0, min=0, doc="micrometres: a maximum this close to a stronger one kept "
+                                   "already is dropped")
+    min_confidence: float = bounded(0.01, min_exclusive=0, max=1, doc="maxima of the smoothed map below this are "
+                                    "not detections (keep it low: the curve sweeps every threshold above it)")
     dilation_um: float = bounded(75.0, min=0, doc="micrometres: tumour regions closer than this merge into one "
                                  "lesion")
     itc_um: float = bounded(275.0, min=0, doc="micrometres: lesions with a shorter major axis are isolated tumour "
@@ -95,6 +116,14 @@ class FrocConfig:
     def validate(self, path: str) -> None:
         if not self.fp_rates or any(r <= 0 for r in self.fp_rates):
             raise ConfigError(f"config key '{path}.fp_rates': needs positive false-positive rates")
+
+
+# Keys a config may still carry from an earlier schema, with what replaced them: a clear error, not "unknown key".
+REMOVED_EVALUATE_KEYS = {
+    ("froc", "detection_threshold"): "removed: detections are now every local maximum of the smoothed map at or "
+    "above froc.min_confidence and the FROC curve sweeps all thresholds; delete the key (see froc.min_confidence, "
+    "froc.nms_radius_um, froc.smoothing_um)",
+}
 
 
 @dataclass(frozen=True)
@@ -114,4 +143,13 @@ def load_heatmap_config(path: Path | None, overrides: list[str] | None = None) -
 
 
 def load_evaluate_config(path: Path | None, overrides: list[str] | None = None) -> EvaluateConfig:
-    return load_config(EvaluateConfig, path, overrides)
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides or []))
+    for (section, key), why in REMOVED_EVALUATE_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            where = f"{path}: " if path is not None else ""
+            raise ConfigError(f"{where}config key '{section}.{key}': {why}")
+    try:
+        return from_mapping(EvaluateConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None

@@ -1,44 +1,62 @@
-"""Heatmaps against annotations: pixel AUC, Dice/IoU, slide scores and AUC, Camelyon16 FROC, cohort table.
+"""Heatmaps against annotations, per split: pixel AUC, Dice/IoU, slide scores and AUC, Camelyon16 FROC, cohort
+table and the model health warnings.
 
 Maps are compared with the tumour mask at the annotation's raster (Layer 1's `tumour_mask`). Where the model
 made no prediction (background, too little tissue) the map counts as "not tumour": background can never
 score as tumour, and a missed tumour outside the predicted area still costs Dice.
 
-FROC follows the Camelyon16 evaluation: tumour regions within `dilation_um` of each other form one lesion;
-lesions whose major axis is shorter than `itc_um` are isolated tumour cells, for which a detection is
-neither a hit nor a false positive; a lesion counts at its best detection; sensitivity is averaged at
-`fp_rates` false positives per slide.
+Every figure is computed per split, the split of each slide coming from Layer 1's index: slides the model was
+trained on score well whatever the model is worth, so they are never pooled with the others, and the headline
+is the test split. Without an index every slide is in split `unknown`, with a warning that the figures pool all.
+Lesions, detections and the FROC curve are in `froc.py`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-from skimage import measure
 
 from layer1_patches.annotations import check_inside, load_annotations, tumour_mask
+from layer1_patches.index import DatasetIndex
 from layer1_patches.shared.atomic import atomic_path, write_text_atomic
 from layer1_patches.shared.cohort import find_annotation
 from layer1_patches.shared.errors import CamnetError
-from layer3_inference.config import EvaluateConfig, FrocConfig
+from layer2_training.health import HealthWarning, classifier_warnings
+from layer3_inference.config import EvaluateConfig
+from layer3_inference.froc import (
+    FrocCurve,
+    candidate_detections,
+    empty_reason,
+    froc_curve,
+    froc_slide,
+    lesions,
+    plot_froc,
+)
 from layer3_inference.grid import Raster, map_shape, render_map, resample_mask
 from layer3_inference.outputs import Probabilities, finished_hash, read_probabilities, slide_score
-from layer3_inference.summaries import EvaluationSummary, to_json
+from layer3_inference.summaries import EvaluationSummary, SplitEvaluation, to_json
+
+TRAINED = "train"  # the split the model learnt from (Layer 1's index, Layer 2's training set)
+UNKNOWN = "unknown"  # no index given
+UNASSIGNED = "unassigned"  # the index does not list the slide
+NAMES_SHOWN = 10  # slide names listed in one warning
 
 
 @dataclass
 class SlideEval:
     slide: str
+    split: str
     label: int  # 1: the annotation has tumour
     annotation: str
     patches: int
     slide_score: float
+    threshold: float  # for Dice and IoU: the config's or the heatmap's
     pixel_auc: float | None
     dice: float | None
     iou: float | None
@@ -67,58 +85,7 @@ def pixel_metrics(prob_map: np.ndarray, truth: np.ndarray, region: np.ndarray, t
     return auc, dice, iou
 
 
-def lesions(truth: np.ndarray, um_per_px: tuple[float, float], cfg: FrocConfig) -> tuple[np.ndarray, set[int]]:
-    """Labelled lesions (Camelyon16 evaluation mask) and the labels that are isolated tumour cells."""
-    if not truth.any():
-        return np.zeros(truth.shape, np.int32), set()
-    distance = ndimage.distance_transform_edt(~truth, sampling=(um_per_px[1], um_per_px[0]))
-    merged = ndimage.binary_fill_holes(distance < cfg.dilation_um / 2)
-    labels = measure.label(merged, connectivity=2)
-    scale = math.sqrt(um_per_px[0] * um_per_px[1])
-    itc = {int(r.label) for r in measure.regionprops(labels) if r.axis_major_length * scale < cfg.itc_um}
-    return labels.astype(np.int32), itc
-
-
-def detections(prob_map: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """(row, col, confidence) per connected region above `threshold`, at the region's maximum."""
-    values = np.nan_to_num(prob_map, nan=0.0)
-    labels, n = ndimage.label(values >= threshold, structure=np.ones((3, 3)))
-    if n == 0:
-        return []
-    peaks = ndimage.maximum_position(values, labels, range(1, n + 1))
-    return [(int(r), int(c), float(values[r, c])) for r, c in peaks]
-
-
-def froc_slide(dets: list[tuple[int, int, float]], labels: np.ndarray, itc: set[int],
-               ) -> tuple[list[float], list[float]]:
-    """(false-positive confidences, best confidence per non-ITC lesion)."""
-    best = dict.fromkeys((k for k in range(1, int(labels.max()) + 1) if k not in itc), 0.0)
-    fps = []
-    for r, c, p in dets:
-        k = int(labels[r, c])
-        if k == 0:
-            fps.append(p)
-        elif k in best:
-            best[k] = max(best[k], p)
-    return fps, list(best.values())
-
-
-def froc(slides: list[SlideEval], fp_rates: list[float]) -> tuple[np.ndarray, np.ndarray, list[float], float]:
-    """(FPs per slide, sensitivity) along the curve, sensitivity at `fp_rates`, and their mean."""
-    fp = np.asarray([p for s in slides for p in s.fp_probs], dtype=np.float64)
-    tp = np.asarray([p for s in slides for p in s.tp_probs], dtype=np.float64)
-    if len(tp) == 0 or not slides:
-        return np.zeros(0), np.zeros(0), [math.nan] * len(fp_rates), math.nan
-    thresholds = np.unique(np.concatenate([fp, tp, [np.inf]]))
-    thresholds = thresholds[thresholds > 0]  # an undetected lesion (confidence 0) is never found
-    fps = np.array([(fp >= t).sum() for t in thresholds], dtype=np.float64) / len(slides)
-    sens = np.array([(tp >= t).sum() for t in thresholds], dtype=np.float64) / len(tp)
-    # thresholds ascend, so FPs descend: reverse for interpolation at fixed FP rates
-    at = [float(np.interp(r, fps[::-1], sens[::-1])) for r in fp_rates]
-    return fps, sens, at, float(np.mean(at))
-
-
-def evaluate_slide(p: Probabilities, annotation: Path | None, cfg: EvaluateConfig) -> SlideEval:
+def evaluate_slide(p: Probabilities, annotation: Path | None, cfg: EvaluateConfig, split: str) -> SlideEval:
     threshold = cfg.threshold if cfg.threshold is not None else p.threshold
     if annotation is not None:
         polygons = load_annotations(annotation)
@@ -135,11 +102,12 @@ def evaluate_slide(p: Probabilities, annotation: Path | None, cfg: EvaluateConfi
     auc, dice, iou = pixel_metrics(prob_map, truth, tissue | truth, threshold)
     if p.mpp <= 0:
         raise CamnetError(f"slide {p.slide_name}: no mpp recorded; FROC needs micrometres")
-    labels, itc = lesions(truth, (ds_x * p.mpp, ds_y * p.mpp), cfg.froc)
-    dets = detections(prob_map, cfg.froc.detection_threshold)
+    um_per_px = (ds_x * p.mpp, ds_y * p.mpp)
+    labels, itc = lesions(truth, um_per_px, cfg.froc)
+    dets = candidate_detections(prob_map, um_per_px, cfg.froc)
     fps, tps = froc_slide(dets, labels, itc)
-    return SlideEval(p.slide_name, int(truth.any()), str(annotation or ""), len(p.prob),
-                     slide_score(p.prob, cfg.score), auc, dice, iou, len(tps), len(itc), len(dets),
+    return SlideEval(p.slide_name, split, int(truth.any()), str(annotation or ""), len(p.prob),
+                     slide_score(p.prob, cfg.score), threshold, auc, dice, iou, len(tps), len(itc), len(dets),
                      sum(t > 0 for t in tps), len(fps), fps, tps)
 
 
@@ -150,6 +118,52 @@ def finished_outputs(heatmaps: Path) -> list[Path]:
     if not found:
         raise CamnetError(f"heatmap folder {heatmaps}: no finished slide outputs (<stem>/summary.json)")
     return found
+
+
+# --- splits -----------------------------------------------------------------------------------------------
+
+
+def read_splits(index: Path) -> dict[str, str]:
+    """Slide name -> split, from Layer 1's index."""
+    out: dict[str, str] = {}
+    for e in DatasetIndex.load(index).entries:
+        if out.setdefault(e.slide_name, e.split) != e.split:
+            raise CamnetError(f"dataset index {index}: slide {e.slide_name} is in two splits, "
+                              f"{out[e.slide_name]} and {e.split}")
+    return out
+
+
+def split_rank(name: str) -> tuple[int, str]:
+    """Order of splits in tables: test, val, the others by name, and the training split last."""
+    return ({"test": 0, "val": 1, TRAINED: 3}.get(name, 2), name)
+
+
+def headline_split(names: set[str]) -> str:
+    """The split to quote: the first in table order, so the training split only when it is the only one."""
+    return min(names, key=split_rank)
+
+
+def split_of(slide: str, splits: dict[str, str] | None) -> str:
+    if splits is None:
+        return UNKNOWN
+    return splits.get(slide, UNASSIGNED)
+
+
+def assignment_warnings(results: list[SlideEval], index: Path | None) -> list[HealthWarning]:
+    if index is None:
+        return [HealthWarning("no_split", f"no --index given: all {len(results)} slides are in split '{UNKNOWN}', so "
+                              "every figure pools them (training slides included, if any); pass Layer 1's "
+                              "index.json with --index for figures per split", UNKNOWN)]
+    missing = sorted(r.slide for r in results if r.split == UNASSIGNED)
+    if not missing:
+        return []
+    names = ", ".join(missing[:NAMES_SHOWN]) + (f" and {len(missing) - NAMES_SHOWN} more"
+                                                 if len(missing) > NAMES_SHOWN else "")
+    return [HealthWarning("unassigned_slides", f"{len(missing)} slide(s) not in the index {index}: {names}; "
+                          f"evaluated apart in split '{UNASSIGNED}'", UNASSIGNED)]
+
+
+# --- figures of one split ---------------------------------------------------------------------------------
 
 
 def slide_auc(results: list[SlideEval]) -> float | None:
@@ -166,52 +180,83 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-COLUMNS = ("slide", "label", "slide_score", "pixel_auc", "dice", "iou", "patches", "lesions", "itc", "detections",
-           "lesions_found", "false_positives", "annotation")
+def split_threshold(results: list[SlideEval]) -> float:
+    """The threshold the split's slides were called at: heatmaps of one model share it; if not, the most common."""
+    counts = Counter(r.threshold for r in results)
+    return min(counts, key=lambda t: (-counts[t], t))
 
 
-def cohort_csv(results: list[SlideEval]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in results:
-        writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
-                         for k, v in asdict(r).items()})
-    return buf.getvalue()
+def split_warnings(name: str, results: list[SlideEval], curve: FrocCurve) -> list[HealthWarning]:
+    """Slide-level classifier checks, and an empty FROC curve."""
+    warnings = classifier_warnings(name, np.array([r.label for r in results]),
+                                   np.array([r.slide_score for r in results]), split_threshold(results), what="slides")
+    if curve.empty:
+        warnings.append(HealthWarning("froc_empty", f"{name}: FROC has no curve: {empty_reason(curve)}", name))
+    return warnings
 
 
-def plot(results: list[SlideEval], curve: tuple[np.ndarray, np.ndarray], out: Path) -> list[str]:
+def plot_slide_roc(results: list[SlideEval], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from sklearn.metrics import roc_curve
 
-    written = []
-    fps, sens = curve
-    if len(fps):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.step(fps[::-1], sens[::-1], where="post")
-        ax.set(xscale="symlog", xlabel="average false positives per slide", ylabel="lesion sensitivity",
-               title="FROC", ylim=(0, 1.02))
-        with atomic_path(out / "froc.png") as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-        plt.close(fig)
-        written.append("froc.png")
-    if len({r.label for r in results}) == 2:
-        fpr, tpr, _ = roc_curve([r.label for r in results], [r.slide_score for r in results])
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.plot(fpr, tpr)
-        ax.plot([0, 1], [0, 1], ls=":", c="grey")
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="slide-level ROC")
-        with atomic_path(out / "slide_roc.png") as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-        plt.close(fig)
-        written.append("slide_roc.png")
-    return written
+    fpr, tpr, _ = roc_curve([r.label for r in results], [r.slide_score for r in results])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
 
 
-def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateConfig) -> EvaluationSummary:
+def file_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def evaluate_split(name: str, results: list[SlideEval], cfg: EvaluateConfig, out: Path,
+                   ) -> tuple[SplitEvaluation, list[HealthWarning]]:
+    """One split's figures, warnings and plots (written into `out`)."""
+    curve = froc_curve([r.fp_probs for r in results], [r.tp_probs for r in results], cfg.froc.fp_rates)
+    trained = name == TRAINED
+    title = f"{name} ({len(results)} slides{', trained on' if trained else ''})"
+    plots = [f"froc_{file_part(name)}.png"]
+    plot_froc(curve, f"FROC {title}", out / plots[0])
+    auc = slide_auc(results)
+    if auc is not None:
+        plots.append(f"slide_roc_{file_part(name)}.png")
+        plot_slide_roc(results, f"slide ROC {title}", out / plots[1])
+    tumour = [r for r in results if r.label == 1]
+    figures = SplitEvaluation(
+        slides=len(results), tumour_slides=len(tumour), trained_on=trained, lesions=curve.lesions, slide_auc=auc,
+        froc_score=curve.score,
+        froc_sensitivity={f"{r:g}": s for r, s in zip(cfg.froc.fp_rates, curve.at, strict=True)},
+        mean_dice_tumour_slides=_mean([r.dice for r in tumour]), mean_iou_tumour_slides=_mean([r.iou for r in tumour]),
+        mean_pixel_auc=_mean([r.pixel_auc for r in results]), plots=plots)
+    return figures, split_warnings(name, results, curve)
+
+
+# --- cohort -----------------------------------------------------------------------------------------------
+
+COLUMNS = ("slide", "split", "label", "slide_score", "pixel_auc", "dice", "iou", "patches", "lesions", "itc",
+           "detections", "lesions_found", "false_positives", "annotation")
+
+
+def cohort_csv(results: list[SlideEval]) -> str:
+    """One row per slide, grouped by split (test, val, others, train), then by slide."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in sorted(results, key=lambda r: (split_rank(r.split), r.slide)):
+        writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
+                         for k, v in asdict(r).items()})
+    return buf.getvalue()
+
+
+def evaluate_slides(heatmaps: Path, annotations: Path, cfg: EvaluateConfig,
+                    splits: dict[str, str] | None) -> list[SlideEval]:
     if not annotations.is_dir():
         raise CamnetError(f"annotation folder {annotations}: no such folder")
     results = []
@@ -220,24 +265,35 @@ def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateC
         annotation = find_annotation(Path(p.slide_name), annotations)
         if annotation is None and cfg.missing_annotation == "skip":
             continue
-        results.append(evaluate_slide(p, annotation, cfg))
+        results.append(evaluate_slide(p, annotation, cfg, split_of(p.slide_name, splits)))
     if not results:
         raise CamnetError(f"no slide in {heatmaps} has an annotation in {annotations} (missing_annotation: skip)")
-    fps, sens, at, score = froc(results, cfg.froc.fp_rates)
-    tumour = [r for r in results if r.label == 1]
+    return results
+
+
+def summarise(results: list[SlideEval], cfg: EvaluateConfig, out: Path, index: Path | None) -> EvaluationSummary:
+    """Figures per split of evaluated slides; writes cohort.csv, the plots and summary.json (last) into `out`."""
+    names = sorted({r.split for r in results}, key=split_rank)
+    warnings = assignment_warnings(results, index)
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "cohort.csv", cohort_csv(results))
+        per_split = {}
+        for name in names:
+            per_split[name], found = evaluate_split(name, [r for r in results if r.split == name], cfg, out)
+            warnings += found
         summary = EvaluationSummary(
-            slides=len(results), tumour_slides=len(tumour), slide_auc=slide_auc(results),
-            froc_score=None if math.isnan(score) else score,
-            froc_sensitivity={str(r): (None if math.isnan(s) else s)
-                              for r, s in zip(cfg.froc.fp_rates, at, strict=True)},
-            mean_dice_tumour_slides=_mean([r.dice for r in tumour]),
-            mean_iou_tumour_slides=_mean([r.iou for r in tumour]),
-            mean_pixel_auc=_mean([r.pixel_auc for r in results]),
-            score_method=cfg.score.method, threshold=cfg.threshold, plots=plot(results, (fps, sens), out))
+            headline_split=headline_split(set(names)), slides=len(results), score_method=cfg.score.method,
+            threshold=cfg.threshold, froc_config=cfg.froc, splits=per_split, warnings=warnings,
+            plots=[f for s in per_split.values() for f in s.plots])
         write_text_atomic(out / "summary.json", to_json(summary))
     except OSError as err:
         raise CamnetError(f"evaluation output {out}: cannot write ({err.strerror or err})") from None
     return summary
+
+
+def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateConfig,
+                    index: Path | None = None) -> EvaluationSummary:
+    """Evaluate every finished heatmap, per split (`index`: Layer 1's index.json; None: one split, `unknown`)."""
+    splits = read_splits(index) if index is not None else None
+    return summarise(evaluate_slides(heatmaps, annotations, cfg, splits), cfg, out, index)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -24,20 +25,24 @@ from typing import Any
 
 import numpy as np
 
+from layer1_patches.colour import ColourAccumulator, merged_stats
 from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
 from layer1_patches.shared.cohort import check_same_slide
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import OutputBusy, output_lock
-from layer1_patches.shared.typedconfig import config_hash
+from layer1_patches.shared.typedconfig import data_hash, to_dict
 from layer1_patches.slide import Slide
 from layer3_inference import outputs
-from layer3_inference.config import HeatmapConfig, ReaderConfig
+from layer3_inference.config import HeatmapConfig, ReaderConfig, WarningsConfig
 from layer3_inference.grid import plan_grid, shard_batches
 from layer3_inference.model import ModelSpec, working_resolution
 
 log = logging.getLogger(__name__)
 ModelFn = Callable[[np.ndarray], np.ndarray]
+# Colour statistics read a regular lattice of at least COLOUR_SIDE x COLOUR_SIDE pixels per patch: every pixel of
+# a 256-px batch cost ~1.1 CPU s per 1,000 patches, the lattice 0.12 s, and 4,096 pixels per patch are plenty
+COLOUR_SIDE = 64
 SIZE_VARS = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
@@ -149,14 +154,20 @@ def read_batches(reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
 
 
 def predict(model_fn: ModelFn, reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
-            stats: dict[str, float]) -> np.ndarray:
-    """The model's probability for every patch at `coords`, read `rc.batch_size` at a time ahead of the model."""
+            stats: dict[str, float], colour: ColourAccumulator | None = None) -> np.ndarray:
+    """The model's probability for every patch at `coords`, read `rc.batch_size` at a time ahead of the model;
+    `colour` (if given) accumulates the colour of exactly the patches the model saw (not the padding)."""
     out = np.empty(len(coords), dtype=np.float32)
     done = 0
     for buf, n in read_batches(reader, coords, rc, stats):
         t0 = time.perf_counter()
         out[done:done + n] = model_fn(buf)[:n]
         stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
+        if colour is not None:
+            t0 = time.perf_counter()
+            step = max(1, reader.patch_size // COLOUR_SIDE)
+            colour.add(buf[:n, ::step, ::step])
+            stats["colour_s"] = stats.get("colour_s", 0.0) + time.perf_counter() - t0
         done += n
     return out
 
@@ -179,18 +190,28 @@ class HeatmapResult:
     seconds: float = 0.0
     error: str = ""
     times: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # codes of the summary's warnings
 
 
 def run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
     # the model's identity is part of the hash: the same config with another model is another result
-    return _digest(config_hash(cfg), spec.identity())
+    return _digest(heatmap_config_hash(cfg), spec.identity())
+
+
+def heatmap_config_hash(cfg: HeatmapConfig) -> str:
+    """The config's hash, with `warnings` only when it differs from the defaults: a config from before the section
+    existed keeps its hash (its finished heatmaps are skipped, not refused), and changed limits redo the summary."""
+    data = to_dict(cfg)
+    if cfg.warnings == WarningsConfig():
+        del data["warnings"]
+    return data_hash(data)
 
 
 def legacy_run_hash(cfg: HeatmapConfig, spec: ModelSpec) -> str:
     """The hash CamNet 0.1.0 wrote, before the model's identity held its content hash: its model file path as
     spelled (relative to the run dir given), so an unchanged command still resumes its finished slides."""
     identity = {k: v for k, v in spec.identity().items() if k != "model_sha256"}
-    return _digest(config_hash(cfg), {**identity, "model_file": str(spec.model_file)})
+    return _digest(heatmap_config_hash(cfg), {**identity, "model_file": str(spec.model_file)})
 
 
 def _digest(config: str, model: dict[str, Any]) -> str:
@@ -210,7 +231,8 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
             verdict = _take(stack, req, spec, final, digest)
         kind, message = ranks.allgather(verdict)[0]
         if kind == "skipped":
-            return HeatmapResult(req.slide.stem, str(final), "skipped")
+            codes = print_finished_warnings(req.slide.stem, final) if ranks.rank == 0 else []
+            return HeatmapResult(req.slide.stem, str(final), "skipped", warnings=codes)
         if kind:
             raise (OutputBusy if kind == "busy" else CamnetError)(message)
         return _heatmap(req, spec, model_fn, ranks, digest)
@@ -266,19 +288,21 @@ def _heatmap(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ran
         lo, hi = shard_batches(len(grid), cfg.reader.batch_size, ranks.rank, ranks.size)
         reader = PatchReader(slide, res, spec.patch_size, [])
         stats: dict[str, float] = {}
+        colour = ColourAccumulator()
         t0 = time.perf_counter()
         error = ""
         try:
-            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader, stats)
+            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader, stats, colour)
         except CamnetError as err:  # every rank must still reach the gather, or the others hang
             probs, error = np.zeros(0, np.float32), str(err)
         stats["infer_s"] = time.perf_counter() - t0
-        shares = ranks.allgather((lo, probs, error, stats))
-        errors = [e for _, _, e, _ in shares if e]
+        shares = ranks.allgather((lo, probs, error, stats, colour))
+        errors = [s[2] for s in shares if s[2]]
         if errors:
             raise CamnetError(errors[0])
-        all_probs = np.concatenate([p for _, p, _, _ in sorted(shares, key=lambda s: s[0])])
-        for key in ("infer_s", "model_s", "wait_s"):
+        all_probs = np.concatenate([s[1] for s in sorted(shares, key=lambda s: s[0])])
+        slide_colour = merged_stats([s[4] for s in shares])
+        for key in ("infer_s", "model_s", "wait_s", "colour_s"):
             times[key] = max(s[3].get(key, 0.0) for s in shares)
         result = HeatmapResult(slide.name, str(final), "done", len(grid), times=times)
         if ranks.rank == 0:
@@ -287,13 +311,34 @@ def _heatmap(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ran
             threshold = cfg.output.threshold if cfg.output.threshold is not None else spec.threshold
             written = outputs.SlideOutput(info=info, grid=grid, probs=all_probs, cfg=cfg, spec=spec,
                                           threshold=threshold, digest=digest, times=times, n_ranks=ranks.size,
-                                          start=start)
-            result.score = outputs.write_slide(final, written).slide_score
+                                          start=start, colour=slide_colour)
+            summary = outputs.write_slide(final, written)
+            result.score = summary.slide_score
+            result.warnings = print_warnings(slide.name, [(w.code, w.message) for w in summary.warnings])
             times["write_s"] = time.perf_counter() - t0
     result.seconds = time.perf_counter() - start
     log.info("%s: %d patches on %d rank(s), %.1f s (model %.1f s, waiting on reads %.1f s)", result.slide,
              result.patches, ranks.size, result.seconds, times.get("model_s", 0.0), times.get("wait_s", 0.0))
     return result
+
+
+def print_warnings(slide: str, warnings: list[tuple[str, str]]) -> list[str]:
+    """One `warning: <slide>: <message>` line on stderr per (code, message), beside the log (seen even when logging
+    is off); returns the codes."""
+    for _, message in warnings:
+        print(f"warning: {slide}: {message}", file=sys.stderr, flush=True)
+    return [code for code, _ in warnings]
+
+
+def print_finished_warnings(slide: str, final: Path) -> list[str]:
+    """A skipped slide's warnings again, from its summary: a rerun reports what the first run did."""
+    done = outputs.finished_summary(final) or {}
+    if "tumour_share" not in done:
+        print_warnings(slide, [("", "finished by an earlier CamNet without the colour and tumour-share checks; "
+                                    "--overwrite runs them")])
+        return []
+    found = [w for w in done.get("warnings") or [] if isinstance(w, dict)]
+    return print_warnings(slide, [(str(w.get("code", "")), str(w.get("message", ""))) for w in found])
 
 
 @dataclass(frozen=True)
@@ -311,7 +356,8 @@ class CohortRun:
         lines = [header, "-" * len(header)]
         for r in self.results:
             score = f"{r.score:.3f}" if r.score is not None else "-"
-            lines.append(f"{r.slide[:32]:32} {r.status:8} {r.patches:>8} {score:>7} {r.seconds:>8.1f}  {r.error}")
+            note = r.error or (f"warnings: {', '.join(r.warnings)}" if r.warnings else "")
+            lines.append(f"{r.slide[:32]:32} {r.status:8} {r.patches:>8} {score:>7} {r.seconds:>8.1f}  {note}")
         ok = sum(r.status in ("done", "skipped") for r in self.results)
         lines.append(f"{ok}/{len(self.results)} slides ok")
         return "\n".join(lines)

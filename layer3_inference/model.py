@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layer1_patches.colour import ColourStats
 from layer1_patches.config import ResolutionConfig
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
@@ -37,6 +38,8 @@ class ModelSpec:
     threshold: float
     backbone: str
     config_hash: str
+    # not part of `identity()`: the model file's hash identifies the model, and old heatmaps keep their run hash
+    colour: ColourStats | None = None  # training tissue's optical density (model.json `colour`)
 
     @cached_property
     def model_sha256(self) -> str:
@@ -64,7 +67,7 @@ def sidecar_from_layer2(run_dir: Path, data: Any) -> ModelSpec:
     car = ModelSidecar.from_mapping(data, f"run dir {run_dir}: {run_dir / SIDECAR}")
     return ModelSpec(run_dir=run_dir, model_file=run_dir / car.model_file, patch_size=car.patch_size,
                      working_mpp=car.working_mpp, level=car.level, threshold=car.threshold, backbone=car.backbone,
-                     config_hash=car.config_hash)
+                     config_hash=car.config_hash, colour=car.colour)
 
 
 def read_spec(run_dir: Path) -> ModelSpec:

@@ -25,6 +25,7 @@ from scipy import ndimage
 from skimage import measure
 
 from layer1_patches import __version__
+from layer1_patches.colour import ColourStats
 from layer1_patches.masks import Mask
 from layer1_patches.shared import signals
 from layer1_patches.shared.atomic import remove_inside
@@ -32,6 +33,7 @@ from layer1_patches.shared.cohort import output_stem
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import writer_partial
 from layer1_patches.slide import Slide, WorkingResolution
+from layer3_inference import domain
 from layer3_inference.config import HeatmapConfig, ScoreConfig
 from layer3_inference.grid import Raster, TissueGrid, map_shape, render_map, resample_mask
 from layer3_inference.model import ModelSpec
@@ -261,6 +263,7 @@ class SlideOutput:
     times: dict[str, float]
     n_ranks: int
     start: float  # perf_counter() when the slide began
+    colour: ColourStats | None = None  # the predicted patches' stained pixels, all ranks
 
 
 def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
@@ -295,6 +298,7 @@ def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
         geojson = {"type": "FeatureCollection", "features": regions + tiles}
         (tmp / f"{info.name}.geojson").write_text(json.dumps(geojson, separators=(",", ":")))
         tissue_px = float(info.tissue.array.sum())
+        check = domain.check_slide(o.colour, o.spec.colour, probs, threshold, cfg.warnings)
         summary = HeatmapSummary(
             slide=info.name, slide_path=info.path, run_hash=o.digest, model=o.spec.identity(),
             patches=len(grid), grid_shape=list(grid.shape), footprint=grid.footprint, step=grid.step,
@@ -308,7 +312,9 @@ def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
             reader_threads=cfg.reader.threads, times={k: round(v, 3) for k, v in times.items()},
             seconds=round(time.perf_counter() - o.start, 3),
             patches_per_s=round(len(grid) / max(times.get("infer_s", 0.0), 1e-9), 1),
-            package_version=__version__, files=sorted(p.name for p in tmp.iterdir()) + [SUMMARY])
+            package_version=__version__, files=sorted(p.name for p in tmp.iterdir()) + [SUMMARY], colour=o.colour,
+            colour_shift=None if check.colour_shift is None else round(check.colour_shift, 3),
+            tumour_share=round(check.tumour_share, 6), warnings=check.warnings)
         (tmp / SUMMARY).write_text(to_json(summary))
         signals.check()  # interrupted (its exception swallowed by a library's cleanup): never rename into place
         if os.path.lexists(final):  # finished ones were skipped unless --overwrite; anything else is a leftover

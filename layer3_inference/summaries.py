@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from layer1_patches.colour import ColourStats
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import bounded, load_contract, required, to_dict
+from layer2_training.health import HealthWarning
+from layer3_inference.config import FrocConfig
 
 T = TypeVar("T")
 
@@ -53,15 +56,27 @@ class HeatmapSummary:
     files: list[str] = bounded([], doc="every file of the slide's folder, this one included: the folder is finished "
                                        "only when all exist ([] in older summaries: probabilities.h5, heatmap.png and "
                                        "overlay.png)")
+    colour: ColourStats | None = bounded(None, doc="optical-density statistics of the stained pixels of the tissue "
+                                         "patches predicted (null: none stained, or a summary older than the field)")
+    colour_shift: float | None = bounded(None, min=0, doc="largest per-channel |slide - training| mean optical "
+                                         "density in training standard deviations (null: model.json or the slide "
+                                         "has no colour statistics)")
+    tumour_share: float | None = bounded(None, min=0, max=1, doc="share of the tissue patches at or above threshold "
+                                         "(null in summaries older than the field)")
+    warnings: list[HealthWarning] = bounded([], doc="reasons to distrust this heatmap, {code, message, split: null}: "
+                                            "colour_shift, tumour_share, no_training_colour")
     summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
 
 
 @dataclass(frozen=True)
-class EvaluationSummary:
-    """A cohort's evaluation against annotations (`evaluate --out OUT`: OUT/summary.json)."""
+class SplitEvaluation:
+    """The figures of one split's slides (`splits.<name>` of the evaluation summary); no split is pooled with
+    another."""
 
-    slides: int = required("slides evaluated", min=1)
+    slides: int = required("slides evaluated in this split", min=1)
     tumour_slides: int = required("slides with annotated tumour", min=0)
+    trained_on: bool = required("true for the split the model was trained on (train): its figures are not a test")
+    lesions: int = required("annotated lesions counted by the FROC (isolated tumour cells excluded)", min=0)
     slide_auc: float | None = required("slide-level ROC AUC of slide_score (null: one class only)", min=0, max=1)
     froc_score: float | None = required("Camelyon16 FROC score: mean sensitivity at fp_rates (null: no lesions)",
                                         min=0, max=1)
@@ -69,11 +84,29 @@ class EvaluationSummary:
     mean_dice_tumour_slides: float | None = required("mean Dice of tumour slides (null: none)", min=0, max=1)
     mean_iou_tumour_slides: float | None = required("mean IoU of tumour slides (null: none)", min=0, max=1)
     mean_pixel_auc: float | None = required("mean per-slide pixel AUC (null: none computable)", min=0, max=1)
+    plots: list[str] = bounded([], doc="this split's plot files: froc_<split>.png, slide_roc_<split>.png")
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """A cohort's evaluation against annotations (`evaluate --out OUT`: OUT/summary.json), per split."""
+
+    headline_split: str = required("the split to quote: test if evaluated, else val, else the first other split "
+                                   "not trained on, else train or unknown")
+    slides: int = required("slides evaluated, all splits", min=1)
     score_method: str = required("slide score method")
     threshold: float | None = required("probability threshold for Dice and IoU (null: each heatmap's own)",
                                       min=0, max=1)
-    plots: list[str] = bounded([], doc="plot files written beside it")
-    summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
+    froc_config: FrocConfig = required("the FROC detection and lesion parameters used")
+    splits: dict[str, SplitEvaluation] = required("figures per split (from Layer 1's index; unknown: no index "
+                                                  "given; unassigned: slides the index does not list)")
+    warnings: list[HealthWarning] = bounded([], doc="reasons to distrust the figures, {code, message, split}: "
+                                            "no_split, unassigned_slides, froc_empty, and the slide-level "
+                                            "classifier checks (one_class, never_crosses_threshold, "
+                                            "threshold_miscalibrated, auc_small_sample)")
+    plots: list[str] = bounded([], doc="every plot file written beside it")
+    summary_version: int = bounded(2, min=2, max=2, doc="version of this contract (2: per split; version 1 "
+                                   "pooled every slide and is refused: evaluate again)")
 
 
 def to_json(summary: Any) -> str:

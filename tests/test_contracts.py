@@ -56,7 +56,7 @@ def outputs(trained_layer2: TrainedRun, tmp_path_factory: pytest.TempPathFactory
     for cmd in (["heatmap", "--config", "configs/layer3/heatmap.yaml", "--model", str(trained_layer2.run_dir),
                  "--slide", str(slide), "--out", str(heatmaps), "--set", "reader.threads=1"],
                 ["evaluate", "--config", "configs/layer3/evaluate.yaml", "--heatmaps", str(heatmaps),
-                 "--annotations", str(slide.parent), "--out", str(evaluation)]):
+                 "--annotations", str(slide.parent), "--index", str(root / "index.json"), "--out", str(evaluation)]):
         proc = subprocess.run([sys.executable, "-m", "layer3_inference", *cmd], cwd=REPO, env=subprocess_env(),
                               capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -86,6 +86,8 @@ def test_written_files_validate_against_the_published_schemas(outputs: dict[str,
         data = json.loads(outputs[name].read_text())
         validate(cls, data)
         assert asdict(from_mapping(cls, data)) == data  # and CamNet reads back exactly what it wrote
+    evaluation = json.loads(outputs["evaluation"].read_text())
+    assert evaluation["headline_split"] == "val" and set(evaluation["splits"]) == {"val"}  # the slide's split
 
 
 @pytest.mark.parametrize("change", [

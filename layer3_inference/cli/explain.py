@@ -24,6 +24,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="Layer 2 run directory")
     p.add_argument("--store", type=Path, nargs="+", default=[], metavar="H5",
                    help="Layer 1 patch stores: patches to select from and the labelled patches for RCV")
+    p.add_argument("--index", type=Path, metavar="INDEX_JSON",
+                   help="Layer 1's index.json: select patches only from stores of split select.split (default test); "
+                        "without --store, the index's stores")
     p.add_argument("--heatmap", type=Path, metavar="DIR",
                    help="heatmap output (OUT or OUT/<stem>): select the top-k cells by tumour probability")
     p.add_argument("--masks", type=Path, metavar="H5_OR_NPZ",
@@ -39,19 +42,30 @@ def run(args: argparse.Namespace) -> int:
     from layer3_inference.explain.run import Request
     from layer3_inference.explain.run import run as explain
 
-    summary = explain(Request(cfg, args.model, args.out, list(args.store), args.heatmap, args.masks))
+    summary = explain(Request(cfg, args.model, args.out, list(args.store), args.heatmap, args.masks, args.index))
     if summary.get("rank", 0) != 0:
         return 0
+    print(f"explain: patches from split {summary.get('split') or 'unknown'}; Grad-CAM layer {summary['gradcam_layer']}")
     if "sanity" in summary:
-        for method, result in summary["sanity"].items():
-            flag = "  FLAGGED: maps do not depend on the weights" if result["flagged"] else ""
-            print(f"sanity {method:11s} median rank correlation trained vs random {result['median']:+.3f}{flag}")
+        print_sanity(summary["sanity"])
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning['message']}")
     for row in summary.get("rcv", []):
         if row.get("r2_heldout") is None:
             print(f"rcv {row['layer']:>20s} {row['concept']:20s} skipped (see rcv_scores.json)")
             continue
-        p = row.get("p_value")
-        print(f"rcv {row['layer']:>20s} {row['concept']:20s} R2 {row['r2_heldout']:+.3f} TCAV {row['tcav']:.2f} "
-              f"p {'-' if p is None else format(p, '.2g')}{' *' if row['significant'] else ''}")
+        p, tcav = row.get("p_adjusted"), row.get("tcav")
+        print(f"rcv {row['layer']:>20s} {row['concept']:20s} R2 {row['r2_heldout']:+.3f} "
+              f"TCAV {'-' if tcav is None else format(tcav, '.2f')} p_adj {'-' if p is None else format(p, '.2g')} "
+              f"{row.get('status', '')}")
     print(f"explain: outputs in {args.out}")
     return 0
+
+
+def print_sanity(sanity: dict[str, Any]) -> None:
+    print(f"sanity {sanity['status']}: randomised logits' std across patches {sanity['random_logit_std']:.3g}")
+    for method, result in sanity["methods"].items():
+        median = result["median"]
+        shown = "-" if median is None or median != median else f"{median:+.3f}"  # NaN: no ranked patch
+        flag = "  INPUT-INDEPENDENT" if result["input_independent"] else ""
+        print(f"sanity {method:11s} {result['status']:12s} median rank correlation trained vs random {shown}{flag}")

@@ -25,8 +25,12 @@ class SelectConfig:
     indices: list[int] = bounded([], doc="indices: rows of the (first) store")
     coords: list[list[int]] = bounded([], doc="coords: level-0 [x, y] top-left corners of store patches")
     seed: int = bounded(0, min=0, doc="random_per_class: sampling seed")
+    split: str = bounded("test", doc="patches only from stores of this split of --index (train, val, test, ...); "
+                         "all: every given store")
 
     def validate(self, path: str) -> None:
+        if not self.split.strip():
+            raise ConfigError(f"config key '{path}.split': empty split name (use all for every store)")
         if any(i < 0 for i in self.indices):
             raise ConfigError(f"config key '{path}.indices': indices must be non-negative")
         if any(len(c) != 2 for c in self.coords):
@@ -36,8 +40,10 @@ class SelectConfig:
 @dataclass(frozen=True)
 class GradcamConfig:
     enabled: bool = bounded(True, doc="compute Grad-CAM and Grad-CAM++ maps")
-    layer: str | None = bounded(None, doc="a backbone (or outer) layer name; null: the backbone's last "
-                                "convolutional block")
+    layer: str | None = bounded(None, doc="a backbone (or outer) layer name; null: the deepest spatial layer "
+                                "at least min_size cells on both sides")
+    min_size: int = bounded(7, min=1, doc="with layer: null, the smallest output side (cells at the model's "
+                            "patch size) of the default layer; a coarser layer gets a gradcam_layer_small warning")
     score: Literal["logit", "probability"] = bounded("logit", doc="output differentiated; logit: no sigmoid "
                                                      "saturation in confident patches")
 
@@ -71,7 +77,15 @@ class SanityConfig:
     enabled: bool = bounded(True, doc="recompute the maps with randomly re-initialised weights")
     seed: int = bounded(1234, min=0, doc="seed of the re-initialisation")
     max_rank_correlation: float = bounded(0.5, min=-1, max=1, doc="a method whose median Spearman correlation "
-                                          "with the trained maps exceeds this is flagged")
+                                          "with the trained maps at the deepest conclusive depth exceeds this "
+                                          "fails")
+    depths: int = bounded(4, min=1, doc="cascade steps from the output layer down, evenly spaced over the "
+                          "weighted blocks; the last one randomises every block")
+    min_logit_std: float = bounded(1e-3, min=0, doc="below this spread of the randomised model's logits across "
+                                   "the patches the network is dead and the check inconclusive")
+    max_cross_patch_correlation: float = bounded(0.9, min=-1, max=1, doc="a method whose trained maps of "
+                                                 "different patches correlate (mean pairwise Spearman) above "
+                                                 "this is flagged input-independent")
     methods: list[str] = bounded(list(METHODS), doc="maps recomputed on random weights (of gradcam, gradcam_pp, lime)")
 
     def validate(self, path: str) -> None:
@@ -109,12 +123,21 @@ class RcvConfig:
     alphas: list[float] = bounded([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
                                   doc="ridge penalties RidgeCV chooses from")
     folds: int = bounded(5, min=2, doc="outer folds: held-out R^2; RidgeCV picks alpha inside each")
-    n_random: int = bounded(100, min=10, doc="random unit directions for the TCAV baseline")
-    n_repeats: int = bounded(20, min=3, doc="bootstrap refits of the RCV for the significance test")
+    n_random: int = bounded(100, min=10, doc="random directions for the TCAV test: RCVs refitted on bootstrap "
+                            "resamples with permuted concept values")
+    n_repeats: int = bounded(20, min=3, doc="RCV refits on bootstrap resamples: the concept's TCAV scores in the test")
     test: Literal["ttest", "mannwhitney"] = bounded(
-        "ttest", doc="bootstrap against random TCAVs, two-sided: Welch's t-test (as TCAV, Kim et al. 2018) or "
-                     "Mann-Whitney U")
-    alpha_level: float = bounded(0.05, min_exclusive=0, max=0.5, doc="significance level of that test")
+        "ttest", doc="concept against random TCAV scores (n = fits), two-sided: Welch's t-test (TCAV, Kim et al. "
+                     "2018, 3.5) or Mann-Whitney U")
+    alpha_level: float = bounded(0.05, min_exclusive=0, max=0.5, doc="significance level, applied to p-values "
+                                 "Bonferroni-adjusted over the (layer, concept) pairs tested")
+    min_r2_gain: float = bounded(0.05, min=0, max=1, doc="held-out R^2 must exceed max(0, the class-label baseline's) "
+                                 "by this much; else status 'restates class' (or not encoded), never significant")
+    min_gradient_variation: float = bounded(
+        1e-3, min=0, max=1, doc="relative spread of the tumour patches' logit gradients below which the test is "
+                                "undefined (one gradient for all patches: every TCAV is 0 or 1)")
+    max_saturated: float = bounded(0.5, min=0, max=1, doc="share of random fits whose TCAV is exactly 0 or 1 (one "
+                                   "sign on all tumour patches) above which the test is undefined")
     batch_size: int = bounded(32, min=1, doc="patches per activation and gradient batch")
     seed: int = bounded(0, min=0, doc="seeds the patch draw, folds, bootstrap and random directions")
 

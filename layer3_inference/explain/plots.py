@@ -1,5 +1,5 @@
-"""Figures: one panel per patch (patch, Grad-CAM, Grad-CAM++, LIME), R^2 per layer per concept, and
-concept TCAV against the random-direction baseline. Matplotlib's Agg backend: no display needed."""
+"""Figures: one panel per patch (patch, Grad-CAM, Grad-CAM++, LIME), R^2 per layer per concept beside its
+class-label baseline, and concept TCAV against random fits. Matplotlib's Agg backend: no display needed."""
 
 from __future__ import annotations
 
@@ -47,21 +47,42 @@ def panel(path: Path, patch: np.ndarray, maps: dict[str, np.ndarray], title: str
 
 
 def r2_by_layer(path: Path, rows: list[dict[str, Any]], dpi: int) -> Path:
+    """Held-out R^2 per concept (solid) and, in the same colour, its class-label baseline (dashed): a concept
+    whose solid line does not rise above its dashed one only restates the class."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(layers) + 3), 4))
     for concept in concepts:
-        by = {r["layer"]: r.get("r2_heldout", np.nan) for r in rows if r["concept"] == concept}
-        ax.plot(range(len(layers)), [by.get(layer, np.nan) for layer in layers], marker="o", label=concept)
+        mine = {r["layer"]: r for r in rows if r["concept"] == concept}
+        r2 = [_num(mine.get(layer, {}).get("r2_heldout")) for layer in layers]
+        base = [_num(mine.get(layer, {}).get("r2_label_baseline")) for layer in layers]
+        (line,) = ax.plot(range(len(layers)), r2, marker="o", label=concept)
+        if not all(np.isnan(base)):
+            ax.plot(range(len(layers)), base, ls="--", lw=1, color=line.get_color(), label=f"_{concept} label")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
-    ax.set_ylabel("held-out R^2 (nested CV)")
+    ax.set_ylabel("held-out R^2 (nested CV); dashed: class label alone")
     ax.legend(fontsize=7, loc="best")
     return _save(fig, path, dpi)
 
 
+def _num(value: Any) -> float:
+    return float(value) if value is not None else float("nan")
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """The text above a concept's column: its status, with the adjusted p where a test was made."""
+    status = row.get("status", "undefined")
+    if row.get("p_adjusted") is None or not np.isfinite(row["p_adjusted"]):
+        return str(status)
+    mark = "*" if row.get("significant") else ""
+    short = {"significant": "", "not significant": "", "restates class": "restates class\n"}.get(status, f"{status}\n")
+    return f"{short}p_adj={row['p_adjusted']:.2g}{mark}"
+
+
 def tcav_vs_random(path: Path, rows: list[dict[str, Any]], dpi: int) -> Path:
-    """Per layer: random-direction TCAVs (box) and the concept's bootstrap TCAVs (points), per concept."""
+    """Per layer and concept: TCAV of the random (permuted-concept) fits (box) and of the concept's refits
+    (points), its status and Bonferroni-adjusted p above; an undefined test shows its status only."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     fig, axes = plt.subplots(len(layers), 1, figsize=(max(6, 0.9 * len(concepts) + 2), 2.6 * len(layers)),
@@ -69,17 +90,19 @@ def tcav_vs_random(path: Path, rows: list[dict[str, Any]], dpi: int) -> Path:
     for ax, layer in zip(axes[:, 0], layers, strict=True):
         sub = {r["concept"]: r for r in rows if r["layer"] == layer}
         for i, concept in enumerate(concepts):
-            r = sub.get(concept, {})
-            if "random_tcav" not in r:
+            if concept not in sub:
                 continue
-            ax.boxplot([r["random_tcav"]], positions=[i], widths=0.5, showfliers=False)
-            boot = np.asarray(r["tcav_boot"])
-            ax.scatter(np.full(len(boot), i + 0.25), boot, s=8, color="tab:red", alpha=0.6)
-            mark = "*" if r.get("significant") else ""
-            ax.text(i, 1.05, f"p={r['p_value']:.2g}{mark}", ha="center", fontsize=6)
+            r = sub[concept]
+            if r.get("tcav_random"):
+                ax.boxplot([r["tcav_random"]], positions=[i], widths=0.5, showfliers=False)
+            mine = np.asarray(r.get("tcav_repeats") or [])
+            ax.scatter(np.full(len(mine), i + 0.25), mine, s=8, color="tab:red", alpha=0.6)
+            ax.text(i, 1.05, _verdict(r), ha="center", fontsize=6,
+                    color="grey" if r.get("status") == "undefined" else "black")
         ax.set_xticks(range(len(concepts)), concepts, rotation=30, ha="right", fontsize=7)
-        ax.set_ylim(-0.05, 1.15)
+        ax.set_xlim(-0.6, len(concepts) - 0.4)  # the same columns on every axis, with data or not
+        ax.set_ylim(-0.05, 1.2)
         ax.set_ylabel("TCAV")
-        ax.set_title(f"{layer}: concept (red, bootstrap) vs random directions (box)", fontsize=8)
+        ax.set_title(f"{layer}: concept refits (red) vs permuted-concept fits (box)", fontsize=8)
     fig.tight_layout()
     return _save(fig, path, dpi)

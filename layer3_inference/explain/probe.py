@@ -11,6 +11,7 @@ patches one wants explained.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from layer1_patches.shared.errors import CamnetError
 
 BACKBONE = "backbone"
 _CONV = (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D, tf.keras.layers.SeparableConv2D)
+_BORDER = (tf.keras.layers.ZeroPadding2D, tf.keras.layers.Cropping2D)
 
 
 def _is_functional(layer: Any) -> bool:
@@ -96,18 +98,58 @@ def check_layer(flat: tf.keras.Model, name: str, key: str) -> str:
     return name
 
 
-def default_gradcam_layer(model: tf.keras.Model, flat: tf.keras.Model) -> str:
-    """The output of the backbone's last convolutional block (after its activation), the usual target."""
-    try:
-        base = model.get_layer(BACKBONE)
-    except ValueError:
-        base = None
-    if base is not None and _is_functional(base):
-        return str(base.outputs[0].node.layer.name)
-    convs = [layer.name for layer in flat.layers if isinstance(layer, _CONV)]
-    if not convs:
-        raise CamnetError(f"model {model.name}: no convolutional layer for Grad-CAM")
-    return convs[-1]
+def spatial_size(flat: tf.keras.Model, name: str) -> tuple[int, int] | None:
+    """(height, width) of a layer's output at the model's input size; None when not spatial or not fixed."""
+    shape = flat.get_layer(name).output_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]):
+        return None
+    return int(shape[1]), int(shape[2])
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The Grad-CAM layer, its output size, and a note when it is coarser than `gradcam.min_size`."""
+
+    name: str
+    size: tuple[int, int] | None
+    note: str | None = None
+
+
+def _candidates(flat: tf.keras.Model) -> list[tuple[str, tuple[int, int]]]:
+    """Spatial layers from the first convolution on; padding and cropping only change the border."""
+    first = next((i for i, layer in enumerate(flat.layers) if isinstance(layer, _CONV)), None)
+    if first is None:
+        raise CamnetError(f"model {flat.name.removesuffix('_flat')}: no convolutional layer for Grad-CAM")
+    out = []
+    for layer in flat.layers[first:]:
+        size = spatial_size(flat, layer.name)
+        if size is not None and not isinstance(layer, _BORDER):
+            out.append((layer.name, size))
+    return out
+
+
+def gradcam_layer(flat: tf.keras.Model, configured: str | None, min_size: int) -> LayerChoice:
+    """`configured` if given, else the deepest spatial layer at least `min_size` on both sides: the backbone's
+    last block is the textbook target, but at 64-px patches it is 2 x 2 cells and upsampling it paints the same
+    blob on every patch. When no layer is that large, the largest (deepest among equals), with a note."""
+    if configured:
+        name = check_layer(flat, configured, "gradcam.layer")
+        size = spatial_size(flat, name)
+    else:
+        candidates = _candidates(flat)
+        large = [c for c in candidates if min(c[1]) >= min_size]
+        name, size = large[-1] if large else max(reversed(candidates), key=lambda c: min(c[1]))
+    note = None
+    if size is not None and min(size) < min_size:
+        note = (f"Grad-CAM layer {name} is {size[0]} x {size[1]} cells, below gradcam.min_size {min_size}: "
+                "its maps are coarse blobs upsampled to the patch")
+    return LayerChoice(name, size, note)
+
+
+def default_gradcam_layer(model: tf.keras.Model, flat: tf.keras.Model, min_size: int = 7) -> str:
+    """The default Grad-CAM layer's name (see `gradcam_layer`); `model` is unused, kept for callers."""
+    del model
+    return gradcam_layer(flat, None, min_size).name
 
 
 def auto_layers(flat: tf.keras.Model, count: int) -> list[str]:
@@ -132,8 +174,15 @@ def predict_logits(flat: tf.keras.Model, patches: np.ndarray, batch: int) -> np.
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def randomised_copy(model: tf.keras.Model, seed: int) -> tf.keras.Model:
-    """The same architecture with every layer re-initialised (Adebayo et al.'s full randomisation)."""
-    tf.keras.utils.set_random_seed(seed)
-    clone = tf.keras.models.clone_model(model)
-    return clone
+def randomised_copy(model: tf.keras.Model, seed: int, patches: np.ndarray | None = None) -> tf.keras.Model:
+    """A flat logit model with every block re-initialised (full cascading randomisation, `randomise`); the
+    re-initialised BatchNorm layers take their statistics from `patches` (without patches they keep their
+    initializers' mean 0 and variance 1, and a deep network is dead: see `randomise`)."""
+    from layer3_inference.explain import randomise
+
+    flat = flatten(model)
+    steps = randomise.plan(flat, 1)
+    randomise.reinitialise(flat, steps[-1].layers, seed)
+    if patches is not None:
+        randomise.calibrate_batchnorm(flat, set(steps[-1].layers), patches)
+    return flat

@@ -13,7 +13,7 @@ import numpy as np
 
 from layer1_patches.shared.atomic import write_bytes_atomic
 
-LIST_KEYS = ("tcav_boot", "random_tcav", "rank_correlation")
+LIST_KEYS = ("tcav_repeats", "tcav_random", "rank_correlation")
 
 
 def _clean(value: Any) -> Any:

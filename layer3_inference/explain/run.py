@@ -5,9 +5,11 @@ is computed. Ranks split the selected patches round-robin and the RCV patches in
 RCV scores do not depend on the number of ranks); rank 0 gathers and writes all outputs under OUT
 (`summary.json` last, as the completion marker):
   maps/<id>.npz, panels/<id>.png   per selected patch
-  sanity.json                      rank correlations trained vs randomised weights, flagged methods
+  sanity.json                      cascading randomisation: rank correlations trained vs randomised maps per
+                                   depth, randomised logits' spread, status and input independence per method
   concepts.csv                     concept measures of the RCV patches
-  rcv_scores.csv / rcv_scores.json R^2, TCAV, Br, baselines, p-values per layer and concept
+  rcv_scores.csv / rcv_scores.json R^2 and its class-label baseline, TCAV against random fits, adjusted
+                                   p-values and a status per layer and concept
   r2_by_layer.png, tcav_vs_random.png
 """
 
@@ -39,6 +41,7 @@ class Request:
     stores: list[Path]
     heatmap: Path | None = None
     masks: Path | None = None
+    index: Path | None = None  # Layer 1's index.json: the split of each store (select.split)
 
 
 def read_masks(path: Path, n: int) -> np.ndarray:
@@ -63,15 +66,20 @@ class Explainer:
     """The loaded model and its derived views, validated against the config."""
 
     def __init__(self, req: Request) -> None:
-        from layer3_inference.explain import probe
+        from layer2_training.health import HealthWarning
+        from layer3_inference.explain import probe, randomise
         from layer3_inference.model import load_model, read_spec
 
         self.req, cfg = req, req.cfg
         self.spec = read_spec(req.model_dir)
         self.model = load_model(self.spec)
         self.flat = probe.flatten(self.model)
-        self.layer = (probe.check_layer(self.flat, cfg.gradcam.layer, "gradcam.layer") if cfg.gradcam.layer
-                      else probe.default_gradcam_layer(self.model, self.flat))
+        choice = probe.gradcam_layer(self.flat, cfg.gradcam.layer, cfg.gradcam.min_size)
+        self.layer, self.layer_size = choice.name, choice.size
+        self.layer_note = (HealthWarning("gradcam_layer_small", choice.note)
+                           if choice.note and cfg.gradcam.enabled else None)
+        # the cascade is planned (and every weight's initializer checked) before the first map
+        self.steps = randomise.plan(self.flat, cfg.sanity.depths) if cfg.sanity.enabled else []
         self.rcv_layers = ([probe.check_layer(self.flat, n, f"rcv.layers[{i}]") for i, n in enumerate(cfg.rcv.layers)]
                            if cfg.rcv.layers else probe.auto_layers(self.flat, cfg.rcv.auto_layers))
         self.patch_size = int(self.model.inputs[0].shape[1])
@@ -81,15 +89,19 @@ class Explainer:
 
         return np.asarray(1 / (1 + np.exp(-predict_logits(self.flat, patches, self.req.cfg.batch_size))))
 
-    def maps(self, patches: np.ndarray, randomised: bool) -> dict[str, np.ndarray]:
-        from layer3_inference.explain import gradcam, lime_explain, probe
+    def maps(self, patches: np.ndarray, randomised: Any = None) -> dict[str, np.ndarray]:
+        """The trained model's maps, or (`randomised`: a flat logit model from `randomise.cascade`) the maps of
+        `sanity.methods` on it."""
+        import tensorflow as tf
+
+        from layer3_inference.explain import gradcam, lime_explain
 
         cfg = self.req.cfg
         model, flat = self.model, self.flat
-        methods = cfg.sanity.methods if randomised else ["gradcam", "gradcam_pp", "lime"]
-        if randomised:
-            model = probe.randomised_copy(self.model, cfg.sanity.seed)
-            flat = probe.flatten(model)
+        methods = cfg.sanity.methods if randomised is not None else ["gradcam", "gradcam_pp", "lime"]
+        if randomised is not None:
+            flat = randomised
+            model = tf.keras.Model(flat.inputs, tf.keras.layers.Activation("sigmoid")(flat.outputs[0]))
         out: dict[str, np.ndarray] = {}
         if cfg.gradcam.enabled and {"gradcam", "gradcam_pp"} & set(methods):
             cams = gradcam.cams(flat, patches, self.layer, cfg.gradcam.score)
@@ -99,11 +111,12 @@ class Explainer:
         return out
 
 
-def _select(ex: Explainer, stores: list[Any], world: dist.World) -> sel.Selection:
+def _select(ex: Explainer, stores: list[Any], choice: sel.SplitChoice, world: dist.World) -> sel.Selection:
+    """From `stores` (those of the chosen split) or the heatmaps of that split's slides."""
     cfg, req = ex.req.cfg, ex.req
     if req.heatmap is not None:
-        return sel.select_from_heatmaps(sel.read_heatmaps(req.heatmap), cfg.select.k, stores,
-                                        sel.slide_reader(ex.patch_size))
+        heatmaps = sel.heatmaps_of_split(sel.read_heatmaps(req.heatmap), choice, req.index)
+        return sel.select_from_heatmaps(heatmaps, cfg.select.k, stores, sel.slide_reader(ex.patch_size))
 
     def score(pairs: list[tuple[int, int]]) -> np.ndarray:
         mine = world.share(len(pairs))
@@ -118,15 +131,60 @@ def _blocks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _per_patch(ex: Explainer, selection: sel.Selection, world: dist.World) -> list[dict[str, Any]] | None:
+def _per_patch(ex: Explainer, selection: sel.Selection, world: dist.World,
+               ) -> tuple[list[dict[str, Any]] | None, list[tuple[dict[str, Any], float]]]:
+    """Per patch (rank 0, selection order; None elsewhere): trained maps, randomised maps at full randomisation
+    ("random") and at every cascade depth ("depths"); and (step, randomised logits' std) per depth."""
     mine = world.share(len(selection))
     patches = selection.rgb[mine]
-    trained = ex.maps(patches, randomised=False)
-    random = ex.maps(patches, randomised=True) if ex.req.cfg.sanity.enabled else {}
-    rows = [{"trained": {k: v[j] for k, v in trained.items()}, "random": {k: v[j] for k, v in random.items()}}
-            for j in range(len(mine))]
+    trained = ex.maps(patches)
+    depths = _cascade_maps(ex, selection.rgb, mine)
+    random = depths[-1][2] if depths else {}
+    rows = [{"trained": {k: v[j] for k, v in trained.items()}, "random": {k: v[j] for k, v in random.items()},
+             "depths": [{k: v[j] for k, v in maps.items()} for _, _, maps in depths]} for j in range(len(mine))]
     parts = world.gather(rows)
-    return None if parts is None else dist.merge_shares(parts, len(selection), world.size)
+    facts = [(step, std) for step, std, _ in depths]
+    return (None if parts is None else dist.merge_shares(parts, len(selection), world.size)), facts
+
+
+def _selection_facts(ex: Explainer, choice: sel.SplitChoice, summary: dict[str, Any]) -> None:
+    """The split the patches came from, the Grad-CAM layer's size, and their warnings (added to the list)."""
+    size = ex.layer_size
+    summary.update({"split": choice.split, "gradcam_layer_size": list(size) if size else None})
+    found = [w for w in (choice.warning, ex.layer_note) if w is not None]
+    summary.setdefault("warnings", []).extend(w.to_dict() for w in found)
+
+
+def _write_sanity(ex: Explainer, selection: sel.Selection, rows: list[dict[str, Any]],
+                  facts: list[tuple[dict[str, Any], float]], summary: dict[str, Any]) -> None:
+    """sanity.json, the summary's `sanity` key, and its warnings (rank 0; `rows` from `_per_patch`)."""
+    from layer3_inference.explain import randomise, sanity
+    from layer3_inference.explain.probe import predict_logits
+
+    trained = {k: np.stack([r["trained"][k] for r in rows]) for k in rows[0]["random"]}
+    depths = [sanity.DepthMaps(step, std, {k: np.stack([r["depths"][d][k] for r in rows]) for k in trained})
+              for d, (step, std) in enumerate(facts)]
+    trained_std = randomise.logit_std(predict_logits(ex.flat, selection.rgb, ex.req.cfg.batch_size))
+    doc = sanity.document(trained, depths, trained_std, ex.req.cfg.sanity)
+    report.write_json(ex.req.out / "sanity.json", doc)
+    summary["sanity"] = sanity.summary(doc)
+    summary.setdefault("warnings", []).extend(w.to_dict() for w in sanity.warnings(doc))
+
+
+def _cascade_maps(ex: Explainer, everyone: np.ndarray, mine: np.ndarray,
+                  ) -> list[tuple[dict[str, Any], float, dict[str, np.ndarray]]]:
+    """(step, randomised logits' std over all selected patches, maps of this rank's patches) per cascade depth.
+    Every rank randomises and calibrates on all selected patches, so all ranks explain with the same models."""
+    from layer3_inference.explain import randomise
+    from layer3_inference.explain.probe import flatten, predict_logits
+
+    out: list[tuple[dict[str, Any], float, dict[str, np.ndarray]]] = []
+    if not ex.steps:  # sanity.enabled: false
+        return out
+    for step, flat in randomise.cascade(flatten(ex.model), ex.steps, ex.req.cfg.sanity.seed, everyone):
+        std = randomise.logit_std(predict_logits(flat, everyone, ex.req.cfg.batch_size))
+        out.append((step.to_dict(), std, ex.maps(everyone[mine], randomised=flat)))
+    return out
 
 
 def _rcv_inputs(ex: Explainer, stores: list[Any], world: dist.World,
@@ -173,32 +231,36 @@ def run(req: Request, world: dist.World | None = None) -> dict[str, Any]:
     cfg = req.cfg
     if not cfg.rcv.enabled and not (cfg.gradcam.enabled or cfg.lime.enabled):
         raise CamnetError("nothing to do: gradcam, lime and rcv are all disabled")
-    if cfg.rcv.enabled and not req.stores:
-        raise CamnetError("rcv needs labelled patches: give --store (or set rcv.enabled=false)")
+    if cfg.rcv.enabled and not (req.stores or req.index):
+        raise CamnetError("rcv needs labelled patches: give --store or --index (or set rcv.enabled=false)")
     start = time.perf_counter()
+    choice = sel.split_stores(req.stores, req.index, cfg.select.split)
     ex = Explainer(req)
-    stores = sel.open_stores(req.stores)
+    stores = sel.open_stores(choice.given)
     try:
-        return _run(ex, stores, world, start)
+        return _run(ex, stores, choice, world, start)
     finally:
         for store in stores:
             store.close()
 
 
-def _run(ex: Explainer, stores: list[Any], world: dist.World, start: float) -> dict[str, Any]:
-    from layer3_inference.explain import rcv, sanity
+def _run(ex: Explainer, stores: list[Any], choice: sel.SplitChoice, world: dist.World, start: float,
+         ) -> dict[str, Any]:
+    from layer3_inference.explain import rcv
 
     cfg, out = ex.req.cfg, ex.req.out
     want_maps = cfg.gradcam.enabled or cfg.lime.enabled
-    selection = _select(ex, stores, world) if want_maps else None
+    of_split = [st for st, path in zip(stores, choice.given, strict=True) if path in choice.paths]
+    selection = _select(ex, of_split, choice, world) if want_maps else None
     if world.is_chief:
         for sub in ("", "maps", "panels"):
             (out / sub).mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"model": str(ex.req.model_dir), "gradcam_layer": ex.layer,
                                "rcv_layers": ex.rcv_layers, "config": to_dict(cfg),
                                "config_hash": config_hash(cfg), "ranks": world.size, "rank": world.rank}
+    _selection_facts(ex, choice, summary)
     if selection is not None:
-        rows = _per_patch(ex, selection, world)
+        rows, facts = _per_patch(ex, selection, world)
         if rows is not None:
             prob = selection.prob if selection.prob is not None else ex.probabilities(selection.rgb)
             for j, (pid, row) in enumerate(zip(selection.ids(), rows, strict=True)):
@@ -213,11 +275,7 @@ def _run(ex: Explainer, stores: list[Any], world: dist.World, start: float) -> d
                                 f"{pid}  label {meta['label']}  p(tumour) {meta['probability']:.3f}", cfg.output.dpi)
             summary["patches"] = selection.ids()
             if cfg.sanity.enabled:
-                result = sanity.compare({k: np.stack([r["trained"][k] for r in rows]) for k in rows[0]["random"]},
-                                        {k: np.stack([r["random"][k] for r in rows]) for k in rows[0]["random"]},
-                                        cfg.sanity.max_rank_correlation)
-                report.write_json(out / "sanity.json", result)
-                summary["sanity"] = {k: {"median": v["median"], "flagged": v["flagged"]} for k, v in result.items()}
+                _write_sanity(ex, selection, rows, facts, summary)
     if cfg.rcv.enabled:
         inputs = _rcv_inputs(ex, stores, world)
         if inputs is not None:
@@ -234,8 +292,7 @@ def _run(ex: Explainer, stores: list[Any], world: dist.World, start: float) -> d
             if cfg.output.plots:
                 plots.r2_by_layer(out / "r2_by_layer.png", scores, cfg.output.dpi)
                 plots.tcav_vs_random(out / "tcav_vs_random.png", scores, cfg.output.dpi)
-            summary["rcv"] = [{k: r.get(k) for k in ("layer", "concept", "r2_heldout", "tcav", "p_value",
-                                                     "significant", "br")} for r in scores]
+            summary["rcv"] = rcv.summary_rows(scores)  # the report's and the CLI's columns; all of them in the JSON
     summary["seconds"] = time.perf_counter() - start
     if world.is_chief:
         report.write_json(out / "summary.json", summary)

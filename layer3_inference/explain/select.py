@@ -222,3 +222,63 @@ def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]
         return patch
 
     return read
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """The stores (and, for heatmaps, the slide names) `explain` may select patches from: those of `split`
+    (None: unknown, no index given; "all": every given store), with a warning when the split is unknown."""
+
+    paths: list[Path]
+    given: list[Path]  # every store considered (the index's when no --store): RCV's labelled patches
+    split: str | None
+    slides: set[str] | None = None  # None: any slide
+    warning: Any = None  # layer2_training.health.HealthWarning
+
+
+def _split_of(path: Path, index: Any) -> str | None:
+    """The split of a store: the index entry with the same resolved path, else the same file name (a store
+    copied elsewhere); None when the index does not list it."""
+    by_path = {index.resolve(e).resolve(): e.split for e in index.entries}
+    by_name = {Path(e.path).name: e.split for e in index.entries}
+    return by_path.get(Path(path).resolve(), by_name.get(Path(path).name))
+
+
+def split_stores(paths: list[Path], index_path: Path | None, split: str) -> SplitChoice:
+    """Training patches explain what the model memorised, not what it learnt: by default (`select.split: test`)
+    patches come only from the test split's stores of Layer 1's index (all the index's stores when no --store).
+    Without an index the split is unknown: every store, and one `split_unknown` warning."""
+    from layer1_patches.index import DatasetIndex
+    from layer2_training.health import HealthWarning
+
+    if split == "all":
+        return SplitChoice(list(paths), list(paths), "all")
+    if index_path is None:
+        message = (f"patches selected without --index: their split is unknown (select.split {split!r} not applied); "
+                   "they may come from training slides")
+        log.warning(message)
+        return SplitChoice(list(paths), list(paths), None, warning=HealthWarning("split_unknown", message))
+    index = DatasetIndex.load(index_path)
+    paths = list(paths) or [index.resolve(e) for e in index.entries]
+    chosen = [p for p in paths if _split_of(p, index) == split]
+    unlisted = [str(p) for p in paths if _split_of(p, index) is None]
+    if unlisted:
+        log.warning("stores not in index %s, left out of the selection: %s", index_path, ", ".join(unlisted))
+    if not chosen:
+        counts = ", ".join(f"{name} {sum(_split_of(p, index) == name for p in paths)}"
+                           for name in sorted({e.split for e in index.entries}))
+        raise CamnetError(f"select.split {split!r}: none of the {len(paths)} given stores is in that split of index "
+                          f"{index_path} (given stores per split: {counts})")
+    return SplitChoice(chosen, paths, split, {e.slide_name for e in index.split(split)})
+
+
+def heatmaps_of_split(heatmaps: list[tuple[Path, Heatmap]], choice: SplitChoice, index_path: Path | None,
+                      ) -> list[tuple[Path, Heatmap]]:
+    """The heatmaps of slides in the chosen split; an error when none is."""
+    if choice.slides is None:
+        return heatmaps
+    kept = [(p, hm) for p, hm in heatmaps if hm.attrs.get("slide_name") in choice.slides]
+    if not kept:
+        raise CamnetError(f"select.split {choice.split!r}: no heatmap is of a slide in that split of index "
+                          f"{index_path}")
+    return kept

@@ -16,7 +16,7 @@ import yaml
 
 from layer1_patches.shared.atomic import read_json_object
 from layer1_patches.shared.errors import CamnetError
-from layer1_patches.shared.typedconfig import to_dict
+from layer1_patches.shared.typedconfig import bounded, required, to_dict
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import Experiment, resolved_yaml
 from layer3_inference.pipeline.layout import Layout
@@ -40,10 +40,39 @@ def contract(cls: type, path: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class EvaluationSummaryV1:
+    """An evaluation summary of version 1 (before per-split figures), frozen as it was written: the report still
+    shows such a run, labelled as pooling every slide, while `evaluate` itself now writes and reads version 2."""
+
+    slides: int = required("slides evaluated", min=1)
+    tumour_slides: int = required("slides with annotated tumour", min=0)
+    slide_auc: float | None = required("slide-level ROC AUC of slide_score (null: one class only)", min=0, max=1)
+    froc_score: float | None = required("Camelyon16 FROC score (null: no lesions)", min=0, max=1)
+    froc_sensitivity: dict[str, float | None] = required("lesion sensitivity at each average FP per slide")
+    mean_dice_tumour_slides: float | None = required("mean Dice of tumour slides (null: none)", min=0, max=1)
+    mean_iou_tumour_slides: float | None = required("mean IoU of tumour slides (null: none)", min=0, max=1)
+    mean_pixel_auc: float | None = required("mean per-slide pixel AUC (null: none computable)", min=0, max=1)
+    score_method: str = required("slide score method")
+    threshold: float | None = required("probability threshold for Dice and IoU (null: each heatmap's own)",
+                                      min=0, max=1)
+    plots: list[str] = bounded([], doc="plot files written beside it")
+    summary_version: int = bounded(1, min=1, max=1, doc="version of this contract")
+
+
+def evaluation_summary(path: Path) -> dict[str, Any]:
+    """The evaluation summary by its version's contract: a version-1 file has no `splits` (the report says so)."""
+    version = read_json_object(path).get("summary_version", 1)
+    return contract(EvaluationSummaryV1 if version == 1 else EvaluationSummary, path)
+
+
+@dataclass(frozen=True)
 class SlideView:
     slide: str
     heatmap_png: bytes | None
     mask_png: bytes | None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    colour_shift: float | None = None
+    tumour_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,8 +95,64 @@ class ReportData:
     configs: dict[str, str]
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    explain_sanity: dict[str, Any] = field(default_factory=dict)
 
 
+def mapping(value: Any) -> dict[str, Any]:
+    """`value` when a file held an object there, else {}: a report reads what other programs wrote."""
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class SourcedWarning:
+    """A health warning with where it came from: `training`, `evaluation`, `heatmap:<slide>` or `explain`."""
+
+    source: str
+    code: str
+    message: str
+    split: str | None = None
+
+
+def warning_list(value: Any, source: str) -> list[SourcedWarning]:
+    """A `warnings` list as the stages write it ({"code", "message", "split"} objects); anything else in it is
+    skipped, so a damaged file loses its warnings, not the report."""
+    if not isinstance(value, list):
+        return []
+    return [SourcedWarning(source, str(w.get("code") or "warning"), str(w.get("message") or ""),
+                           None if w.get("split") is None else str(w["split"]))
+            for w in value if isinstance(w, dict)]
+
+
+def sanity_warnings(sanity: Any) -> list[SourcedWarning]:
+    """Warnings an explain summary's `sanity` implies (explain did not list them before it had a `warnings` list):
+    a failed or inconclusive randomisation check, input-independent maps, and old-format flagged methods."""
+    if not isinstance(sanity, dict):
+        return []
+    if "methods" not in sanity and "status" not in sanity:  # old format: {method: {"median", "flagged"}}
+        return [SourcedWarning("explain", "sanity_failed", f"{m}: its maps barely change when the weights are "
+                               "randomised (older output, without the randomised model's check)")
+                for m, v in sanity.items() if isinstance(v, dict) and v.get("flagged")]
+    out = []
+    status = sanity.get("status")
+    if status in ("failed", "inconclusive"):
+        out.append(SourcedWarning("explain", f"sanity_{status}", f"model-randomisation sanity check {status}"))
+    methods = mapping(sanity.get("methods"))
+    out += [SourcedWarning("explain", "input_independent", f"{m}: maps are nearly the same for every patch")
+            for m, v in methods.items() if isinstance(v, dict) and v.get("input_independent")]
+    return out
+
+
+def health_warnings(d: ReportData) -> list[SourcedWarning]:
+    """Every warning of the run, in pipeline order: training, evaluation, each slide's heatmap, explain."""
+    out = warning_list(d.metrics.get("warnings"), "training")
+    out += warning_list(d.evaluate_summary.get("warnings"), "evaluation")
+    for view in d.slides:
+        out += warning_list(view.warnings, f"heatmap:{view.slide}")
+    explain = d.explain_summary or {}
+    listed = warning_list(explain.get("warnings"), "explain")
+    # explain lists its own sanity warnings; an older or partial list still gets the ones its sanity result implies
+    codes = {w.code for w in listed}
+    return out + listed + [w for w in sanity_warnings(explain.get("sanity")) if w.code not in codes]
 
 
 def _bytes(path: Path) -> bytes | None:
@@ -178,25 +263,41 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
     return rows
 
 
-def collect(exp: Experiment) -> ReportData:
+def evaluation_plots(folder: Path, summary: dict[str, Any]) -> dict[str, bytes]:
+    """The evaluation's plots by file name (`evaluate/froc_test.png`), as its summary lists them."""
+    splits = mapping(summary.get("splits"))
+    names = [*(summary.get("plots") or []), *(p for s in splits.values() if isinstance(s, dict)
+                                              for p in s.get("plots") or [])]
+    # a name from a file is only a name: it cannot point outside the evaluation folder
+    return {f"evaluate/{Path(str(n)).name}": data for n in names if (data := _bytes(folder / Path(str(n)).name))}
+
+
+def slide_view(layout: Layout, slide: Path, store: Path) -> SlideView:
     from layer3_inference.outputs import final_dir
 
+    folder = final_dir(layout.heatmaps, slide)
+    hm = contract(HeatmapSummary, folder / "summary.json")
+    return SlideView(slide.stem, _bytes(folder / "heatmap.png"), mask_png(store), list(hm.get("warnings") or []),
+                     hm.get("colour_shift"), hm.get("tumour_share"))
+
+
+def collect(exp: Experiment) -> ReportData:
     layout = Layout(exp.out)
     index = read_json_object(layout.index)
     evaluate_rows = read_csv(layout.evaluate / "cohort.csv")
+    evaluate_summary = evaluation_summary(layout.evaluate / "summary.json")
     images = {name: data for name, path in (("roc", layout.run_dir / "roc.png"),
                                             ("froc", layout.evaluate / "froc.png"),
                                             ("slide_roc", layout.evaluate / "slide_roc.png"),
                                             ("r2_by_layer", layout.explain / "r2_by_layer.png"),
                                             ("tcav_vs_random", layout.explain / "tcav_vs_random.png"))
               if (data := _bytes(path)) is not None}
+    images.update(evaluation_plots(layout.evaluate, evaluate_summary))
     manifest = stages.load_manifest(exp)
     views = []
     if manifest is not None:
-        for entry, store in zip(manifest.entries, stages.stores(exp, manifest), strict=True):
-            views.append(SlideView(Path(entry.slide).stem,
-                                   _bytes(final_dir(layout.heatmaps, Path(entry.slide)) / "heatmap.png"),
-                                   mask_png(store)))
+        views = [slide_view(layout, Path(entry.slide), store)
+                 for entry, store in zip(manifest.entries, stages.stores(exp, manifest), strict=True)]
     explain = read_json_object(layout.explain / "summary.json") or None
     panels = [(p.stem, p.read_bytes()) for p in sorted((layout.explain / "panels").glob("*.png"))[:MAX_PANELS]]
     configs = {"experiment": resolved_yaml(exp)}
@@ -209,6 +310,7 @@ def collect(exp: Experiment) -> ReportData:
         name=exp.cfg.name, out=str(exp.out), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cohort=cohort_rows(exp, index, evaluate_rows), splits=index.get("summary", {}),
         history=read_history(layout.run_dir / "history.csv"), metrics=read_json_object(layout.run_dir / "metrics.json"),
-        evaluate_summary=contract(EvaluationSummary, layout.evaluate / "summary.json"), evaluate_rows=evaluate_rows,
+        evaluate_summary=evaluate_summary, evaluate_rows=evaluate_rows,
         explain_summary=explain, images=images, slides=views, panels=panels, status=stage_status(exp),
-        timings=stage_timings(exp), configs=configs, versions=vers)
+        timings=stage_timings(exp), configs=configs, versions=vers,
+        explain_sanity=read_json_object(layout.explain / "sanity.json") if explain else {})

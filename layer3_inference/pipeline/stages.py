@@ -105,12 +105,14 @@ def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
         # the heatmap manifest carries the heatmap config and its overrides, as Layer 1's carries Layer 1's
         "heatmap": ["layer3_inference", "pipeline", "heatmap-task", "--manifest", str(layout.heatmap_manifest),
                     "--model", str(layout.run_dir)],
+        # evaluate and explain read each slide's split from the index stage's output, so figures are per split
+        # and explanations come from held-out slides
         "evaluate": ["layer3_inference", "evaluate", "--config", cfg.evaluate.config, "--heatmaps",
-                     str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--out", str(layout.evaluate),
-                     *sets(cfg.evaluate.overrides)],
+                     str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--index", str(layout.index),
+                     "--out", str(layout.evaluate), *sets(cfg.evaluate.overrides)],
         "explain": ["layer3_inference", "explain", "--config", cfg.explain.config, "--model", str(layout.run_dir),
-                    "--store", *map(str, stores(exp, manifest)), "--out", str(layout.explain),
-                    *sets(cfg.explain.overrides)],
+                    "--index", str(layout.index), "--store", *map(str, stores(exp, manifest)),
+                    "--out", str(layout.explain), *sets(cfg.explain.overrides)],
         "report": ["layer3_inference", "pipeline", "report", "--config", str(layout.resolved)],
     }
     return {stage: StageCommand(stage, tuple(args)) for stage, args in argv.items()}

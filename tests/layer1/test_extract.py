@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from layer1_patches.extract import ExtractRequest, extract_slide, ordered_map, p
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 
-from .conftest import CMU, make_config
+from .conftest import CMU, DATA, make_config
 
 
 def true_tumour_fraction(annotation: Path, coords: np.ndarray, footprint: int, samples: int = 24) -> np.ndarray:
@@ -41,6 +43,13 @@ def test_labels_match_annotation_geometry_with_holes(tmp_path: Path, cmu_xml: Pa
     with PatchStore(Path(result.output)) as store:
         truth = true_tumour_fraction(cmu_xml, store.coords, 64)
         np.testing.assert_allclose(store.tumour_fraction, truth, atol=0.08)
+        # exact (issue 14): the square T0 less the `_2` square H0, both axis-aligned
+        exact = rectangle_share(store.coords, 64, [(1000, 1200, 1800, 2200)]) - rectangle_share(
+            store.coords, 64, [(1200, 1400, 1500, 1700)])
+        np.testing.assert_allclose(store.tumour_fraction, exact, atol=1e-6)
+        # the thumbnail, rasterised near its own size: (800 x 1000 - 300 x 300) / (2220 x 2967) = 0.1078 tumour
+        thumb = store.mask("tumour") > 0
+        assert max(thumb.shape) == 512 and thumb.mean() == pytest.approx(0.1078, abs=0.005)
         assert np.array_equal(store.labels, (store.tumour_fraction >= 0.5).astype(np.uint8))
         in_hole = ((store.coords >= [1200, 1400]) & (store.coords + 64 <= [1500, 1700])).all(axis=1)
         assert in_hole.any() and (store.labels[in_hole] == 0).all()
@@ -232,3 +241,117 @@ def test_stores_finished_by_the_previous_version_are_still_skipped(tmp_path: Pat
         f.attrs["config_hash"] = "0123456789abcdef"  # any other config is still refused
     with pytest.raises(CamnetError, match="finished with a different config"):
         extract_slide(ExtractRequest(CMU, tmp_path, cfg))
+
+
+# --- exact tumour fractions (issue 14, item 4) ------------------------------------------------------------
+
+KEEP_ALL = {"min_tissue_fraction": 0.0, "white": None, "black": None}  # every grid position becomes a patch
+
+
+def rectangles_xml(path: Path, rects: list[tuple[float, float, float, float]], group: str = "Tumor") -> Path:
+    """An ASAP file of axis-aligned rectangles (x0, y0, x1, y1) in level-0 pixels."""
+    body = "".join(
+        f'<Annotation Name="r{i}" PartOfGroup="{group}"><Coordinates>'
+        + "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>'
+                  for k, (x, y) in enumerate([(x0, y0), (x1, y0), (x1, y1), (x0, y1)]))
+        + "</Coordinates></Annotation>" for i, (x0, y0, x1, y1) in enumerate(rects))
+    path.write_text(f"<ASAP_Annotations><Annotations>{body}</Annotations></ASAP_Annotations>")
+    return path
+
+
+def rectangle_share(coords: np.ndarray, footprint: int, rects: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """By hand: the share of each square inside disjoint rectangles is the sum of overlap width x height / side^2."""
+    r = np.array(rects, dtype=np.float64)
+    x, y = coords[:, :1].astype(np.float64), coords[:, 1:].astype(np.float64)
+    w = np.clip(np.minimum(x + footprint, r[:, 2]) - np.maximum(x, r[:, 0]), 0, None)
+    h = np.clip(np.minimum(y + footprint, r[:, 3]) - np.maximum(y, r[:, 1]), 0, None)
+    return (w * h).sum(axis=1) / footprint**2
+
+
+def test_tumour_patches_have_tumour_fraction_at_least_the_threshold(
+        tmp_path: Path, synth_slide: tuple[Path, Path, Any]) -> None:
+    """Regression (issue 14): the tumour mask was rasterised at 16x, a pixel inside when its centre is. On this
+    4096 px slide the pixels are exactly 16 px, so an edge 28-31.4 px into a 64 px patch (a true share of 0.44-0.49)
+    filled the column [16, 32) and read as 32 / 64 = 0.5: stored and labelled tumour. Each rectangle covers two whole
+    patches and cuts the third at 0.44-0.49."""
+    slide = synth_slide[0]
+    cuts = [0.44, 0.45, 0.46, 0.47, 0.48, 0.49] * 2
+    left = [256.0 + 192 * (i % 6) + 64 * (i // 6) for i in range(len(cuts))]
+    rects = [(x, 1024.0 + 256 * (i // 6), x + 128 + 64 * c, 1088.0 + 256 * (i // 6))
+             for i, (x, c) in enumerate(zip(left, cuts, strict=True))]
+    xml = rectangles_xml(tmp_path / "edges.xml", rects)
+    cfg = make_config(patch_size=64, sampling={"mode": "dense"}, labels={"drop_ambiguous": False}, filters=KEEP_ALL)
+    result = extract_slide(ExtractRequest(slide, tmp_path / "out", cfg, xml))
+    with PatchStore(Path(result.output)) as store:
+        coords, labels, stored = store.coords, store.labels, store.tumour_fraction
+    truth = rectangle_share(coords, 64, rects)
+    cut = (truth > 0.4) & (truth < 0.5)
+    assert cut.sum() == len(cuts)  # every cut patch was extracted
+    assert (truth[labels == 1] >= 0.5).all() and (labels[cut] == 0).all()
+    assert labels.sum() == 2 * len(cuts)
+    np.testing.assert_allclose(stored, truth, atol=1e-6)
+
+
+def test_fractions_use_the_level0_footprint_of_a_pyramid_level(tmp_path: Path) -> None:
+    """At pyramid level 1 (downsample 2.0005) a 32 px patch covers round(32 x 2.0005) = 64 level-0 pixels and the
+    grid steps 64.016 level-0 pixels, so coordinates drift off multiples of 64: shares come from those squares."""
+    slide = DATA / "tcga-cr-7395-01a-01-ts1.svs"
+    rects = [(1000.5, 700.0, 1230.25, 900.75), (2500.0, 2000.25, 2620.0, 2031.0)]
+    xml = rectangles_xml(tmp_path / "tcga.xml", rects)
+    cfg = make_config(patch_size=32, resolution={"level": 1, "assume_mpp": 0.25}, sampling={"mode": "dense"},
+                      labels={"drop_ambiguous": False}, filters=KEEP_ALL)
+    result = extract_slide(ExtractRequest(slide, tmp_path / "out", cfg, xml))
+    with PatchStore(Path(result.output)) as store:
+        coords, stored, labels = store.coords, store.tumour_fraction, store.labels
+        assert store.coords_attrs["patch_level"] == 1
+    truth = rectangle_share(coords, 64, rects)
+    assert coords[:, 0].max() % 64 != 0 and ((truth > 0) & (truth < 1)).sum() > 10
+    np.testing.assert_allclose(stored, truth, atol=1e-6)
+    assert np.array_equal(labels, (truth >= 0.5).astype(np.uint8))
+
+
+def test_stores_with_raster_tumour_fractions_are_redone_not_skipped(tmp_path: Path, cmu_xml: Path) -> None:
+    """Regression (issue 14): stores of annotated slides whose tumour fractions came from the 16x raster have wrong
+    labels near annotation edges. They carry the hash of their config alone (or CamNet 0.1.0's); a rerun that
+    skipped them would keep those labels, so it refuses them, saying why."""
+    import h5py
+
+    from layer1_patches.config import ReaderConfig
+    from layer1_patches.extract import legacy_store_hash
+    from layer1_patches.shared.typedconfig import config_hash
+
+    cfg = make_config(patch_size=32, sampling={"random": {"per_class": 5}})
+    first = extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml))
+    raster_era = config_hash(replace(cfg, reader=ReaderConfig()))  # the store hash before issue 14 (commit 23e2999)
+    for written in (raster_era, legacy_store_hash(cfg)):
+        with h5py.File(first.output, "r+") as f:
+            f.attrs["config_hash"] = written
+        with pytest.raises(CamnetError, match=r"tumour fractions came from the annotation rasterised at 16x, so labels "
+                                              r"near annotation edges can be wrong; pass --overwrite to redo it"):
+            extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml))
+    assert extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml, overwrite=True)).status == "done"
+    assert extract_slide(ExtractRequest(CMU, tmp_path, cfg, cmu_xml)).status == "skipped"
+
+
+def test_stores_without_an_annotation_keep_their_hash() -> None:
+    """Without an annotation every tumour fraction is 0 under either method: such stores are still skipped."""
+    from layer1_patches.config import load_layer1_config
+    from layer1_patches.extract import store_hash
+
+    from .conftest import REPO
+
+    cfg = load_layer1_config(REPO / "configs" / "layer1" / "random.yaml", ["reader.threads=3"])
+    assert store_hash(cfg, annotated=False) == "d34e0ae9c4dbcd5f"  # known answer: what commit 23e2999 computed
+    assert store_hash(cfg, annotated=True) != "d34e0ae9c4dbcd5f"
+
+
+def test_a_store_made_without_the_annotation_is_not_skipped_by_a_run_with_it(tmp_path: Path, cmu_xml: Path) -> None:
+    """Regression: the store hash did not say whether an annotation was given, so a store of all-normal labels made
+    without one was skipped by a rerun with it (and the other way round)."""
+    cfg = make_config(patch_size=32, sampling={"random": {"per_class": 5}})
+    extract_slide(ExtractRequest(CMU, tmp_path / "a", cfg))
+    with pytest.raises(CamnetError, match=r"finished without an annotation, this run has .*\.xml; pass --overwrite"):
+        extract_slide(ExtractRequest(CMU, tmp_path / "a", cfg, cmu_xml))
+    extract_slide(ExtractRequest(CMU, tmp_path / "b", cfg, cmu_xml))
+    with pytest.raises(CamnetError, match=r"finished with annotation .*\.xml, this run has none; pass --overwrite"):
+        extract_slide(ExtractRequest(CMU, tmp_path / "b", cfg))

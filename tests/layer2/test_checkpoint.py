@@ -26,10 +26,10 @@ def tiny_model(seed: int) -> tf.keras.Model:
                                 layers.Dense(1, "sigmoid", kernel_initializer=init(seed + 1), name="out")])
 
 
-def state_for(run: Path, model: tf.keras.Model, higher_is_better: bool = True) -> TrainState:
+def state_for(run: Path, model: tf.keras.Model, monitor: str = "val_auc") -> TrainState:
     optimizer = tf.keras.optimizers.legacy.SGD(0.1)
     _ = optimizer.iterations
-    return TrainState(run, model, optimizer, higher_is_better)
+    return TrainState(run, model, optimizer, monitor)
 
 
 def assert_same_weights(a: tf.keras.Model, b: tf.keras.Model) -> None:
@@ -48,22 +48,24 @@ def test_last_checkpoint_round_trip_restores_weights_and_position(tmp_path: Path
     assert_same_weights(other, saved)
 
 
-@pytest.mark.parametrize(("higher", "best", "better", "worse"), [(True, 0.5, 0.6, 0.4), (False, 1.0, 0.9, 1.1)])
-def test_improved_follows_the_monitor_direction(tmp_path: Path, higher: bool, best: float, better: float,
+@pytest.mark.parametrize(("monitor", "best", "better", "worse"), [("val_auc", 0.5, 0.6, 0.4),
+                                                                   ("val_loss", 1.0, 0.9, 1.1)])
+def test_improved_follows_the_monitor_direction(tmp_path: Path, monitor: str, best: float, better: float,
                                                 worse: float) -> None:
-    state = state_for(tmp_path, tiny_model(1), higher)
+    state = state_for(tmp_path, tiny_model(1), monitor)
     assert state.improved(worse) and state.improved(best)  # anything beats the initial -inf / +inf
-    state.save_best(best)
-    assert state.improved(better)
-    assert not state.improved(best)  # a tie is no improvement
-    assert not state.improved(worse)
+    state.mark_best(best, float("nan"), 1, "monitor")
+    assert state.improved(better) == "monitor"
+    assert state.improved(best) is None  # a tie without a better second metric is no improvement
+    assert state.improved(worse) is None
 
 
 def test_restore_best_prefers_best_and_falls_back_to_last(tmp_path: Path) -> None:
     model = tiny_model(1)
     state = state_for(tmp_path / "a", model)
     assert state.restore_best() is False  # nothing saved yet
-    state.save_best(0.9)
+    state.mark_best(0.9, 0.2, 1, "monitor")
+    state.save_best()
     best = model.get_weights()
     model.set_weights([w + 1.0 for w in best])
     state.save_last(1, 0)
@@ -76,6 +78,106 @@ def test_restore_best_prefers_best_and_falls_back_to_last(tmp_path: Path) -> Non
     model.set_weights(best)
     assert only_last.restore_best() is True
     np.testing.assert_array_equal(model.get_weights()[0], best[0] + 2.0)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("monitor", "new", "best", "why"), [
+    ("val_auc", (0.9, 0.5), (0.8, 0.1), "monitor"),  # a better AUC wins whatever the loss
+    ("val_auc", (0.8, 0.2), (0.8, 0.3), "val_loss"),  # same AUC, lower loss
+    ("val_auc", (0.8, 0.3), (0.8, 0.3), None),  # a tie in both keeps the earlier epoch
+    ("val_auc", (0.8, 0.4), (0.8, 0.3), None),  # same AUC, higher loss
+    ("val_auc", (0.7, 0.01), (0.8, 0.3), None),  # a worse AUC loses whatever the loss
+    ("val_auc", (0.8, 0.3), (0.8, INF), "val_loss"),  # an old checkpoint's missing loss is the worst
+    ("val_auc", (0.8, NAN), (0.8, INF), None),  # an epoch without a val loss never wins a tie
+    ("val_auc", (NAN, 0.1), (0.8, 0.3), None),
+    ("val_loss", (0.3, 0.9), (0.3, 0.8), "val_auc"),  # monitoring the loss: the AUC (higher) breaks ties
+    ("val_loss", (0.3, 0.7), (0.3, 0.8), None),
+    ("val_loss", (0.2, 0.1), (0.3, 0.9), "monitor"),
+])
+def test_monitor_breaks_exact_ties_by_the_second_metric(monitor: str, new: tuple[float, float],
+                                                        best: tuple[float, float], why: str | None) -> None:
+    assert checkpoint.Monitor(monitor).replaces(new, best) == why
+
+
+def epoch_callback(run: Path, model: tf.keras.Model, start: tuple[int, int]) -> CheckpointCallback:
+    state = state_for(run, model)
+    if start != (0, 0):
+        assert state.restore() == start
+    model.compile(optimizer=state.ckpt.optimizer, loss="binary_crossentropy")
+    callback = CheckpointCallback(Dist(), state, SignalFlag(), "val_auc", start, lambda _s: 0.1)
+    callback.set_model(model)
+    return callback
+
+
+def end_epoch(callback: CheckpointCallback, epoch: int, logs: dict[str, float], weights: list[np.ndarray]) -> None:
+    callback.model.set_weights(weights)
+    callback.on_epoch_begin(epoch)
+    callback.on_epoch_end(epoch, logs)
+
+
+def test_a_val_auc_tie_kept_the_first_epoch_whatever_its_loss(tmp_path: Path) -> None:
+    """Issue 14: val AUC 1.0 at both epochs, epoch 1 (accuracy 0.50, loss 1.57) was kept over epoch 2 (0.85,
+    0.31). The lower val loss breaks the exact tie: epoch 2 is exported, and metrics say why."""
+    model = tiny_model(1)
+    first = model.get_weights()
+    second = [w + 1.0 for w in first]
+    callback = epoch_callback(tmp_path, model, (0, 0))
+    end_epoch(callback, 0, {"val_auc": 1.0, "val_loss": 1.57, "val_accuracy": 0.5}, first)
+    end_epoch(callback, 1, {"val_auc": 1.0, "val_loss": 0.31, "val_accuracy": 0.85}, second)
+    end_epoch(callback, 2, {"val_auc": 1.0, "val_loss": 0.9, "val_accuracy": 0.7}, [w + 2.0 for w in first])
+    assert callback.state.selected() == {"epoch": 2, "monitor": "val_auc", "value": 1.0, "tie_break": "val_loss"}
+    restored = tiny_model(5)
+    assert state_for(tmp_path, restored).restore_best() is True
+    assert_same_weights(restored, _with(second))  # epoch 2's weights, not epoch 3's (the last) or epoch 1's
+    rows = list(csv.DictReader((tmp_path / "history.csv").read_text().splitlines()))
+    assert [r["best_epoch"] for r in rows] == ["1", "2", "2"]
+
+
+def _with(weights: list[np.ndarray]) -> tf.keras.Model:
+    model = tiny_model(1)
+    model.set_weights(weights)
+    return model
+
+
+def test_a_better_monitor_value_is_selected_without_a_tie_break(tmp_path: Path) -> None:
+    callback = epoch_callback(tmp_path, tiny_model(1), (0, 0))
+    weights = callback.model.get_weights()
+    end_epoch(callback, 0, {"val_auc": 0.8, "val_loss": 0.2}, weights)
+    end_epoch(callback, 1, {"val_auc": 0.9, "val_loss": 0.5}, weights)
+    assert callback.state.selected() == {"epoch": 2, "monitor": "val_auc", "value": 0.9, "tie_break": None}
+
+
+def test_a_resumed_run_forgot_the_tie_break_value(tmp_path: Path) -> None:
+    """The second metric's best value is saved with the checkpoint: after a resume, a tie with a worse loss does
+    not replace the best epoch, and a tie with a better one does."""
+    model = tiny_model(1)
+    weights = model.get_weights()
+    callback = epoch_callback(tmp_path, model, (0, 0))
+    end_epoch(callback, 0, {"val_auc": 1.0, "val_loss": 0.31}, weights)
+    resumed = epoch_callback(tmp_path, tiny_model(2), (1, 0))
+    end_epoch(resumed, 1, {"val_auc": 1.0, "val_loss": 1.57}, weights)
+    assert resumed.state.selected() == {"epoch": 1, "monitor": "val_auc", "value": 1.0, "tie_break": None}
+    again = epoch_callback(tmp_path, tiny_model(3), (2, 0))
+    end_epoch(again, 2, {"val_auc": 1.0, "val_loss": 0.2}, weights)
+    assert again.state.selected() == {"epoch": 3, "monitor": "val_auc", "value": 1.0, "tie_break": "val_loss"}
+
+
+def test_a_checkpoint_from_before_the_tie_break_still_restores(tmp_path: Path) -> None:
+    # written as the previous version did: no second value, best epoch or tie flag
+    model = tiny_model(1)
+    optimizer = tf.keras.optimizers.legacy.SGD(0.1)
+    _ = optimizer.iterations
+    variables = {name: tf.Variable(value, dtype=dtype, trainable=False, name=name)
+                 for name, value, dtype in [("epoch", 2, tf.int64), ("step", 0, tf.int64), ("best", 0.9, tf.float64)]}
+    old = tf.train.Checkpoint(model=model, optimizer=optimizer, **variables)
+    tf.train.CheckpointManager(old, str(tmp_path / "checkpoints" / "last"), max_to_keep=2).save()
+    state = state_for(tmp_path, tiny_model(2))
+    assert state.restore() == (2, 0)
+    assert state.selected() == {"epoch": None, "monitor": "val_auc", "value": 0.9, "tie_break": None}
+    # the missing val loss counts as the worst: any epoch tying the AUC with a val loss replaces it
+    assert state.improved(0.9, 5.0) == "val_loss" and state.improved(0.8, 0.01) is None
 
 
 def test_preemption_saves_the_exact_position_and_stops(tmp_path: Path) -> None:

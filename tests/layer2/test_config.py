@@ -61,7 +61,8 @@ def test_split_without_samples(tmp_path: Path, tiny_index: Path) -> None:
         prepare(base_config(tiny_index, tmp_path / "run", **{"data.splits": {"val": "holdout"}}))
 
 
-def test_split_with_one_class(tmp_path: Path) -> None:
+def test_training_split_with_one_class_is_refused(tmp_path: Path) -> None:
+    """Training needs both classes; a one-class validation split is a health warning instead (test_train)."""
     from layer1_patches.index import build_index
 
     stores = tmp_path / "stores"
@@ -71,9 +72,10 @@ def test_split_with_one_class(tmp_path: Path) -> None:
     index = tmp_path / "index.json"
     build_index([stores], index, "centre", centres={"train": ["0"]})
     entries = json.loads(index.read_text())
-    entries["entries"][1]["split"] = "val"  # patient 001 (normal only) becomes the validation split
+    entries["entries"][0]["split"] = "val"  # patient 000 (mixed) validates; normal-only patient 001 trains
+    entries["entries"][1]["split"] = "train"
     index.write_text(json.dumps(entries))
-    with pytest.raises(CamnetError, match="split 'val' has only normal patches"):
+    with pytest.raises(CamnetError, match="split 'train' has only normal patches"):
         prepare(base_config(index, tmp_path / "run", **{"data.splits": {"test": None}}))
 
 

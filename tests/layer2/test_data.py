@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 from layer2_training import data
 from layer2_training.config import DataConfig
@@ -194,3 +195,32 @@ def test_reader_makes_one_hdf5_read_per_run(tiny_index: Path, monkeypatch: pytes
             assert len(calls) == len(data.row_runs(keys, reader.MAX_GAP))
     finally:
         reader.close()
+
+
+def one_class_val_index(root: Path) -> Path:
+    """Patient 000 (4 tumour, 4 normal) trains; patient 001 (6 normal patches, no tumour) validates."""
+    import json
+
+    from layer1_patches.index import build_index
+    from tests.layer2.conftest import write_store
+
+    stores = root / "stores"
+    stores.mkdir(parents=True)
+    write_store(stores / "patient_000_node_0.h5", "000", 4, 4, 32, 0)
+    write_store(stores / "patient_001_node_0.h5", "001", 0, 6, 32, 1)
+    index = root / "index.json"
+    build_index([stores], index, "centre", centres={"train": ["0"]})
+    doc = json.loads(index.read_text())
+    doc["entries"][[e["patient"] for e in doc["entries"]].index("001")]["split"] = "val"
+    index.write_text(json.dumps(doc))
+    return index
+
+
+def test_a_one_class_validation_split_loads_and_a_one_class_training_split_does_not(tmp_path: Path) -> None:
+    # training needs both classes; a normal-only validation split is a health warning at the end, not an error
+    index = data.load_index(one_class_val_index(tmp_path))
+    val = data.load_split(index, "val", PIPE, 0, balance=False, both_classes=False)
+    assert (len(val), val.n_tumour) == (6, 0)
+    with pytest.raises(CamnetError, match=r"split 'val' has only normal patches \(6\); training and AUC need both"):
+        data.load_split(index, "val", PIPE, 0, balance=True)
+    assert data.load_split(index, "train", PIPE, 0, balance=True).n_tumour == 4

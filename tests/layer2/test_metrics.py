@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,32 @@ def test_tied_scores_count_half_in_the_auc() -> None:
 @pytest.mark.filterwarnings("error")  # scikit-learn warns when asked for the AUC of one class
 def test_one_class_has_no_auc_and_no_division_by_zero() -> None:
     m = binary_metrics(np.zeros(4), np.array([0.1, 0.6, 0.2, 0.9]), 0.5)
-    assert math.isnan(m["auc"])
+    assert m["auc"] is None
     assert m["sensitivity"] == 0.0 and m["specificity"] == pytest.approx(0.5) and m["confusion"] == [[2, 2], [0, 0]]
 
 
+def test_an_undefined_auc_was_written_as_nan_which_is_not_json() -> None:
+    # json.dumps writes float("nan") as NaN, which strict JSON readers (jq, JavaScript) refuse; null is standard
+    m = binary_metrics(np.ones(3), np.array([0.1, 0.6, 0.9]), 0.5)
+    assert json.loads(json.dumps(m, allow_nan=False))["auc"] is None
+
+
+def test_nan_probabilities_have_no_auc_instead_of_a_scikit_learn_error() -> None:
+    # roc_auc_score raises "Input contains NaN"; the counts still say what the model called (NaN >= 0.5 is False)
+    m = binary_metrics(np.array([1, 1, 0, 0]), np.array([0.9, np.nan, 0.2, 0.1]), 0.5)
+    assert m["auc"] is None and m["confusion"] == [[2, 0], [1, 1]]
+
+
 @pytest.mark.filterwarnings("error")
-def test_plot_roc_writes_a_png_and_skips_one_class_curves(tmp_path: Path) -> None:
-    out = plot_roc({"val": (Y, P), "one_class": (np.zeros(3), np.array([0.1, 0.2, 0.3]))}, tmp_path / "roc.png")
+def test_plot_roc_writes_a_png_and_skips_one_class_and_nan_curves(tmp_path: Path) -> None:
+    out = plot_roc({"val": (Y, P), "one_class": (np.zeros(3), np.array([0.1, 0.2, 0.3])),
+                    "nan": (np.array([1, 0]), np.array([np.nan, 0.1]))}, tmp_path / "roc.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["roc.png"]  # no partial file left behind
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_roc_plot_of_one_class_only_printed_a_matplotlib_legend_warning(tmp_path: Path) -> None:
+    # a one-class val split has no curve: "No artists with labels found to put in legend" ended up in the log
+    plot_roc({"val": (np.zeros(3), np.array([0.1, 0.2, 0.3]))}, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from layer1_patches.colour import ColourStats
 from layer1_patches.shared.errors import CamnetError
 from layer2_training.sidecar import SIDECAR_VERSION, ModelSidecar, StainSidecar
 
@@ -21,7 +22,16 @@ def test_round_trip() -> None:
 def test_a_sidecar_with_only_the_required_keys_loads_with_defaults() -> None:
     """Another trainer may write only what inference needs."""
     car = ModelSidecar.from_mapping(MINIMAL, "x")
-    assert (car.backbone, car.stain.method, car.classes) == ("unknown", "none", ["normal", "tumour"])
+    assert (car.backbone, car.stain.method, car.classes, car.colour) == ("unknown", "none", ["normal", "tumour"],
+                                                                         None)
+
+
+def test_training_colour_statistics_round_trip() -> None:
+    colour = ColourStats([0.9, 1.6, 0.7], [0.3, 0.4, 0.2], pixels=295, patches=8)
+    data = ModelSidecar(model_file="m.keras", patch_size=96, working_mpp=1.0, level=1, threshold=0.4,
+                        colour=colour).to_dict()
+    assert data["colour"] == {"od_mean": [0.9, 1.6, 0.7], "od_std": [0.3, 0.4, 0.2], "pixels": 295, "patches": 8}
+    assert ModelSidecar.from_mapping(data, "x").colour == colour
 
 
 @pytest.mark.parametrize(("change", "needle"), [
@@ -30,6 +40,9 @@ def test_a_sidecar_with_only_the_required_keys_loads_with_defaults() -> None:
     ({"sidecar_version": 2}, "key 'sidecar_version': 2 is above the maximum 1"),
     ({"stain": {"method": "vahadane"}}, "key 'stain.method': 'vahadane' is not one of"),
     ({"model": "x"}, "key 'model': unknown key"),
+    ({"colour": {"od_mean": [1.0, 1.0, 1.0], "od_std": [0.1, 0.1, 0.1], "pixels": -1, "patches": 1}},
+     "key 'colour.pixels': -1 is below the minimum 0"),
+    ({"colour": {"od_std": [0.1, 0.1, 0.1], "pixels": 1, "patches": 1}}, "key 'colour.od_mean': required"),
 ])
 def test_bad_sidecars_are_one_line_naming_file_and_key(change: dict, needle: str) -> None:
     with pytest.raises(CamnetError) as err:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from layer1_patches.shared.locks import lock_path, output_lock
+from layer1_patches.store import PatchStore
+from layer2_training import data, train
 from tests.helpers import assert_one_error
 from tests.layer2.conftest import (
     REPO,
@@ -221,3 +223,83 @@ def test_damaged_patch_store_read_during_training_was_a_tensorflow_traceback(tmp
     cfg = write_config(tmp_path / "c.yaml", base_config(index, tmp_path / "run"))
     proc = run_cli(["train", "--config", str(cfg)])
     assert_one_error(proc, f"patch store {store}: damaged data in 'patches'")
+
+
+def split_of(sample_ids: list[int]) -> data.SplitData:
+    n = len(sample_ids)
+    ids = np.array(sample_ids, dtype=np.int64)
+    return data.SplitData("train", (Path("s.h5"),), np.zeros(n, np.int32), ids, np.zeros(n, np.uint8), ids, 32)
+
+
+def test_colour_sample_counts_each_patch_once_and_is_seeded() -> None:
+    # 10 distinct patches, patch 3 repeated by oversampling (positions 3, 4 and 5 hold it)
+    split = split_of([0, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9])
+    everything = train.colour_positions(split, 2000, seed=1)
+    assert everything.tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 10, 11]  # all 10, patch 3 once (its first position)
+    some = train.colour_positions(split, 4, seed=1)
+    assert len(some) == 4 and len(set(split.sample_id[some])) == 4 and list(some) == sorted(some)
+    assert np.array_equal(some, train.colour_positions(split, 4, seed=1))  # a pure function of (split, k, seed)
+    assert any(not np.array_equal(some, train.colour_positions(split, 4, seed=s)) for s in range(2, 6))
+    assert len(train.colour_positions(split, 0, seed=1)) == 0
+
+
+def test_metrics_json_carries_the_selection_and_every_splits_warnings() -> None:
+    # val: the issue's model (20 per class, AUC 1.0, nothing reaches 0.5); test: 60 per class, tumour 0.7-0.95
+    # above normal 0.5-0.6 (AUC 1.0, believable from 60), but every patch at or above 0.5 (specificity 0)
+    val = (np.array([1] * 20 + [0] * 20), np.concatenate([np.linspace(0.111, 0.13, 20), np.linspace(0.01, 0.1, 20)]))
+    test = (np.array([1] * 60 + [0] * 60), np.concatenate([np.linspace(0.7, 0.95, 60), np.linspace(0.5, 0.6, 60)]))
+    selected = {"epoch": 2, "monitor": "val_auc", "value": 1.0, "tie_break": "val_loss"}
+    results = train.evaluation({"val": val, "test": test}, selected, 0.5)
+    assert results["best_val_auc"] == 1.0 and results["selected"] == selected
+    # accuracy 20/40: the normal half right, the tumour half missed
+    assert (results["val"]["auc"], results["val"]["accuracy"], results["val"]["sensitivity"]) == (1.0, 0.5, 0.0)
+    assert (results["test"]["sensitivity"], results["test"]["specificity"]) == (1.0, 0.0)
+    assert [(w["code"], w["split"]) for w in results["warnings"]] == [
+        ("never_crosses_threshold", "val"), ("threshold_miscalibrated", "val"), ("auc_small_sample", "val"),
+        ("never_crosses_threshold", "test"), ("threshold_miscalibrated", "test")]
+    assert all(set(w) == {"code", "message", "split"} for w in results["warnings"])
+    lines = train.summary_lines(results)
+    assert lines[0] == "val AUC 1.0000"
+    assert lines[1] == ("warning: val: no patch reaches the threshold 0.5 (highest probability 0.130); the model "
+                        "calls nothing tumour [never_crosses_threshold]")
+    assert len(lines) == 6
+
+
+def test_a_one_class_validation_split_was_refused_and_ties_kept_the_first_epoch(tmp_path: Path) -> None:
+    """A normal-only val split trains (it used to stop before training) and ends in a one_class warning. Its val
+    AUC is 0.0 in Keras at every epoch, so every epoch ties and val loss decides: the exported epoch is the one
+    with the lowest val loss (the first of equal ones). The sidecar holds the training patches' colour
+    statistics: those of all 8 patches of patient 000 (fewer than output.colour_patches)."""
+    from layer1_patches.colour import ColourAccumulator
+    from layer1_patches.index import DatasetIndex
+    from tests.layer2.test_data import one_class_val_index
+
+    index = one_class_val_index(tmp_path / "cohort")
+    run = tmp_path / "run"
+    cfg = base_config(index, run, epochs=2, batch_size=4, **{"data.splits": {"test": None}})
+    proc = run_cli(["train", "--config", str(write_config(tmp_path / "c.yaml", cfg))])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((run / "metrics.json").read_text())
+    assert results["val"]["auc"] is None and results["val"]["n_tumour"] == 0
+    assert [w["code"] for w in results["warnings"] if w["split"] == "val"][0] == "one_class"
+    assert "warning: val: all 6 patches are normal; AUC and sensitivity cannot be measured [one_class]" in (
+        proc.stderr.splitlines())
+    assert "val AUC undefined (see the warnings)" in proc.stdout
+    rows = read_history(run)
+    assert [float(r["val_auc"]) for r in rows] == [0.0, 0.0]
+    losses = [float(r["val_loss"]) for r in rows]
+    best = losses.index(min(losses)) + 1
+    assert results["selected"] == {"epoch": best, "monitor": "val_auc", "value": 0.0,
+                                   "tie_break": "val_loss" if best == 2 else None}
+    assert [r["best_epoch"] for r in rows] == ["1", str(best)]
+
+    colour = json.loads((run / "model.json").read_text())["colour"]
+    acc = ColourAccumulator()
+    ds = DatasetIndex.load(index)
+    for entry in ds.split("train"):
+        with PatchStore(ds.resolve(entry)) as store:
+            acc.add(store.read(np.arange(len(store))))
+    expected = acc.stats()
+    assert expected is not None and expected.patches == 8
+    assert colour == {"od_mean": expected.od_mean, "od_std": expected.od_std, "pixels": expected.pixels,
+                      "patches": 8}

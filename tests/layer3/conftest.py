@@ -100,3 +100,38 @@ def explain_toy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model, accuracy = toy.train_tiny(x, y, epochs=6)
     run_dir = toy.export(model, root / "run", x.shape[1])
     return SimpleNamespace(stores=stores, run_dir=run_dir, x=x, y=y, accuracy=accuracy)
+
+
+# --- domain warnings (issue 14, item 5): a model whose model.json records the colour of synthetic training tissue ---
+
+COLOUR_MPP = 2.0  # coarse, so the TCGA slide and the synthetic ones are a few hundred 32-px patches
+
+
+def grid_colour(slide_path: Path, mpp: float, assume_mpp: float | None = None) -> Any:
+    """ColourStats of the 32-px tissue patches at `mpp` a heatmap grid holds: the training tissue as Layer 2
+    would record it from its patch stores."""
+    from layer1_patches.colour import ColourAccumulator
+    from layer1_patches.config import ResolutionConfig, TissueConfig
+    from layer1_patches.extract import PatchReader
+    from layer1_patches.masks import masker_from_config
+    from layer1_patches.slide import Slide, resolve_resolution
+    from layer3_inference.config import GridConfig
+    from layer3_inference.grid import plan_grid
+
+    acc = ColourAccumulator()
+    with Slide(slide_path, assume_mpp) as slide:
+        res = resolve_resolution(slide, ResolutionConfig(mpp=mpp, assume_mpp=assume_mpp))
+        grid = plan_grid(slide.dimensions, res, PATCH, masker_from_config(TissueConfig())(slide), GridConfig(),
+                         str(slide_path))
+        reader = PatchReader(slide, res, PATCH, [])
+        acc.add(np.stack([reader(c)[0] for c in grid.coords]))
+    return acc.stats()
+
+
+@pytest.fixture(scope="session")
+def synthetic_colour_run(tmp_path_factory: pytest.TempPathFactory, synth_slides: list[Path]) -> Path:
+    """`tiny_run`'s model at COLOUR_MPP, its model.json `colour` from the first synthetic slide's tissue."""
+    from layer1_patches.shared.typedconfig import to_dict
+
+    colour = to_dict(grid_colour(synth_slides[0], COLOUR_MPP))
+    return write_run_dir(tmp_path_factory.mktemp("colour_run"), working_mpp=COLOUR_MPP, colour=colour)

@@ -83,10 +83,14 @@ def test_heatmap_then_evaluate(tmp_path: Path, tiny_run: Path, synth_slides: lis
                     "--heatmaps", str(out), "--annotations", str(synth_slides[0].parent), "--out", str(ev)])
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["slides"] == 2 and summary["mean_dice_tumour_slides"] > 0.7
-    assert summary["froc_score"] is not None and (ev / "froc.png").is_file()
+    # no --index: every slide is in split "unknown", and a warning says the figures pool them
+    assert summary["slides"] == 2 and summary["headline_split"] == "unknown"
+    unknown = summary["splits"]["unknown"]
+    assert unknown["mean_dice_tumour_slides"] > 0.7
+    assert unknown["froc_score"] is not None and (ev / "froc_unknown.png").is_file()
+    assert "no_split" in {w["code"] for w in summary["warnings"]}
     rows = (ev / "cohort.csv").read_text().splitlines()
-    assert rows[0].startswith("slide,label,slide_score,pixel_auc,dice") and len(rows) == 3
+    assert rows[0].startswith("slide,split,label,slide_score,pixel_auc,dice") and len(rows) == 3
 
 
 def test_evaluate_without_heatmaps(tmp_path: Path) -> None:

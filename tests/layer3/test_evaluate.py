@@ -1,28 +1,35 @@
-"""`layer3_inference/evaluate.py` on hand-built truth and probability maps with answers worked out by hand.
+"""`layer3_inference/evaluate.py` on hand-built maps and slide results with answers worked out by hand: pixel
+metrics, slide AUC, figures per split (Layer 1's index) and the health warnings of the evaluation summary.
 
-The FROC detection scheme itself (one detection per connected region above the detection threshold) is being
-replaced elsewhere and is deliberately not tested here; only what the Camelyon16 definition fixes is: lesion
-labelling (regions within 75 um merged, holes filled, isolated tumour cells flagged) and the TP/FP
-bookkeeping of given detections.
+Lesions, detections and the FROC curve are `froc.py`'s (tests/layer3/test_froc.py).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from layer3_inference.config import FrocConfig
-from layer3_inference.evaluate import COLUMNS, SlideEval, cohort_csv, froc_slide, lesions, pixel_metrics, slide_auc
-
-CAMELYON = FrocConfig()  # dilation 75 um, ITC below 275 um major axis on the dilated mask
-
-
-def test_camelyon16_defaults() -> None:
-    assert (CAMELYON.dilation_um, CAMELYON.itc_um) == (75.0, 275.0)
-
+from layer1_patches.index import DatasetIndex, IndexEntry
+from layer1_patches.shared.errors import CamnetError, ConfigError
+from layer3_inference.config import EvaluateConfig, load_evaluate_config
+from layer3_inference.evaluate import (
+    COLUMNS,
+    SlideEval,
+    cohort_csv,
+    headline_split,
+    pixel_metrics,
+    read_splits,
+    slide_auc,
+    split_of,
+    summarise,
+)
+from layer3_inference.summaries import EvaluationSummary, load
 
 # --- pixel metrics ----------------------------------------------------------------------------------------
 
@@ -84,121 +91,14 @@ def test_pixel_metrics_undefined_without_tumour_or_without_normal() -> None:
     assert auc is None and dice == 0.0 and iou == 0.0
 
 
-# --- lesion labelling (Camelyon16 evaluation mask) ---------------------------------------------------------
-# At 10 um per map pixel, 75 um is 7.5 px: every tumour pixel is grown by 3.75 px, so gaps of 5 px (50 um)
-# close and gaps of 10 px (100 um) stay open.
-
-
-def _label_set(labels: np.ndarray, *points: tuple[int, int]) -> list[int]:
-    return [int(labels[p]) for p in points]
-
-
-def test_regions_within_75um_merge_and_regions_further_apart_do_not() -> None:
-    truth = np.zeros((60, 140), bool)
-    truth[10:50, 5:45] = True  # A: 400 x 400 um
-    truth[10:50, 50:90] = True  # B: 50 um right of A -> same lesion
-    truth[10:50, 100:135] = True  # C: 100 um right of B -> its own lesion
-    labels, itc = lesions(truth, (10.0, 10.0), CAMELYON)
-    a, b, c = _label_set(labels, (30, 20), (30, 70), (30, 120))
-    assert a == b and a != c and 0 not in (a, c)
-    assert int(labels.max()) == 2 and itc == set()
-    assert labels[30, 47] == a  # the 50 um gap belongs to the lesion
-    assert labels[30, 95] == 0  # the middle of the 100 um gap does not
-
-
-def test_merging_distance_is_in_micrometres_in_each_direction() -> None:
-    # 2 um per pixel across, 20 um per pixel down: a 10 px gap is 20 um sideways but 200 um vertically
-    truth = np.zeros((80, 200), bool)
-    truth[5:25, 10:90] = True
-    truth[5:25, 100:180] = True  # 10 px = 20 um to the right: merges
-    truth[35:55, 10:90] = True  # 10 px = 200 um below: does not
-    labels, _ = lesions(truth, (2.0, 20.0), CAMELYON)
-    left, right, below = _label_set(labels, (15, 50), (15, 140), (45, 50))
-    assert left == right and left != below and 0 not in (left, below)
-
-
-def test_isolated_tumour_cells_are_flagged_and_large_lesions_are_not() -> None:
-    truth = np.zeros((80, 80), bool)
-    truth[5:35, 5:35] = True  # 300 x 300 um: a lesion
-    truth[60:63, 60:63] = True  # 30 x 30 um (about 100 um once grown by 37.5 um): an ITC
-    labels, itc = lesions(truth, (10.0, 10.0), CAMELYON)
-    big, small = _label_set(labels, (20, 20), (61, 61))
-    assert big != small and 0 not in (big, small)
-    assert itc == {small}
-
-
-def test_regions_touching_at_a_corner_are_one_lesion() -> None:
-    # at 100 um per pixel the 37.5 um growth adds no pixel: only 8-connectivity joins the two blocks
-    truth = np.zeros((12, 12), bool)
-    truth[1:5, 1:5] = True
-    truth[5:9, 5:9] = True  # 400 x 400 um each, sharing only the corner of (4, 4) and (5, 5)
-    labels, itc = lesions(truth, (100.0, 100.0), CAMELYON)
-    assert labels[2, 2] == labels[7, 7] == 1 and int(labels.max()) == 1 and itc == set()
-
-
-def test_lesion_holes_are_filled() -> None:
-    truth = np.zeros((50, 50), bool)
-    truth[5:45, 5:45] = True
-    truth[8:42, 8:42] = False  # a 3 px (30 um) rim around a 340 um hole
-    labels, itc = lesions(truth, (10.0, 10.0), CAMELYON)
-    assert int(labels.max()) == 1 and itc == set()
-    assert labels[25, 25] == 1  # the hole's centre, 170 um from any tumour, is part of the lesion
-
-
-def test_no_tumour_no_lesions() -> None:
-    labels, itc = lesions(np.zeros((5, 7), bool), (10.0, 10.0), CAMELYON)
-    assert labels.shape == (5, 7) and not labels.any() and itc == set()
-
-
-# --- TP / FP bookkeeping of given detections (not how detections are made) ----------------------------------
-
-
-def _hand_labels() -> tuple[np.ndarray, set[int]]:
-    labels = np.zeros((10, 10), np.int32)
-    labels[0:4, 0:4] = 1  # lesion 1
-    labels[6:8, 6:8] = 2  # lesion 2: an ITC
-    labels[0:3, 7:10] = 3  # lesion 3
-    return labels, {2}
-
-
-def test_detection_inside_a_lesion_is_a_hit_and_outside_a_false_positive() -> None:
-    labels, itc = _hand_labels()
-    fps, tps = froc_slide([(1, 1, 0.6), (5, 0, 0.7)], labels, itc)
-    assert fps == [pytest.approx(0.7)]
-    assert sorted(tps) == [0.0, pytest.approx(0.6)]  # lesion 1 found at 0.6, lesion 3 missed
-
-
-def test_several_detections_in_one_lesion_count_once_at_the_best() -> None:
-    labels, itc = _hand_labels()
-    fps, tps = froc_slide([(1, 1, 0.6), (2, 2, 0.9), (3, 0, 0.55)], labels, itc)
-    assert fps == []
-    assert sorted(tps) == [0.0, pytest.approx(0.9)]
-
-
-def test_detection_on_an_isolated_tumour_cell_is_neither_hit_nor_false_positive() -> None:
-    labels, itc = _hand_labels()
-    fps, tps = froc_slide([(6, 6, 0.8), (7, 7, 0.95)], labels, itc)
-    assert fps == []
-    assert sorted(tps) == [0.0, 0.0]  # two counted lesions (1 and 3), neither found; the ITC is not counted
-
-
-def test_detection_in_the_75um_margin_of_a_lesion_is_a_hit() -> None:
-    # Camelyon16 scores detections against the grown evaluation mask: 20 um outside the annotation still hits
-    truth = np.zeros((60, 60), bool)
-    truth[10:40, 10:40] = True
-    labels, itc = lesions(truth, (10.0, 10.0), CAMELYON)
-    fps, tps = froc_slide([(25, 41, 0.7), (25, 52, 0.6)], labels, itc)  # 20 um and 130 um right of the edge
-    assert tps == [pytest.approx(0.7)]
-    assert fps == [pytest.approx(0.6)]
-
-
 # --- slide level ------------------------------------------------------------------------------------------
 
 
 def _result(name: str, label: int, score: float, **kw: object) -> SlideEval:
-    fields: dict[str, object] = {"slide": name, "label": label, "annotation": "", "patches": 10, "slide_score": score,
-                                 "pixel_auc": None, "dice": None, "iou": None, "lesions": 0, "itc": 0,
-                                 "detections": 0, "lesions_found": 0, "false_positives": 0, **kw}
+    fields: dict[str, object] = {"slide": name, "split": "test", "label": label, "annotation": "", "patches": 10,
+                                 "slide_score": score, "threshold": 0.5, "pixel_auc": None, "dice": None,
+                                 "iou": None, "lesions": 0, "itc": 0, "detections": 0, "lesions_found": 0,
+                                 "false_positives": 0, **kw}
     return SlideEval(**fields)  # type: ignore[arg-type]
 
 
@@ -217,6 +117,7 @@ def test_slide_auc_undefined_with_one_class() -> None:
     assert slide_auc([]) is None
 
 
+
 def test_cohort_csv_columns_and_values() -> None:
     rows = [_result("tumour_001", 1, 0.987654321, pixel_auc=0.9, dice=0.5, iou=1 / 3, lesions=2, itc=1,
                     detections=3, lesions_found=1, false_positives=2, annotation="/a/tumour_001.xml",
@@ -224,13 +125,148 @@ def test_cohort_csv_columns_and_values() -> None:
             _result("normal_001", 0, 0.1)]
     text = cohort_csv(rows)
     header, *lines = text.splitlines()
-    assert header == ("slide,label,slide_score,pixel_auc,dice,iou,patches,lesions,itc,detections,lesions_found,"
-                      "false_positives,annotation")
+    assert header == ("slide,split,label,slide_score,pixel_auc,dice,iou,patches,lesions,itc,detections,"
+                      "lesions_found,false_positives,annotation")
     assert tuple(header.split(",")) == COLUMNS
     table = list(csv.DictReader(io.StringIO(text)))
-    assert table[0] == {"slide": "tumour_001", "label": "1", "slide_score": "0.987654", "pixel_auc": "0.9",
-                        "dice": "0.5", "iou": "0.333333", "patches": "10", "lesions": "2", "itc": "1",
-                        "detections": "3", "lesions_found": "1", "false_positives": "2",
+    assert table[1] == {"slide": "tumour_001", "split": "test", "label": "1", "slide_score": "0.987654",
+                        "pixel_auc": "0.9", "dice": "0.5", "iou": "0.333333", "patches": "10", "lesions": "2",
+                        "itc": "1", "detections": "3", "lesions_found": "1", "false_positives": "2",
                         "annotation": "/a/tumour_001.xml"}
-    assert table[1]["pixel_auc"] == table[1]["dice"] == table[1]["iou"] == table[1]["annotation"] == ""
+    assert table[0]["slide"] == "normal_001"  # by slide within a split
+    assert table[0]["pixel_auc"] == table[0]["dice"] == table[0]["iou"] == table[0]["annotation"] == ""
     assert len(lines) == 2
+
+
+# --- splits -----------------------------------------------------------------------------------------------
+
+
+def _entry(slide: str, split: str) -> IndexEntry:
+    return IndexEntry(f"{slide}.h5", slide, slide, "", "", split, 10, 5, 5, 64, 0, 0.5, "h")
+
+
+def _index(path: Path, splits: dict[str, str]) -> Path:
+    DatasetIndex(path.parent, "patient", tuple(_entry(s, sp) for s, sp in splits.items())).save(path)
+    return path
+
+
+def test_headline_is_test_then_val_then_any_split_not_trained_on() -> None:
+    assert headline_split({"train", "val", "test"}) == "test"
+    assert headline_split({"train", "val"}) == "val"
+    assert headline_split({"train", "holdout", "unassigned"}) == "holdout"
+    assert headline_split({"train", "unknown"}) == "unknown"
+    assert headline_split({"train"}) == "train"
+
+
+def test_split_comes_from_the_index_and_unlisted_slides_are_unassigned(tmp_path: Path) -> None:
+    splits = read_splits(_index(tmp_path / "index.json", {"a": "train", "b": "test"}))
+    assert [split_of(s, splits) for s in ("a", "b", "c")] == ["train", "test", "unassigned"]
+    assert split_of("a", None) == "unknown"
+
+
+def test_a_slide_in_two_splits_or_a_missing_index_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "index.json"
+    DatasetIndex(tmp_path, "patient", (_entry("a", "train"), _entry("a", "test"))).save(path)
+    with pytest.raises(CamnetError, match=r"index.json: slide a is in two splits, train and test"):
+        read_splits(path)
+    with pytest.raises(CamnetError, match=r"dataset index .*missing.json: no such file"):
+        read_splits(tmp_path / "missing.json")
+
+
+def _split(name: str, *rows: SlideEval) -> list[SlideEval]:
+    for r in rows:
+        r.split = name
+    return list(rows)
+
+
+def test_training_slides_are_not_pooled_with_test_slides(tmp_path: Path) -> None:
+    index = _index(tmp_path / "index.json", {"tr_t1": "train", "tr_t2": "train", "tr_n1": "train",
+                                             "tr_n2": "train", "va_t": "val", "va_n": "val", "te_t1": "test",
+                                             "te_n1": "test", "te_t2": "test"})
+    splits = read_splits(index)
+    results = [
+        _result("tr_t1", 1, 0.99, tp_probs=[0.99]), _result("tr_t2", 1, 0.97, tp_probs=[0.97]),
+        _result("tr_n1", 0, 0.02), _result("tr_n2", 0, 0.03),
+        _result("va_t", 1, 0.7, tp_probs=[0.7]), _result("va_n", 0, 0.6, fp_probs=[0.6]),
+        _result("te_t1", 1, 0.8, tp_probs=[0.8]), _result("te_n1", 0, 0.9, fp_probs=[0.9]),
+        _result("te_t2", 1, 0.95, tp_probs=[0.95]), _result("stray", 0, 0.1),
+    ]
+    for r in results:
+        r.split = split_of(r.slide, splits)
+    out = tmp_path / "eval"
+    summary = summarise(results, EvaluateConfig(), out, index)
+    assert summary == load(EvaluationSummary, out / "summary.json")
+    data = json.loads((out / "summary.json").read_text())
+    assert data["summary_version"] == 2 and data["headline_split"] == "test" and data["slides"] == 10
+    assert list(summary.splits) == ["test", "val", "unassigned", "train"]  # summary.json sorts its keys
+    assert set(data["splits"]) == {"test", "val", "unassigned", "train"}
+    test, train = data["splits"]["test"], data["splits"]["train"]
+    # test: tumour 0.8 and 0.95 against normal 0.9: one of two pairs ordered -> AUC 0.5 (pooled with the
+    # perfectly separated training slides it would be higher)
+    assert (test["slides"], test["tumour_slides"], test["trained_on"], test["slide_auc"]) == (3, 2, False, 0.5)
+    # test FROC: lesions 0.8, 0.95; one FP 0.9 over 3 slides. Thresholds 0.8 -> (1/3, 1), 0.9 -> (1/3, .5),
+    # 0.95 -> (0, .5): at 1/4 -> .5; from 1/2 on (beyond 1/3) -> 1. Score (.5 + 5) / 6
+    assert test["froc_sensitivity"] == {"0.25": 0.5, "0.5": 1.0, "1": 1.0, "2": 1.0, "4": 1.0, "8": 1.0}
+    assert test["froc_score"] == pytest.approx(5.5 / 6)
+    assert (train["slides"], train["trained_on"], train["slide_auc"], train["froc_score"]) == (4, True, 1.0, 1.0)
+    assert data["splits"]["unassigned"]["slides"] == 1
+    assert test["plots"] == ["froc_test.png", "slide_roc_test.png"]
+    assert data["plots"] == [p for s in summary.splits.values() for p in s.plots]
+    assert all((out / p).is_file() for p in data["plots"])
+    unassigned = [w for w in data["warnings"] if w["code"] == "unassigned_slides"]
+    assert len(unassigned) == 1 and "stray" in unassigned[0]["message"] and unassigned[0]["split"] == "unassigned"
+    assert not any(w["code"] == "no_split" for w in data["warnings"])
+    rows = list(csv.DictReader(io.StringIO((out / "cohort.csv").read_text())))
+    assert [(r["split"], r["slide"]) for r in rows] == [
+        ("test", "te_n1"), ("test", "te_t1"), ("test", "te_t2"), ("val", "va_n"), ("val", "va_t"),
+        ("unassigned", "stray"), ("train", "tr_n1"), ("train", "tr_n2"), ("train", "tr_t1"), ("train", "tr_t2")]
+
+
+def test_without_an_index_every_slide_is_unknown_and_a_warning_says_so(tmp_path: Path) -> None:
+    results = _split("unknown", _result("a", 1, 0.9, tp_probs=[0.9]), _result("b", 0, 0.2))
+    data = json.loads(_summary_json(results, tmp_path))
+    assert data["headline_split"] == "unknown" and list(data["splits"]) == ["unknown"]
+    (no_split,) = [w for w in data["warnings"] if w["code"] == "no_split"]
+    assert "--index" in no_split["message"] and no_split["split"] == "unknown"
+
+
+def _summary_json(results: list[SlideEval], tmp_path: Path, index: Path | None = None) -> str:
+    summarise(results, EvaluateConfig(), tmp_path / "eval", index)
+    return (tmp_path / "eval" / "summary.json").read_text()
+
+
+def _codes(data: dict[str, Any], split: str) -> set[str]:
+    return {w["code"] for w in data["warnings"] if w["split"] == split}
+
+
+def test_a_useless_models_evaluation_carries_warnings(tmp_path: Path) -> None:
+    # probabilities never above 0.13 at threshold 0.5; tumour slides 0.13 and 0.12 rank above normal 0.11 and
+    # 0.10 (AUC exactly 1 from 2 per class) but none is called tumour (sensitivity 0)
+    results = _split("test", _result("t1", 1, 0.13, tp_probs=[0.13]), _result("t2", 1, 0.12, tp_probs=[0.0]),
+                     _result("n1", 0, 0.11, fp_probs=[0.11]), _result("n2", 0, 0.10))
+    data = json.loads(_summary_json(results, tmp_path))
+    assert {"never_crosses_threshold", "threshold_miscalibrated", "auc_small_sample"} <= _codes(data, "test")
+    assert "froc_empty" not in _codes(data, "test")  # a lesion is found at 0.13: the curve exists below 0.5
+    assert data["splits"]["test"]["froc_score"] is not None
+
+
+def test_an_empty_froc_curve_is_a_warning_that_says_why(tmp_path: Path) -> None:
+    results = [*_split("test", _result("t1", 1, 0.7, tp_probs=[0.0]), _result("n1", 0, 0.8, fp_probs=[0.8])),
+               *_split("val", _result("n2", 0, 0.3), _result("n3", 0, 0.2))]
+    data = json.loads(_summary_json(results, tmp_path))
+    messages = {w["split"]: w["message"] for w in data["warnings"] if w["code"] == "froc_empty"}
+    assert messages == {"test": "test: FROC has no curve: no lesion detected at any threshold (1 annotated)",
+                        "val": "val: FROC has no curve: no annotated lesions (isolated tumour cells do not count)"}
+    assert data["splits"]["test"]["froc_score"] == 0.0 and data["splits"]["val"]["froc_score"] is None
+    assert data["splits"]["val"]["plots"] == ["froc_val.png"]  # one class: no slide ROC
+    assert "one_class" in _codes(data, "val")
+
+
+def test_the_removed_detection_threshold_key_names_what_replaced_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config key 'froc.detection_threshold': removed.*froc.min_confidence"):
+        load_evaluate_config(None, ["froc.detection_threshold=0.5"])
+    path = tmp_path / "old.yaml"
+    path.write_text("froc:\n  detection_threshold: 0.5\n  itc_um: 275\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: config key 'froc.detection_threshold': removed"):
+        load_evaluate_config(path)
+    assert load_evaluate_config(None, ["froc.nms_radius_um=200"]).froc.nms_radius_um == 200.0

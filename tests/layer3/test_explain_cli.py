@@ -48,7 +48,10 @@ def test_cli_writes_all_outputs(explain_toy, tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     scores = json.loads((out / "rcv_scores.json").read_text())
     assert {r["concept"] for r in scores} == {"nuclei_area", "glcm_contrast"}
-    assert all("p_value" in r and "r2_heldout" in r and len(r["random_tcav"]) == 20 for r in scores)
+    assert all("p_value" in r and "r2_heldout" in r and "r2_label_baseline" in r for r in scores)
+    assert {r["status"] for r in scores} <= {"significant", "not significant", "undefined", "restates class"}
+    # a row with a test has its 20 random fits; an undefined one (constant gradients) may have none
+    assert all(len(r["tcav_random"]) == 20 for r in scores if r["status"] != "undefined")
     assert not list(out.rglob(".*partial*"))
 
 
@@ -150,4 +153,66 @@ def test_masks_from_the_config_are_used(explain_toy, tmp_path: Path, capsys: pyt
                                   "--out", str(tmp_path / "o"), "--set", f"concepts.masks={wrong}",
                                   "--set", "lime.enabled=false", "--set", "sanity.enabled=false"])
     assert code == 2 and err.startswith(f"error: concepts.masks {wrong}: shape (3, 8, 8)"), err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def write_index(path: Path, splits: dict[Path, str]) -> Path:
+    from layer1_patches.index import DatasetIndex, IndexEntry
+
+    entries = tuple(IndexEntry(path=str(p), slide_name=p.stem, patient=p.stem, node="", centre="", split=split,
+                               n_patches=1, n_tumour=1, n_normal=0, patch_size=64, level=0, working_mpp=0.5,
+                               config_hash="x") for p, split in splits.items())
+    return DatasetIndex(path.parent, "patient", entries).save(path)
+
+
+MAPS_ONLY = ["--set", "select.mode=random_per_class", "--set", "select.per_class=2", "--set", "rcv.enabled=false",
+             "--set", "lime.enabled=false", "--set", "sanity.methods=[gradcam]", "--set", "sanity.depths=2"]
+
+
+def test_training_slides_are_not_explained_given_the_index(explain_toy, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: explain chose 5 of its 6 patches from training slides; with --index it takes the test split's."""
+    train, test = map(Path, explain_toy.stores)
+    index = write_index(tmp_path / "index.json", {train: "train", test: "test"})
+    out = tmp_path / "o"
+    code = main(["explain", "--config", str(CONFIG), "--model", str(explain_toy.run_dir), "--store", str(train),
+                 str(test), "--index", str(index), "--out", str(out), *MAPS_ONLY])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "patches from split test" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "test" and len(summary["patches"]) == 4
+    assert all(pid.startswith(f"{test.stem}_") for pid in summary["patches"]), summary["patches"]
+    assert not [w for w in summary["warnings"] if w["code"] == "split_unknown"]
+    # sanity.json as the report reads it
+    doc = json.loads((out / "sanity.json").read_text())
+    assert {"random_logit_std", "trained_logit_std", "min_logit_std", "status", "depths", "methods"} <= set(doc)
+    assert [d["depth"] for d in doc["depths"]] == [1, 2] and doc["depths"][-1]["randomised_to"] == "conv1"
+    assert doc["random_logit_std"] > 1e-3 and doc["status"] in ("passed", "failed")
+    gradcam = doc["methods"]["gradcam"]
+    assert {"status", "input_independent", "cross_patch_correlation", "threshold", "by_depth",
+            "rank_correlation"} <= set(gradcam) and len(gradcam["rank_correlation"]) == 4
+    assert summary["sanity"]["methods"]["gradcam"]["status"] == gradcam["status"]
+    assert summary["gradcam_layer"] == "conv3_relu" and summary["gradcam_layer_size"] == [16, 16]
+
+
+def test_without_an_index_the_split_is_unknown_and_said(explain_toy, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    code = main(["explain", "--config", str(CONFIG), "--model", str(explain_toy.run_dir), "--store",
+                 str(explain_toy.stores[0]), "--out", str(out), *MAPS_ONLY, "--set", "sanity.enabled=false"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] is None and "sanity" not in summary
+    assert [w["code"] for w in summary["warnings"]] == ["split_unknown"] and summary["warnings"][0]["split"] is None
+    assert "warning: patches selected without --index" in capsys.readouterr().out
+
+
+def test_split_without_a_store_is_one_error_line(explain_toy, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    train, test = map(Path, explain_toy.stores)
+    index = write_index(tmp_path / "index.json", {train: "train", test: "test"})
+    code, err = run_main(capsys, ["--model", str(explain_toy.run_dir), "--store", str(train), "--index", str(index),
+                                  "--out", str(tmp_path / "o"), *MAPS_ONLY])
+    assert code == 2 and err.startswith(f"error: select.split 'test': none of the 1 given stores is in that split "
+                                        f"of index {index}") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o" / "summary.json").exists()

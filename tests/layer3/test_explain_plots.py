@@ -65,18 +65,37 @@ def test_r2_by_layer_one_line_per_concept_nan_where_missing(figures: list[Any]) 
     assert lines["area"] == [0.1, 0.6]
     assert math.isnan(lines["contrast"][0]) and lines["contrast"][1] == -0.2
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b1", "b2"]
+    assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]  # no baseline in the rows: none
 
 
-def test_tcav_vs_random_one_axis_per_layer_skipping_concepts_without_a_baseline(figures: list[Any]) -> None:
+def test_r2_by_layer_draws_each_concepts_label_baseline_dashed_in_its_colour(figures: list[Any]) -> None:
+    rows = [{"layer": "b1", "concept": "area", "r2_heldout": 0.3, "r2_label_baseline": 0.25},
+            {"layer": "b2", "concept": "area", "r2_heldout": 0.7, "r2_label_baseline": 0.25},
+            {"layer": "b1", "concept": "count", "r2_heldout": 0.1, "r2_label_baseline": None}]
+    plots.r2_by_layer(Path("r2.png"), rows, 50)
+    (ax,) = figures[0].axes
+    solid = {str(line.get_label()): line for line in ax.get_lines() if line.get_linestyle() == "-"}
+    (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(dashed.get_ydata()) == [0.25, 0.25] and dashed.get_color() == solid["area"].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["area", "count"]  # baselines not in the legend
+
+
+def test_tcav_vs_random_shows_status_and_adjusted_p_and_undefined_rows_as_such(figures: list[Any]) -> None:
     rows: list[dict[str, Any]] = [
-        {"layer": "b1", "concept": "area", "random_tcav": [0.4, 0.5, 0.6], "tcav_boot": [0.9, 0.95],
-         "p_value": 0.012, "significant": True},
-        {"layer": "b1", "concept": "contrast"},  # no random baseline: skipped
-        {"layer": "b2", "concept": "contrast", "random_tcav": [0.5], "tcav_boot": [0.5], "p_value": 0.5}]
+        {"layer": "b1", "concept": "area", "tcav_random": [0.4, 0.5, 0.6], "tcav_repeats": [0.9, 0.95],
+         "p_adjusted": 0.012, "significant": True, "status": "significant"},
+        {"layer": "b1", "concept": "contrast", "tcav_random": [], "tcav_repeats": [], "p_adjusted": None,
+         "significant": None, "status": "undefined"},
+        {"layer": "b2", "concept": "area", "tcav_random": [0.2, 0.8], "tcav_repeats": [0.9, 0.9],
+         "p_adjusted": 0.001, "significant": False, "status": "restates class"},
+        {"layer": "b2", "concept": "contrast", "tcav_random": [0.5, 0.4], "tcav_repeats": [0.5, 0.6],
+         "p_adjusted": 0.5, "significant": False, "status": "not significant"}]
     plots.tcav_vs_random(Path("tcav.png"), rows, 50)
     ax1, ax2 = figures[0].axes
-    assert [t.get_text() for t in ax1.texts] == ["p=0.012*"]
-    assert [t.get_text() for t in ax2.texts] == ["p=0.5"]
+    assert [t.get_text() for t in ax1.texts] == ["p_adj=0.012*", "undefined"]
+    assert ax1.texts[1].get_color() == "grey"
+    assert [t.get_text() for t in ax2.texts] == ["restates class\np_adj=0.001", "p_adj=0.5"]
+    assert len(ax1.collections[0].get_offsets()) == 2 and len(ax1.collections[1].get_offsets()) == 0
     assert [t.get_text() for t in ax1.get_xticklabels()] == ["area", "contrast"]
 
 

@@ -40,20 +40,56 @@ def test_tapped_inner_activation_equals_the_nested_one(nested: tf.keras.Model) -
     np.testing.assert_allclose(conv2_flat.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_default_gradcam_layer_is_the_backbone_output(nested: tf.keras.Model) -> None:
-    assert probe.default_gradcam_layer(nested, probe.flatten(nested)) == "conv3_relu"
+def test_default_gradcam_layer_is_the_deepest_one_of_at_least_min_size(nested: tf.keras.Model) -> None:
+    # at 32 px: conv1 32 x 32, pool1 and conv2 16 x 16, pool2, conv3 and conv3_relu 8 x 8
+    flat = probe.flatten(nested)
+    assert probe.gradcam_layer(flat, None, 7) == probe.LayerChoice("conv3_relu", (8, 8), None)
+    assert probe.gradcam_layer(flat, None, 9).name == "conv2"
+    assert probe.gradcam_layer(flat, None, 16).name == "conv2"
+    assert probe.default_gradcam_layer(nested, flat) == "conv3_relu"
 
 
-def test_layer2_mobilenet_export_flattens() -> None:
+def test_no_layer_of_min_size_takes_the_largest_with_a_note(nested: tf.keras.Model) -> None:
+    choice = probe.gradcam_layer(probe.flatten(nested), None, 40)
+    assert (choice.name, choice.size) == ("conv1", (32, 32))
+    assert choice.note is not None and "conv1 is 32 x 32" in choice.note and "gradcam.min_size 40" in choice.note
+
+
+def test_configured_layer_is_kept_and_noted_when_small(nested: tf.keras.Model) -> None:
+    flat = probe.flatten(nested)
+    choice = probe.gradcam_layer(flat, "conv3", 9)
+    assert (choice.name, choice.size) == ("conv3", (8, 8)) and choice.note is not None
+    assert probe.gradcam_layer(flat, "conv2", 7).note is None
+
+
+@pytest.fixture(scope="module")
+def mobilenet64() -> tuple[tf.keras.Model, tf.keras.Model]:
     from layer2_training.config import HeadConfig, ModelConfig
     from layer2_training.model import build_model
 
-    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig(dropout=0.2)), 32, 32, None, None)
-    flat = probe.flatten(model)
-    assert probe.default_gradcam_layer(model, flat) == "out_relu"
-    x = patches()
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(backbone="mobilenetv2", head=HeadConfig(dropout=0.2)), 64, 64, None, None)
+    return model, probe.flatten(model)
+
+
+def test_layer2_mobilenet_export_flattens(mobilenet64: tuple[tf.keras.Model, tf.keras.Model]) -> None:
+    model, flat = mobilenet64
+    x = patches(size=64)
     np.testing.assert_allclose(1 / (1 + np.exp(-probe.predict_logits(flat, x, 3))),
                                model(x.astype(np.float32)).numpy().ravel(), rtol=1e-4, atol=1e-6)
+
+
+def test_default_gradcam_layer_is_not_a_2x2_grid_at_64_px(mobilenet64: tuple[tf.keras.Model, tf.keras.Model]) -> None:
+    """Regression: the default was the backbone's output, out_relu, 2 x 2 cells at 64-px patches: upsampled, the
+    same blob on every patch. Now the deepest layer of at least 7 x 7 (padding layers excluded)."""
+    model, flat = mobilenet64
+    assert probe.spatial_size(flat, "out_relu") == (2, 2)
+    choice = probe.gradcam_layer(flat, None, 7)
+    assert choice.size is not None and min(choice.size) >= 7 and choice.note is None
+    assert probe.default_gradcam_layer(model, flat) == choice.name
+    spatial = probe.spatial_layers(flat)
+    deeper = spatial[spatial.index(choice.name) + 1:]
+    assert all(min(probe.spatial_size(flat, n) or (0, 0)) < 7 or n.endswith("_pad") for n in deeper)
 
 
 def test_unknown_layer_is_a_clear_error(nested: tf.keras.Model) -> None:
@@ -62,11 +98,10 @@ def test_unknown_layer_is_a_clear_error(nested: tf.keras.Model) -> None:
 
 
 def test_randomised_copy_has_new_weights(nested: tf.keras.Model) -> None:
-    clone = probe.randomised_copy(nested, seed=3)
-    for a, b in zip(nested.get_layer("backbone").layers, clone.get_layer("backbone").layers, strict=True):
-        for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
-            if wa.ndim > 1:
-                assert not np.allclose(wa, wb)
+    flat = probe.flatten(nested)
+    clone = probe.randomised_copy(nested, seed=3, patches=patches())
+    for name in ("conv1", "conv2", "conv3", "tumour_logit"):
+        assert not np.allclose(flat.get_layer(name).get_weights()[0], clone.get_layer(name).get_weights()[0])
 
 
 def test_auto_layers_end_at_the_last_spatial_layer(nested: tf.keras.Model) -> None:

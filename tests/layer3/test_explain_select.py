@@ -136,3 +136,70 @@ def test_gather_reads_each_store_once_in_selection_order(stores: list, monkeypat
     for k, pair in enumerate(pairs):
         assert np.array_equal(sel.rgb[k], want[pair])
     assert list(sel.row) == [i for _, i in pairs] and list(sel.label) == [int(stores[s].labels[i]) for s, i in pairs]
+
+
+def write_index(path: Path, splits: dict[Path, str]) -> Path:
+    """Layer 1's index.json with one entry per store and its split."""
+    from layer1_patches.index import DatasetIndex, IndexEntry
+
+    entries = tuple(IndexEntry(path=str(p), slide_name=p.stem, patient=p.stem, node="", centre="", split=split,
+                               n_patches=1, n_tumour=1, n_normal=0, patch_size=SIZE, level=0, working_mpp=0.5,
+                               config_hash="x") for p, split in splits.items())
+    return DatasetIndex(path.parent, "patient", entries).save(path)
+
+
+@pytest.fixture()
+def train_test(tmp_path: Path) -> tuple[list[Path], Path]:
+    paths = [write_store(tmp_path / f"{name}.h5", [1, 0, 1]) for name in ("train_a", "test_b", "train_c", "test_d")]
+    index = write_index(tmp_path / "index.json", {p: p.stem.split("_")[0] for p in paths})
+    return paths, index
+
+
+def test_training_slides_are_not_selected_for_explanation(train_test: tuple[list[Path], Path]) -> None:
+    """Regression: explain chose 5 of its 6 patches from training slides (it never read the split)."""
+    paths, index = train_test
+    choice = select.split_stores(paths, index, "test")
+    assert [p.name for p in choice.paths] == ["test_b.h5", "test_d.h5"] and choice.given == paths
+    assert choice.split == "test" and choice.warning is None and choice.slides == {"test_b", "test_d"}
+    stores = select.open_stores(choice.paths)
+    try:
+        sel = select.select_from_stores(stores, SelectConfig(mode="random_per_class", per_class=3), None)
+    finally:
+        for s in stores:
+            s.close()
+    # labels 1, 0, 1 per store: 4 tumour and 2 normal patches in the test split, 3 + 2 picked
+    assert len(sel) == 5 and {Path(s).name for s in sel.source} == {"test_b.h5", "test_d.h5"}
+    assert [p.name for p in select.split_stores([], index, "train").paths] == ["train_a.h5", "train_c.h5"]
+
+
+def test_split_all_and_no_index(train_test: tuple[list[Path], Path]) -> None:
+    paths, index = train_test
+    assert select.split_stores(paths, index, "all").paths == paths
+    unknown = select.split_stores(paths, None, "test")
+    assert unknown.paths == paths and unknown.split is None and unknown.slides is None
+    assert unknown.warning.code == "split_unknown" and "--index" in unknown.warning.message
+
+
+def test_split_without_a_given_store_is_one_clear_error(train_test: tuple[list[Path], Path]) -> None:
+    paths, index = train_test
+    with pytest.raises(CamnetError, match=rf"select.split 'test': none of the 2 given stores is in that split of "
+                                          rf"index {index} \(given stores per split: test 0, train 2\)"):
+        select.split_stores([paths[0], paths[2]], index, "test")
+    with pytest.raises(CamnetError, match="select.split 'val': none of the 4 given stores"):
+        select.split_stores(paths, index, "val")
+    with pytest.raises(CamnetError, match=r"dataset index .*nope.json: no such file"):
+        select.split_stores(paths, index.parent / "nope.json", "test")
+
+
+def test_heatmaps_of_the_split_only(tmp_path: Path, train_test: tuple[list[Path], Path]) -> None:
+    paths, index = train_test
+    coords = np.array([[0, 100], [16, 100]])
+    for stem in ("train_a", "test_b"):
+        write_heatmap(tmp_path / "hm", stem, coords, np.array([0.2, 0.8]))
+    heatmaps = select.read_heatmaps(tmp_path / "hm")
+    kept = select.heatmaps_of_split(heatmaps, select.split_stores(paths, index, "test"), index)
+    assert [p.name for p, _ in kept] == ["test_b"]
+    assert len(select.heatmaps_of_split(heatmaps, select.split_stores(paths, None, "test"), None)) == 2
+    only_train = select.split_stores(paths, index, "train")
+    with pytest.raises(CamnetError, match="select.split 'train': no heatmap is of a slide in that split"):
+        select.heatmaps_of_split([h for h in heatmaps if h[0].name == "test_b"], only_train, index)

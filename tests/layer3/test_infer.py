@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -14,8 +17,8 @@ from layer1_patches.extract import PatchReader
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import ReaderConfig, load_heatmap_config
-from layer3_inference.infer import HeatmapRequest, Ranks, compile_model, heatmap_slide, predict
-from layer3_inference.model import load_model, read_spec
+from layer3_inference.infer import HeatmapRequest, ModelFn, Ranks, compile_model, heatmap_slide, predict
+from layer3_inference.model import ModelSpec, load_model, read_spec
 
 from .conftest import DATA, darkness_probability, heatmap_config
 
@@ -196,12 +199,13 @@ def test_second_writer_of_a_heatmap_is_told_who_holds_it(tiny_run: Path, synth_s
 
 
 def test_heatmaps_finished_by_the_previous_version_are_still_skipped(tiny_run: Path, synth_slides: list[Path],  # type: ignore[no-untyped-def]
-                                                                     model_fn, tmp_path: Path) -> None:
+                                                                     model_fn, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # Regression (review of issue 13): adding the model's content hash to its identity changed every run hash,
     # so each slide finished by CamNet 0.1.0 was refused as "finished with a different config or model".
     import hashlib
 
-    from layer1_patches.shared.typedconfig import config_hash
+    from layer1_patches.shared.typedconfig import data_hash, to_dict
 
     cfg = load_heatmap_config(heatmap_config(tmp_path / "cfg.yaml"))
     spec = read_spec(tiny_run)
@@ -212,11 +216,137 @@ def test_heatmaps_finished_by_the_previous_version_are_still_skipped(tiny_run: P
     old_model = {"run_dir": str(spec.run_dir.resolve()), "model_file": str(spec.model_file), "backbone": spec.backbone,
                  "patch_size": spec.patch_size, "working_mpp": spec.working_mpp, "level": spec.level,
                  "threshold": spec.threshold, "config_hash": spec.config_hash}  # 0.1.0's ModelSpec.identity
-    canonical = json.dumps({"config": config_hash(cfg), "model": old_model}, sort_keys=True)
+    old_config = {k: v for k, v in to_dict(cfg).items() if k != "warnings"}  # 0.1.0's config had no warnings
+    canonical = json.dumps({"config": data_hash(old_config), "model": old_model}, sort_keys=True)
     summary.update(model=old_model, run_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
-    del summary["files"]
+    for key in ("files", "colour", "colour_shift", "tumour_share", "warnings"):  # keys 0.1.0 did not write
+        del summary[key]
     path.write_text(json.dumps(summary))
+    capsys.readouterr()
     assert heatmap_slide(req, spec, model_fn, Ranks()).status == "skipped"
+    # skipped, but not silently: its colour and tumour share were never checked
+    assert "without the colour and tumour-share checks" in capsys.readouterr().err
     other = load_heatmap_config(heatmap_config(tmp_path / "c2.yaml", **{"grid.stride": 24}))
     with pytest.raises(CamnetError, match="different config or model"):
         heatmap_slide(HeatmapRequest(req.slide, req.out_dir, other), spec, model_fn, Ranks())
+
+
+# --- issue 14, item 5: warnings when the model meets tissue unlike its training data ---
+
+TCGA = DATA / "tcga-cr-7395-01a-01-ts1.svs"  # real H&E, another scanner and stain; no mpp in its metadata
+
+
+@pytest.fixture(scope="module")
+def colour_model(synthetic_colour_run: Path) -> tuple[ModelSpec, ModelFn]:
+    spec = read_spec(synthetic_colour_run)
+    return spec, compile_model(load_model(spec), spec.patch_size)
+
+
+def _summary(out: Path, slide: Path) -> dict[str, Any]:
+    return json.loads((out / slide.stem / "summary.json").read_text())
+
+
+def test_real_he_slide_unlike_synthetic_training_is_warned(colour_model: tuple[ModelSpec, ModelFn], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 14: on a real H&E slide a model trained on synthetic slides called 98.7 % of patches tumour, with no
+    # remark. The TCGA slide's tissue is bluer and less red than the synthetic stain (measured shift 1.08 training
+    # standard deviations, default limit 0.7); the darkness model calls its dark tissue tumour (share 0.69 > 0.5).
+    spec, fn = colour_model
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{"match.assume_mpp": 0.25}))
+    result = heatmap_slide(HeatmapRequest(TCGA, tmp_path / "out", cfg), spec, fn, Ranks())
+    assert result.status == "done" and result.warnings == ["colour_shift", "tumour_share"]
+    summary = _summary(tmp_path / "out", TCGA)
+    assert [w["code"] for w in summary["warnings"]] == ["colour_shift", "tumour_share"]
+    assert all(w["split"] is None and w["message"] for w in summary["warnings"])
+    assert summary["colour_shift"] > 0.7 and summary["tumour_share"] > 0.5
+    assert summary["colour"]["patches"] == summary["patches"] and summary["colour"]["pixels"] > 0
+    err = capsys.readouterr().err.splitlines()
+    lines = [line for line in err if line.startswith("warning: ")]
+    assert lines == [f"warning: {TCGA.stem}: {w['message']}" for w in summary["warnings"]]
+
+
+def test_synthetic_slide_like_the_training_slides_is_not_warned(colour_model: tuple[ModelSpec, ModelFn],
+                                                                synth_slides: list[Path],
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # training colour from synthetic slide 0; slide 1 is another seed of the same generator (measured shift 0.02)
+    spec, fn = colour_model
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml"))
+    result = heatmap_slide(HeatmapRequest(synth_slides[1], tmp_path / "out", cfg), spec, fn, Ranks())
+    summary = _summary(tmp_path / "out", synth_slides[1])
+    assert result.status == "done" and summary["warnings"] == [] and result.warnings == []
+    assert 0 <= summary["colour_shift"] < 0.7 and summary["tumour_share"] < 0.5
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_model_without_training_colour_warns_once_and_still_finishes(tiny_run: Path, model_fn: ModelFn,
+                                                                      synth_slides: list[Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{"grid.stride": 24}))
+    result = heatmap_slide(HeatmapRequest(synth_slides[0], tmp_path / "out", cfg), read_spec(tiny_run), model_fn,
+                           Ranks())
+    summary = _summary(tmp_path / "out", synth_slides[0])
+    assert result.status == "done" and [w["code"] for w in summary["warnings"]] == ["no_training_colour"]
+    assert summary["colour_shift"] is None and summary["colour"]["pixels"] > 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {synth_slides[0].stem}: {summary['warnings'][0]['message']}"]
+    # a rerun skips the finished slide and says the same again
+    again = heatmap_slide(HeatmapRequest(synth_slides[0], tmp_path / "out", cfg), read_spec(tiny_run), model_fn,
+                          Ranks())
+    assert again.status == "skipped" and again.warnings == ["no_training_colour"]
+    assert f"warning: {synth_slides[0].stem}: " in capsys.readouterr().err
+
+
+def test_warning_limits_are_config_keys_and_null_switches_a_check_off(colour_model: tuple[ModelSpec, ModelFn],
+                                                                      tmp_path: Path) -> None:
+    spec, fn = colour_model
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{
+        "match.assume_mpp": 0.25, "warnings.max_colour_shift": None, "warnings.max_tumour_share": 1.0}))
+    assert heatmap_slide(HeatmapRequest(TCGA, tmp_path / "out", cfg), spec, fn, Ranks()).warnings == []
+    summary = _summary(tmp_path / "out", TCGA)
+    assert summary["warnings"] == [] and summary["colour_shift"] > 0.7  # still measured, not judged
+
+
+def test_colour_of_two_ranks_is_the_colour_of_one(colour_model: tuple[ModelSpec, ModelFn], synth_slides: list[Path],
+                                                  tmp_path: Path) -> None:
+    # each rank accumulates its own share of the grid; rank 0's summary must hold both shares, merged
+    import threading
+
+    spec, fn = colour_model
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml", **{"reader.batch_size": 8}))
+    one = HeatmapRequest(synth_slides[1], tmp_path / "one", cfg)
+    assert heatmap_slide(one, spec, fn, Ranks()).status == "done"
+    barrier, slots = threading.Barrier(2), list[Any]([None, None])
+
+    def gather(rank: int) -> Callable[[Any], list[Any]]:
+        def run(obj: Any) -> list[Any]:
+            slots[rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()  # nobody overwrites a slot before both have read
+            return out
+        return run
+
+    two = HeatmapRequest(synth_slides[1], tmp_path / "two", cfg)
+    threads = [threading.Thread(target=heatmap_slide, args=(two, spec, fn, Ranks(r, 2, gather(r)))) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    a, b = _summary(tmp_path / "one", synth_slides[1]), _summary(tmp_path / "two", synth_slides[1])
+    assert b["ranks"] == 2 and a["colour"] == b["colour"] and a["tumour_share"] == b["tumour_share"]
+
+
+def test_configs_from_before_the_warnings_section_keep_their_run_hash(tiny_run: Path, tmp_path: Path) -> None:
+    # A finished heatmap is skipped only when its run hash matches: had the new `warnings` section entered the
+    # hash, every heatmap finished before it would be refused as "finished with a different config".
+    from layer1_patches.shared.typedconfig import data_hash, to_dict
+    from layer3_inference.infer import run_hash
+
+    spec = read_spec(tiny_run)
+    cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml"))
+    before = {k: v for k, v in to_dict(cfg).items() if k != "warnings"}  # the config as the previous version saw it
+    canonical = json.dumps({"config": data_hash(before), "model": spec.identity()}, sort_keys=True)
+    assert run_hash(cfg, spec) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    stricter = load_heatmap_config(heatmap_config(tmp_path / "s.yaml", **{"warnings.max_tumour_share": 0.2}))
+    assert run_hash(stricter, spec) != run_hash(cfg, spec)  # other limits: another summary, not a skip

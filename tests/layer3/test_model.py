@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from layer1_patches.colour import ColourStats
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide
 from layer3_inference.config import MatchConfig
@@ -20,6 +21,24 @@ def test_read_spec_of_a_finished_run(tiny_run: Path) -> None:
     spec = read_spec(tiny_run)
     assert (spec.patch_size, spec.working_mpp, spec.level, spec.threshold) == (32, 0.5, 0, 0.5)
     assert spec.model_file == tiny_run / "export" / "model.keras"
+
+
+def test_training_colour_of_the_sidecar_is_read_but_is_not_the_models_identity(tiny_run: Path,
+                                                                              tmp_path: Path) -> None:
+    # the colour came later than many finished heatmaps: adding it to model.json must not change the model's
+    # identity (and with it every run hash), and a model.json without it reads as null, not as an error
+    run = _copy(tiny_run, tmp_path / "run")
+    data = json.loads((run / "model.json").read_text())
+    colour = {"od_mean": [0.45, 0.87, 0.41], "od_std": [0.33, 0.38, 0.13], "pixels": 900, "patches": 9}
+    plain = read_spec(run)
+    (run / "model.json").write_text(json.dumps({**data, "colour": colour}))
+    coloured = read_spec(run)
+    assert plain.colour is None
+    assert coloured.colour == ColourStats(**colour)  # type: ignore[arg-type]
+    assert coloured.identity() == plain.identity()
+    (run / "model.json").write_text(json.dumps({**data, "colour": {**colour, "pixels": -1}}))
+    with pytest.raises(CamnetError, match=r"model.json.*'colour.pixels'"):
+        read_spec(run)
 
 
 def _copy(run: Path, dest: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from layer1_patches.shared.manifest import Manifest
 from layer1_patches.synth import write_cohort
 from layer3_inference.pipeline import stages
-from layer3_inference.pipeline.config import load_experiment
+from layer3_inference.pipeline.config import Experiment, load_experiment
 from layer3_inference.pipeline.layout import Layout
 
 from .conftest import REPO, write_experiment
@@ -104,3 +104,21 @@ def test_a_command_without_its_scripts_prefix_is_a_bug(experiment) -> None:  # t
     with pytest.raises(ValueError, match="does not start with"):
         bad.script_args()
     assert stages.commands(exp, manifest)["layer2"].script_args()[:2] == ["--config", exp.cfg.layer2.config]
+
+
+def test_evaluate_and_explain_read_the_index_the_index_stage_writes(experiment: tuple[Experiment, Manifest]) -> None:
+    exp, manifest = experiment
+    commands = stages.commands(exp, manifest)
+
+    def value(stage: str, option: str) -> str:
+        argv = commands[stage].argv
+        assert argv.count(option) == 1, argv
+        return argv[argv.index(option) + 1]
+
+    written = value("index", "--out")
+    assert written == str(Layout(exp.out).index)
+    assert value("evaluate", "--index") == written and value("explain", "--index") == written
+    # --store takes every path up to the next option: the index must not be read as a patch store
+    explain = list(commands["explain"].argv)
+    stores = explain[explain.index("--store") + 1:explain.index("--out")]
+    assert stores == [str(p) for p in stages.stores(exp, manifest)]
