@@ -157,7 +157,7 @@ def slurm_cluster() -> SlurmCluster:
 
 REPO = Path(__file__).resolve().parents[1]
 # Bump TRAINED_VERSION whenever the recipe or the steps of `build_trained_run` change: it names the cache dir.
-TRAINED_VERSION = "v2"
+TRAINED_VERSION = "v3"  # v3: exact tumour fractions and checkpoint tie-break (issue 14)
 TRAINED_RECIPE: dict[str, Any] = {"slides": 4, "size": 3072, "seed": 11, "per_class": 150, "patch": 64,
                                   "epochs": 4, "fractions": "train=0.5,val=0.5",
                                   "config": "configs/layer2/mobilenetv2_cpu.yaml"}

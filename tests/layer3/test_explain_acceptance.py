@@ -3,8 +3,13 @@
 construction (`trained_layer2`, tests/conftest.py, shared with test_acceptance.py); explained on the validation
 patient's patches (never seen in training).
 
-At 64-px patches MobileNetV2's last block is 2 x 2 cells, too coarse to tell nuclei from stroma; the Grad-CAM test
-names `block_5_add` (8 x 8), where the default layer (the deepest of at least 7 x 7) would be block_6_expand_relu.
+At 64-px patches MobileNetV2's last block is 2 x 2 cells, too coarse to tell nuclei from stroma; these tests
+name `block_5_add` (8 x 8), where the default layer (the deepest of at least 7 x 7) would be block_6_expand_relu.
+
+Where this trained model's Grad-CAM mass falls is what the model learnt, not a property of Grad-CAM: the model
+retrained on exact tumour fractions (issue 14) puts as much of it on stroma as on nuclei (median ratio 0.94 at
+block_5_add, 1.00 at block_6_expand_relu), so it is not asserted here. Grad-CAM itself is pinned by known answers
+(test_explain_gradcam.py) and by a model of known behaviour (test_explain_maps.py).
 """
 
 from __future__ import annotations
@@ -12,10 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from layer3_inference.explain import concepts
 from layer3_inference.explain.config import load_explain_config
 from layer3_inference.explain.run import Request, run
 from tests.conftest import TrainedRun
@@ -34,20 +37,6 @@ def explained(trained_layer2: TrainedRun, tmp_path_factory: pytest.TempPathFacto
     return out, run(Request(cfg, trained_layer2.run_dir, out, list(trained_layer2.val_stores)))
 
 
-def test_gradcam_mass_falls_more_on_nuclei_than_on_stroma(explained) -> None:
-    out, summary = explained
-    ratios = []
-    for pid in summary["patches"]:
-        with np.load(out / "maps" / f"{pid}.npz") as z:
-            if int(z["meta_label"]) != 1:
-                continue
-            nuclei = concepts.segment_nuclei(z["patch"], 12, 4) > 0
-            cam = z["gradcam"]
-            ratios.append(cam[nuclei].mean() / max(cam[~nuclei].mean(), 1e-12))
-    assert len(ratios) == 6
-    assert np.median(ratios) > 1.1 and np.mean(np.array(ratios) > 1) >= 5 / 6, ratios
-
-
 def test_randomisation_check_separates_trained_from_random_weights(explained) -> None:
     out, summary = explained
     sanity = summary["sanity"]
@@ -57,11 +46,25 @@ def test_randomisation_check_separates_trained_from_random_weights(explained) ->
     assert not sanity["methods"]["gradcam"]["input_independent"], sanity
 
 
-def test_nuclei_area_is_encoded_and_its_tcav_beats_random_directions(explained) -> None:
+def test_nuclei_area_is_encoded_but_reported_as_restating_the_class(explained) -> None:
+    """The generator makes tumour nuclei larger by construction, so the class label alone predicts nuclei area
+    (held-out R^2 about 0.59 on these patches): the activations' R^2 (about 0.5-0.57) adds nothing to it, and
+    the concept is reported as restating the class, never as significant evidence of its own. Before issue 14 it
+    was reported significant with p ~ 1e-10."""
     _, summary = explained
-    area = [r for r in summary["rcv"] if r["concept"] == "nuclei_area"]
-    assert len(area) == 3
-    assert max(r["r2_heldout"] for r in area) > 0.3, area
-    hits = [r for r in area if r["r2_heldout"] > 0.2 and r["significant"] and r["tcav"] > 0.5]
-    assert hits, area
-    assert all(r["p_value"] < 0.01 for r in hits)
+    area = {r["layer"]: r for r in summary["rcv"] if r["concept"] == "nuclei_area"}
+    assert set(area) == {"block_5_add", "block_12_add", "out_relu"}
+    assert max(r["r2_heldout"] for r in area.values()) > 0.3, area  # encoded
+    assert all(r["r2_label_baseline"] > 0.3 for r in area.values()), area  # ...and a class marker
+    for layer in ("block_5_add", "block_12_add"):
+        assert area[layer]["status"] == "restates class" and not area[layer]["significant"], area[layer]
+
+
+def test_tcav_just_before_the_pooled_linear_head_is_undefined(explained) -> None:
+    """out_relu feeds global average pooling and one Dense unit: the logit's gradient with respect to it is the
+    same for every patch, so TCAV is 0 or 1 for any direction and no test is possible."""
+    _, summary = explained
+    head = [r for r in summary["rcv"] if r["layer"] == "out_relu"]
+    assert len(head) == 3
+    assert all(r["status"] == "undefined" and r["p_adjusted"] is None and r["significant"] is None
+               for r in head), head

@@ -23,11 +23,17 @@ SMALL = ["--set", "select.k=2", "--set", "lime.num_samples=60", "--set", "lime.n
          "--set", "rcv.auto_layers=2", "--set", "rcv.concepts=[nuclei_area]", "--set", "sanity.methods=[gradcam]"]
 
 
+RANK_STATISTICS = ("median", "mean", "rank_correlation", "cross_patch_correlation")
+
+
 def assert_same(a: Any, b: Any, where: str = "summary") -> None:
-    """Equal JSON values, floats up to rounding (ranks compute in smaller batches)."""
+    """Equal JSON values, floats up to rounding (ranks compute in smaller batches). Spearman correlations of a
+    randomised network's maps (near 0: little structure) move by up to ~2e-3 when rounding swaps the order of
+    near-equal pixels (measured: 0.0540 against 0.0557), so they are compared to 0.005; everything else to 1e-5."""
     if isinstance(a, float) or isinstance(b, float):
         assert isinstance(a, int | float) and isinstance(b, int | float), (where, a, b)
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (where, a, b)
+        rank_statistic = "sanity" in where and any(k in where for k in RANK_STATISTICS)
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=0.005 if rank_statistic else 1e-6), (where, a, b)
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), (where, a, b)
         for key in a:
@@ -70,10 +76,17 @@ def test_two_tasks_write_what_one_process_writes(slurm_cluster: SlurmCluster, tr
     for name in panels:
         x = np.asarray(Image.open(tmp_path / "one" / "panels" / name), dtype=np.int16)
         y = np.asarray(Image.open(tmp_path / "two" / "panels" / name), dtype=np.int16)
-        assert x.shape == y.shape and np.mean(x != y) < 1e-3, name  # the same picture, up to rounding
+        # the same picture up to rounding: a map value 1e-4 apart can fall into the next colour of the colormap
+        # (measured: 0.3 % of the pixels); the maps themselves are compared numerically below
+        assert x.shape == y.shape and np.mean(x != y) < 1e-2, name
         with np.load(tmp_path / "one" / "maps" / name.replace(".png", ".npz")) as u, \
                 np.load(tmp_path / "two" / "maps" / name.replace(".png", ".npz")) as v:
             np.testing.assert_array_equal(u["patch"], v["patch"])
-            for key in ("gradcam", "gradcam_pp", "lime", "random_gradcam"):
-                np.testing.assert_allclose(u[key], v[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
+            # Rounding differs with the batch (a rank's share) and TensorFlow's thread count, and the maps amplify
+            # it: the same command with 1 or 2 threads gave random Grad-CAM maps 0.0065 apart (max 1.17) and
+            # trained Grad-CAM++ maps 0.00076 apart (max ~0.6), bit-identical at equal threads. So each map is
+            # compared to a share of its own scale (0.2 % trained, 1 % randomised); another map differs by far more.
+            for key, share in (("gradcam", 2e-3), ("gradcam_pp", 2e-3), ("lime", 2e-3), ("random_gradcam", 1e-2)):
+                scale = float(np.abs(u[key]).max())
+                np.testing.assert_allclose(u[key], v[key], rtol=0, atol=share * scale + 1e-6, err_msg=f"{name} {key}")
     assert not list((tmp_path / "two").rglob(".*partial*"))
