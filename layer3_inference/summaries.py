@@ -119,4 +119,19 @@ def load(cls: type[T], path: Path) -> T:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CamnetError(f"{path}: cannot read ({err})") from None
+    older = _older_version(cls, data)
+    if older is not None:
+        raise CamnetError(f"{path}: summary_version {older[0]} was written by an earlier CamNet; this one reads "
+                          f"version {older[1]}: run the command that wrote it again")
     return load_contract(cls, data, str(path))
+
+
+def _older_version(cls: type, data: Any) -> tuple[int, int] | None:
+    """(found, current) when `data` is an older version of `cls`'s contract: named as such, not as a missing key."""
+    fields = getattr(cls, "__dataclass_fields__", {})
+    if "summary_version" not in fields or not isinstance(data, dict):
+        return None
+    found, current = data.get("summary_version"), fields["summary_version"].default
+    if isinstance(found, int) and not isinstance(found, bool) and found < current:
+        return found, current
+    return None

@@ -82,3 +82,13 @@ def test_heatmap_summary_with_a_warning_lacking_its_message_is_one_error(tmp_pat
     with pytest.raises(CamnetError) as err:
         load(HeatmapSummary, path)
     assert str(err.value).startswith(f"{path}: ") and "warnings[0].message" in str(err.value)
+
+
+def test_a_pooled_version_1_evaluation_was_reported_as_a_missing_key(tmp_path: Path) -> None:
+    """An evaluation summary from before per-split figures is named as an older version, not as a missing key."""
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"summary_version": 1, "slides": 3, "tumour_slides": 2, "slide_auc": 1.0}))
+    with pytest.raises(CamnetError) as err:
+        load(EvaluationSummary, path)
+    assert str(err.value) == (f"{path}: summary_version 1 was written by an earlier CamNet; this one reads version 2: "
+                              "run the command that wrote it again")
