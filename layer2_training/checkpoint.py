@@ -123,7 +123,8 @@ class TrainState:
     def mark_best(self, value: float, second: float, epoch: int, reason: str) -> None:
         """Record epoch (1-based) as the best; `save_best` then writes it."""
         self.best.assign(value)
-        self.best_second.assign(second)
+        # a NaN second value compares false with everything: stored as NaN, no later tie could ever replace it
+        self.best_second.assign(_worst(self.monitor.tie_break) if math.isnan(second) else second)
         self.best_epoch.assign(epoch)
         self.best_by_tie.assign(int(reason == self.monitor.tie_break))
 

@@ -136,6 +136,8 @@ class EvaluateConfig:
     froc: FrocConfig = bounded(FrocConfig(), doc="Camelyon16 lesion detection (FROC)")
     missing_annotation: Literal["negative", "skip"] = bounded(
         "negative", doc="slides without annotation file: negative (tumour-free, as Camelyon16's normals) or skip")
+    trained_split: str = bounded("train", doc="the index split the model was trained on (Layer 2's "
+                                 "data.splits.train): scored on its own, last, and never the headline unless alone")
 
 
 def load_heatmap_config(path: Path | None, overrides: list[str] | None = None) -> HeatmapConfig:

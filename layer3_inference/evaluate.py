@@ -42,7 +42,6 @@ from layer3_inference.grid import Raster, map_shape, render_map, resample_mask
 from layer3_inference.outputs import Probabilities, finished_hash, read_probabilities, slide_score
 from layer3_inference.summaries import EvaluationSummary, SplitEvaluation, to_json
 
-TRAINED = "train"  # the split the model learnt from (Layer 1's index, Layer 2's training set)
 UNKNOWN = "unknown"  # no index given
 UNASSIGNED = "unassigned"  # the index does not list the slide
 NAMES_SHOWN = 10  # slide names listed in one warning
@@ -133,14 +132,14 @@ def read_splits(index: Path) -> dict[str, str]:
     return out
 
 
-def split_rank(name: str) -> tuple[int, str]:
-    """Order of splits in tables: test, val, the others by name, and the training split last."""
-    return ({"test": 0, "val": 1, TRAINED: 3}.get(name, 2), name)
+def split_rank(name: str, trained: str = "train") -> tuple[int, str]:
+    """Order of splits in tables: test, val, the others by name, and the training split (`trained`) last."""
+    return (3 if name == trained else {"test": 0, "val": 1}.get(name, 2), name)
 
 
-def headline_split(names: set[str]) -> str:
+def headline_split(names: set[str], trained: str = "train") -> str:
     """The split to quote: the first in table order, so the training split only when it is the only one."""
-    return min(names, key=split_rank)
+    return min(names, key=lambda n: split_rank(n, trained))
 
 
 def split_of(slide: str, splits: dict[str, str] | None) -> str:
@@ -220,7 +219,7 @@ def evaluate_split(name: str, results: list[SlideEval], cfg: EvaluateConfig, out
                    ) -> tuple[SplitEvaluation, list[HealthWarning]]:
     """One split's figures, warnings and plots (written into `out`)."""
     curve = froc_curve([r.fp_probs for r in results], [r.tp_probs for r in results], cfg.froc.fp_rates)
-    trained = name == TRAINED
+    trained = name == cfg.trained_split
     title = f"{name} ({len(results)} slides{', trained on' if trained else ''})"
     plots = [f"froc_{file_part(name)}.png"]
     plot_froc(curve, f"FROC {title}", out / plots[0])
@@ -244,12 +243,12 @@ COLUMNS = ("slide", "split", "label", "slide_score", "pixel_auc", "dice", "iou",
            "detections", "lesions_found", "false_positives", "annotation")
 
 
-def cohort_csv(results: list[SlideEval]) -> str:
+def cohort_csv(results: list[SlideEval], trained: str = "train") -> str:
     """One row per slide, grouped by split (test, val, others, train), then by slide."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for r in sorted(results, key=lambda r: (split_rank(r.split), r.slide)):
+    for r in sorted(results, key=lambda r: (split_rank(r.split, trained), r.slide)):
         writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
                          for k, v in asdict(r).items()})
     return buf.getvalue()
@@ -273,19 +272,19 @@ def evaluate_slides(heatmaps: Path, annotations: Path, cfg: EvaluateConfig,
 
 def summarise(results: list[SlideEval], cfg: EvaluateConfig, out: Path, index: Path | None) -> EvaluationSummary:
     """Figures per split of evaluated slides; writes cohort.csv, the plots and summary.json (last) into `out`."""
-    names = sorted({r.split for r in results}, key=split_rank)
+    names = sorted({r.split for r in results}, key=lambda n: split_rank(n, cfg.trained_split))
     warnings = assignment_warnings(results, index)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "cohort.csv", cohort_csv(results))
+        write_text_atomic(out / "cohort.csv", cohort_csv(results, cfg.trained_split))
         per_split = {}
         for name in names:
             per_split[name], found = evaluate_split(name, [r for r in results if r.split == name], cfg, out)
             warnings += found
         summary = EvaluationSummary(
-            headline_split=headline_split(set(names)), slides=len(results), score_method=cfg.score.method,
-            threshold=cfg.threshold, froc_config=cfg.froc, splits=per_split, warnings=warnings,
-            plots=[f for s in per_split.values() for f in s.plots])
+            headline_split=headline_split(set(names), cfg.trained_split), slides=len(results),
+            score_method=cfg.score.method, threshold=cfg.threshold, froc_config=cfg.froc, splits=per_split,
+            warnings=warnings, plots=[f for s in per_split.values() for f in s.plots])
         write_text_atomic(out / "summary.json", to_json(summary))
     except OSError as err:
         raise CamnetError(f"evaluation output {out}: cannot write ({err.strerror or err})") from None

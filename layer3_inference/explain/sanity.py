@@ -76,8 +76,10 @@ class DepthMaps:
 
 def depth_result(trained: np.ndarray, randomised: np.ndarray, logit_std: float, cfg: SanityConfig,
                  ) -> dict[str, Any]:
-    """One method at one depth: per-patch rho (all patches), median and mean over the ranked patches, status."""
-    rhos = [rank_correlation(a, b) for a, b in zip(trained, randomised, strict=True)]
+    """One method at one depth: per-patch rho (all patches), median and mean over the ranked patches, status.
+    Maps are compared by magnitude (Adebayo et al.'s "absolute value" rank correlation): an inverted map still
+    follows the input's structure, so it is as similar as an unchanged one, not evidence of a learnt model."""
+    rhos = [rank_correlation(np.abs(a), np.abs(b)) for a, b in zip(trained, randomised, strict=True)]
     ranked = [r for r, a, b in zip(rhos, trained, randomised, strict=True) if np.ptp(a) > 0 and np.ptp(b) > 0]
     median = float(np.median(ranked)) if ranked else math.nan
     if logit_std < cfg.min_logit_std or not ranked or 2 * len(ranked) < len(rhos):
@@ -92,11 +94,13 @@ def method_result(trained: np.ndarray, depths: list[DepthMaps], method: str, cfg
                   ) -> dict[str, Any]:
     by_depth = [{"depth": d.step["depth"], **depth_result(trained, d.maps[method], d.logit_std, cfg)}
                 for d in depths]
-    decided = [r for r in by_depth if r["status"] != INCONCLUSIVE]
-    deciding = decided[-1] if decided else (by_depth[-1] if by_depth else None)
+    # decided at full randomisation only, the depth whose logits' spread is the recorded `random_logit_std`: a
+    # dead fully randomised network makes the check inconclusive even when a shallower depth was alive
+    deciding = by_depth[-1] if by_depth else None
+    status = deciding["status"] if deciding else INCONCLUSIVE
     cross = cross_patch_correlation(trained)
-    return {"status": decided[-1]["status"] if decided else INCONCLUSIVE,
-            "decided_at_depth": decided[-1]["depth"] if decided else None,
+    return {"status": status,
+            "decided_at_depth": deciding["depth"] if deciding and status != INCONCLUSIVE else None,
             "median": deciding["median"] if deciding else math.nan,
             "threshold": cfg.max_rank_correlation,
             "input_independent": cross is not None and cross > cfg.max_cross_patch_correlation,

@@ -77,7 +77,9 @@ def froc_block(name: str, split: dict[str, Any]) -> str:
     """A split's FROC sensitivities, or a sentence when there is no curve (never an empty table)."""
     sens = split.get("froc_sensitivity") or {}
     if split.get("froc_score") is None or all(v is None for v in sens.values()):
-        why = "no annotated lesions" if not split.get("tumour_slides") else "no lesion detected at any threshold"
+        # lesions exclude isolated tumour cells: a tumour slide with ITCs only has no lesion to detect
+        lesions = split.get("lesions", split.get("tumour_slides"))
+        why = "no annotated lesions" if not lesions else "no lesion detected at any threshold"
         return f'<p id="froc-{esc(name)}-empty" class="empty">no FROC curve for the {esc(name)} split: {why}</p>'
     return table(f"froc-{name}", ["fp_per_slide", "sensitivity"],
                  [{"fp_per_slide": k, "sensitivity": v} for k, v in sens.items()], split=name)

@@ -89,6 +89,14 @@ def annotations_dir(exp: Experiment) -> Path:
     return Path(exp.cfg.annotations) if exp.cfg.annotations else Layout(exp.out).no_annotations
 
 
+def trained_split(exp: Experiment) -> str:
+    """The index split Layer 2 trains on (`data.splits.train` of its resolved config)."""
+    from layer2_training.config import load_layer2_config
+
+    overrides = layer2_sets(Layout(exp.out), list(exp.cfg.layer2.overrides))
+    return load_layer2_config(Path(exp.cfg.layer2.config), overrides).data.splits.train
+
+
 def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
     """Every stage's command line: the one route by which a stage gets its configuration."""
     layout, cfg, ix = Layout(exp.out), exp.cfg, exp.cfg.index
@@ -107,9 +115,11 @@ def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
                     "--model", str(layout.run_dir)],
         # evaluate and explain read each slide's split from the index stage's output, so figures are per split
         # and explanations come from held-out slides
+        # ... and the training split is the one Layer 2 trained on (a user's own override still wins)
         "evaluate": ["layer3_inference", "evaluate", "--config", cfg.evaluate.config, "--heatmaps",
                      str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--index", str(layout.index),
-                     "--out", str(layout.evaluate), *sets(cfg.evaluate.overrides)],
+                     "--out", str(layout.evaluate),
+                     *sets([f"trained_split={trained_split(exp)}", *cfg.evaluate.overrides])],
         "explain": ["layer3_inference", "explain", "--config", cfg.explain.config, "--model", str(layout.run_dir),
                     "--index", str(layout.index), "--store", *map(str, stores(exp, manifest)),
                     "--out", str(layout.explain), *sets(cfg.explain.overrides)],

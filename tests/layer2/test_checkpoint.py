@@ -149,6 +149,14 @@ def test_a_better_monitor_value_is_selected_without_a_tie_break(tmp_path: Path) 
     assert callback.state.selected() == {"epoch": 2, "monitor": "val_auc", "value": 0.9, "tie_break": None}
 
 
+def test_a_best_epoch_with_a_nan_val_loss_could_never_lose_a_tie(tmp_path: Path) -> None:
+    callback = epoch_callback(tmp_path, tiny_model(1), (0, 0))
+    weights = callback.model.get_weights()
+    end_epoch(callback, 0, {"val_auc": 1.0, "val_loss": float("nan")}, weights)
+    end_epoch(callback, 1, {"val_auc": 1.0, "val_loss": 0.3}, weights)
+    assert callback.state.selected() == {"epoch": 2, "monitor": "val_auc", "value": 1.0, "tie_break": "val_loss"}
+
+
 def test_a_resumed_run_forgot_the_tie_break_value(tmp_path: Path) -> None:
     """The second metric's best value is saved with the checkpoint: after a resume, a tie with a worse loss does
     not replace the best epoch, and a tie with a better one does."""

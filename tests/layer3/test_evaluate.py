@@ -27,6 +27,7 @@ from layer3_inference.evaluate import (
     read_splits,
     slide_auc,
     split_of,
+    split_rank,
     summarise,
 )
 from layer3_inference.summaries import EvaluationSummary, load
@@ -156,6 +157,13 @@ def test_headline_is_test_then_val_then_any_split_not_trained_on() -> None:
     assert headline_split({"train", "holdout", "unassigned"}) == "holdout"
     assert headline_split({"train", "unknown"}) == "unknown"
     assert headline_split({"train"}) == "train"
+
+
+def test_a_training_split_not_named_train_could_be_the_headline() -> None:
+    """Layer 2's `data.splits.train` is configurable; evaluate's `trained_split` names it (the pipeline passes it)."""
+    assert headline_split({"fold_a", "fold_b"}, "fold_a") == "fold_b"
+    assert headline_split({"fold_a", "train"}, "fold_a") == "train"  # "train" is an ordinary split here
+    assert split_rank("fold_a", "fold_a") > split_rank("zzz", "fold_a") > split_rank("val", "fold_a")
 
 
 def test_split_comes_from_the_index_and_unlisted_slides_are_unassigned(tmp_path: Path) -> None:

@@ -193,6 +193,12 @@ def test_an_empty_froc_curve_is_a_sentence_not_an_empty_table() -> None:
     assert parsed.texts["froc-val-empty"] == "no FROC curve for the val split: no lesion detected at any threshold"
 
 
+def test_a_split_with_only_isolated_tumour_cells_was_said_to_miss_its_lesions() -> None:
+    summary = {**EVALUATION_V2, "splits": {"test": split_figures(2, 1, 0.5, None, lesions=0)}}
+    parsed = parse_report(render(report_data(evaluate_summary=summary)))
+    assert parsed.texts["froc-test-empty"] == "no FROC curve for the test split: no annotated lesions"
+
+
 def test_report_shows_an_older_evaluation_as_split_unknown(computed: Path) -> None:
     from layer3_inference.pipeline.collect import collect
 

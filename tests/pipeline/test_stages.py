@@ -122,3 +122,15 @@ def test_evaluate_and_explain_read_the_index_the_index_stage_writes(experiment: 
     explain = list(commands["explain"].argv)
     stores = explain[explain.index("--store") + 1:explain.index("--out")]
     assert stores == [str(p) for p in stages.stores(exp, manifest)]
+
+
+def test_evaluate_is_told_which_split_trained_the_model(experiment: tuple[Experiment, Manifest]) -> None:
+    """A Layer 2 `data.splits.train` other than "train" was scored as an ordinary split (and could be the headline)."""
+    import dataclasses
+
+    exp, manifest = experiment
+    layer2 = dataclasses.replace(exp.cfg.layer2, overrides=[*exp.cfg.layer2.overrides, "data.splits.train=fold_a"])
+    changed = dataclasses.replace(exp, cfg=dataclasses.replace(exp.cfg, layer2=layer2))
+    for e, name in ((exp, "train"), (changed, "fold_a")):
+        argv = list(stages.commands(e, manifest)["evaluate"].argv)
+        assert argv[argv.index(f"trained_split={name}") - 1] == "--set", argv
