@@ -96,6 +96,7 @@ class ReportData:
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
     explain_sanity: dict[str, Any] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)  # summaries that exist but could not be read
 
 
 def mapping(value: Any) -> dict[str, Any]:
@@ -144,7 +145,10 @@ def sanity_warnings(sanity: Any) -> list[SourcedWarning]:
 
 def health_warnings(d: ReportData) -> list[SourcedWarning]:
     """Every warning of the run, in pipeline order: training, evaluation, each slide's heatmap, explain."""
-    out = warning_list(d.metrics.get("warnings"), "training")
+    # a damaged summary would otherwise drop its warnings from the box without a word
+    out = [SourcedWarning("report", "unreadable_summary", f"{path}: damaged or unreadable: its figures and warnings "
+                          "are missing from this report") for path in d.unreadable]
+    out += warning_list(d.metrics.get("warnings"), "training")
     out += warning_list(d.evaluate_summary.get("warnings"), "evaluation")
     for view in d.slides:
         out += warning_list(view.warnings, f"heatmap:{view.slide}")
@@ -303,14 +307,23 @@ def collect(exp: Experiment) -> ReportData:
     configs = {"experiment": resolved_yaml(exp)}
     configs.update({k: yaml.safe_dump(to_dict(v), sort_keys=False) for k, v in exp.layers.items()})
     run_env = read_json_object(layout.run_dir / "environment.json")
+    metrics = read_json_object(layout.run_dir / "metrics.json")
     vers = versions()
     if run_env.get("git_commit"):
         vers["git commit (training)"] = str(run_env["git_commit"])
     return ReportData(
         name=exp.cfg.name, out=str(exp.out), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
         cohort=cohort_rows(exp, index, evaluate_rows), splits=index.get("summary", {}),
-        history=read_history(layout.run_dir / "history.csv"), metrics=read_json_object(layout.run_dir / "metrics.json"),
+        history=read_history(layout.run_dir / "history.csv"), metrics=metrics,
         evaluate_summary=evaluate_summary, evaluate_rows=evaluate_rows,
         explain_summary=explain, images=images, slides=views, panels=panels, status=stage_status(exp),
         timings=stage_timings(exp), configs=configs, versions=vers,
-        explain_sanity=read_json_object(layout.explain / "sanity.json") if explain else {})
+        explain_sanity=read_json_object(layout.explain / "sanity.json") if explain else {},
+        unreadable=unreadable([(layout.run_dir / "metrics.json", bool(metrics)),
+                               (layout.evaluate / "summary.json", bool(evaluate_summary)),
+                               (layout.explain / "summary.json", explain is not None)]))
+
+
+def unreadable(read: list[tuple[Path, bool]]) -> list[str]:
+    """The files of (path, read) pairs that exist but gave nothing."""
+    return [str(path) for path, ok in read if not ok and path.is_file()]

@@ -298,6 +298,20 @@ def test_report_stays_well_formed_whatever_the_files_say() -> None:
 DEAD_STD = 3e-12  # a dead randomised model's logit std
 
 
+def test_a_damaged_evaluation_summary_dropped_its_warnings_without_a_word(computed: Path) -> None:
+    from layer3_inference.pipeline.collect import collect
+
+    exp = load_experiment(computed)
+    layout = Layout(exp.out)
+    (layout.evaluate / "summary.json").write_text('{"summary_version": 2, "splits": ')  # cut short: a full disk
+    data = collect(exp)
+    assert data.evaluate_summary == {}
+    found = [(w.source, w.code, w.message) for w in health_warnings(data)]
+    assert found[0] == ("report", "unreadable_summary", f"{layout.evaluate / 'summary.json'}: damaged or "
+                        "unreadable: its figures and warnings are missing from this report")
+    assert parse_report(render(data)).texts  # the report still renders
+
+
 def test_collect_reads_per_split_evaluation_and_every_warning(computed: Path) -> None:
     from layer2_training.health import HealthWarning
     from layer3_inference.pipeline.collect import collect
