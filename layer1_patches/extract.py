@@ -20,6 +20,7 @@ from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.fractions import TumourGeometry
 from layer1_patches.masks import masker_from_config
+from layer1_patches.peers import PatchGeometry, peer_coords_attrs
 from layer1_patches.shared.cohort import check_same_slide, output_stem
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import output_lock
@@ -213,7 +214,7 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
                 result.seconds = time.monotonic() - start
                 writer.finish(
                     meta,
-                    {"patch_size": cfg.patch_size, "patch_level": res.level, "downsample": res.downsample,
+                    {**peer_coords_attrs(patch_geometry(res, cfg.patch_size)),
                      "level_dim": list(slide.level_dimensions[res.level]), "name": slide.name},
                     {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
                      "config": to_dict(cfg), "annotation": str(req.annotation or ""),
@@ -233,6 +234,12 @@ def tumour_thumbnail(polygons: list[Polygon], cfg: Layer1Config, dimensions: tup
     coarse = max(cfg.annotation.downsample, max(dimensions) / cfg.output.thumbnail_size)
     mask = tumour_mask(polygons, replace(cfg.annotation, downsample=coarse), dimensions)
     return mask.thumbnail(cfg.output.thumbnail_size)
+
+
+def patch_geometry(res: WorkingResolution, patch_size: int) -> PatchGeometry:
+    """The numbers `PatchReader` reads by, for the attributes peer tools read the store with."""
+    return PatchGeometry(res.level, res.level_downsample, res.downsample, res.read_size(patch_size),
+                         res.footprint(patch_size), res.magnification * res.downsample)
 
 
 def slide_meta(req: ExtractRequest, slide: Slide, res: WorkingResolution, tiler: Tiler, seed: int,

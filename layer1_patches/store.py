@@ -5,9 +5,9 @@ Layers 2 and 3 import this module; it is the schema's single definition.
 Layout (schema version 1):
   /patches          (N, H, W, 3) uint8 RGB, one patch per chunk; or, with codec "jpeg",
                     (N,) variable-length JPEG bytes that `PatchStore.read` decodes
-  /coords           (N, 2) int64 level-0 top-left x, y; attrs patch_size, patch_level, downsample
-                    (CLAM/TRIDENT/WSInfer layout: the patch covers patch_size * downsample
-                    level-0 pixels)
+  /coords           (N, 2) int64 level-0 top-left x, y; attrs for CLAM, TRIDENT and WSInfer (`peers.py`):
+                    patch_level, patch_size (pixels read at patch_level), custom_downsample,
+                    level0_magnification, target_magnification, patch_size_level0; and downsample (working)
   /labels           (N,) uint8: 1 tumour, 0 normal
   /tumour_fraction  (N,) float32: exact tumour share of the patch's level-0 square (from the annotation polygons)
   /tissue_fraction  (N,) float32: tissue share of the patch's area (from the tissue mask)

@@ -21,8 +21,6 @@ from typing import Any
 import h5py
 import numpy as np
 from PIL import Image
-from scipy import ndimage
-from skimage import measure
 
 from layer1_patches import __version__
 from layer1_patches.colour import ColourStats
@@ -35,6 +33,7 @@ from layer1_patches.shared.locks import writer_partial
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference import domain
 from layer3_inference.config import HeatmapConfig, ScoreConfig
+from layer3_inference.geojson import feature_collection, tile_features, tumour_regions
 from layer3_inference.grid import Raster, TissueGrid, map_shape, render_map, resample_mask
 from layer3_inference.model import ModelSpec
 from layer3_inference.summaries import HeatmapSummary, to_json
@@ -182,73 +181,6 @@ def write_heatmap_png(path: Path, thumbnail: np.ndarray, overlay: np.ndarray, co
     plt.close(fig)
 
 
-def _ring(contour: np.ndarray, ds: tuple[float, float], dims: tuple[int, int],
-          offset: tuple[int, int]) -> list[list[float]]:
-    # contour is (row, col) in a 1-px padded raster of the region's box, whose top-left map pixel is `offset`
-    # (row, col); level 0.5 lies on pixel edges. Clipped to the slide only once in level-0 coordinates.
-    x = np.clip((contour[:, 1] - 0.5 + offset[1]) * ds[0], 0, dims[0])
-    y = np.clip((contour[:, 0] - 0.5 + offset[0]) * ds[1], 0, dims[1])
-    ring = np.round(np.stack([x, y], axis=1), 1).tolist()
-    if ring[0] != ring[-1]:
-        ring.append(ring[0])
-    return ring
-
-
-def _outline(region: np.ndarray, ds: tuple[float, float], dims: tuple[int, int],
-             offset: tuple[int, int]) -> list[list[float]] | None:
-    # 'high': pixels touching at a corner are one outline, as they are one region (8-connected labels below)
-    contours = measure.find_contours(np.pad(region, 1).astype(np.float32), 0.5, fully_connected="high")
-    if not contours:
-        return None
-    ring = _ring(max(contours, key=len), ds, dims, offset)
-    return ring if len(ring) >= 4 else None
-
-
-def tumour_regions(prob_map: np.ndarray, threshold: float, ds: tuple[float, float], dims: tuple[int, int],
-                   min_px: float) -> list[dict[str, Any]]:
-    """Thresholded map -> one GeoJSON polygon (with holes) per connected region."""
-    above = np.isfinite(prob_map) & (np.nan_to_num(prob_map, nan=0.0) >= threshold)  # no prediction: never tumour
-    labels, n = ndimage.label(above, structure=np.ones((3, 3)))
-    features: list[dict[str, Any]] = []
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        region = labels[box] == k
-        if region.sum() < max(min_px, 1):
-            continue
-        offset = (box[0].start, box[1].start)
-        outer = _outline(region, ds, dims, offset)
-        if outer is None:
-            continue
-        rings = [outer]
-        holes, n_holes = ndimage.label(ndimage.binary_fill_holes(region) & ~region)
-        for h in range(1, n_holes + 1):
-            ring = _outline(holes == h, ds, dims, offset)
-            if ring is not None:
-                rings.append(ring)
-        values = prob_map[box][region]
-        features.append({
-            "type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {"objectType": "annotation", "name": f"tumour region {len(features) + 1}",
-                           "classification": {"name": "Tumor", "color": [200, 0, 0]},
-                           "measurements": {"max_probability": round(float(values.max()), 6),
-                                            "mean_probability": round(float(values.mean()), 6)}}})
-    return features
-
-
-def tile_features(grid: TissueGrid, probs: np.ndarray, threshold: float) -> list[dict[str, Any]]:
-    f = grid.footprint
-    out = []
-    for (x, y), p in zip(grid.coords.tolist(), probs.tolist(), strict=True):
-        out.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + f, y], [x + f, y + f], [x, y + f], [x, y]]]},
-            "properties": {"objectType": "detection",
-                           "classification": {"name": "Tumor" if p >= threshold else "Normal"},
-                           "measurements": {"tumor_probability": round(float(p), 6)}}})
-    return out
-
-
 @dataclass(frozen=True)
 class SlideOutput:
     """Everything one slide's outputs are made of: the slide, its grid and probabilities, and how they came."""
@@ -295,7 +227,7 @@ def write_slide(final: Path, o: SlideOutput) -> HeatmapSummary:
         regions = tumour_regions(prob_map, threshold, (ds_x, ds_y), info.dimensions,
                                  out.min_region_um2 / um2_per_px if um2_per_px else 0.0)
         tiles = tile_features(grid, probs, threshold) if out.geojson_tiles else []
-        geojson = {"type": "FeatureCollection", "features": regions + tiles}
+        geojson = feature_collection(info.name, regions + tiles)
         (tmp / f"{info.name}.geojson").write_text(json.dumps(geojson, separators=(",", ":")))
         tissue_px = float(info.tissue.array.sum())
         check = domain.check_slide(o.colour, o.spec.colour, probs, threshold, cfg.warnings)

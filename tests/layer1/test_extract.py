@@ -85,7 +85,8 @@ def test_store_metadata(tmp_path: Path) -> None:
         assert attrs["magnification"] == pytest.approx(10) and attrs["downsample"] == pytest.approx(2.0)
         assert attrs["sampling_mode"] == "random" and attrs["package_version"]
         assert len(attrs["config_hash"]) == 16 and attrs["config"]["patch_size"] == 64
-        assert store.coords_attrs["patch_size"] == 64 and store.coords_attrs["downsample"] == pytest.approx(2.0)
+        # /coords' patch_size is what peers read at patch_level (level 0 here): 64 working px are 128 level-0 px
+        assert store.coords_attrs["patch_size"] == 128 and store.coords_attrs["downsample"] == pytest.approx(2.0)
         assert store.read([0]).shape == (1, 64, 64, 3)
         assert store.mask("tissue").max() == 255 and max(store.mask("tissue").shape) <= 512
         assert result.counts == {"tumour": 0, "normal": 5}
