@@ -57,7 +57,7 @@ def main() -> int:
             run_dir, (x, y) = args.model, toy.read_all(args.store)
         model = load_model(read_spec(run_dir))
     flat = probe.flatten(model)
-    layer = probe.default_gradcam_layer(model, flat)
+    layer = probe.gradcam_layer(flat, None, 7).name
     print(f"model {run_dir}: {model.name}, input {model.input_shape[1:]}, Grad-CAM layer {layer}, "
           f"{len(x)} patches available, {args.threads} TF threads")
     n = min(args.patches, len(x))

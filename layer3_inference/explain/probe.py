@@ -146,12 +146,6 @@ def gradcam_layer(flat: tf.keras.Model, configured: str | None, min_size: int) -
     return LayerChoice(name, size, note)
 
 
-def default_gradcam_layer(model: tf.keras.Model, flat: tf.keras.Model, min_size: int = 7) -> str:
-    """The default Grad-CAM layer's name (see `gradcam_layer`); `model` is unused, kept for callers."""
-    del model
-    return gradcam_layer(flat, None, min_size).name
-
-
 def auto_layers(flat: tf.keras.Model, count: int) -> list[str]:
     """`count` spatial layers evenly spaced over the second half of the network, ending at its last one."""
     spatial = spatial_layers(flat)

@@ -23,8 +23,6 @@ from layer3_inference.pipeline.report_sections import (
     training_warnings,
 )
 
-__all__ = ["console_summary", "esc", "fmt", "img", "line_chart", "render", "table", "write_report"]
-
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:1em}

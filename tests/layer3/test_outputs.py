@@ -19,17 +19,10 @@ import pytest
 from layer1_patches.masks import Mask
 from layer1_patches.slide import WorkingResolution
 from layer3_inference.config import HeatmapConfig, ScoreConfig
+from layer3_inference.geojson import tile_features, tumour_regions
 from layer3_inference.grid import TissueGrid, map_shape
 from layer3_inference.model import ModelSpec
-from layer3_inference.outputs import (
-    SlideInfo,
-    SlideOutput,
-    overlay_rgba,
-    slide_score,
-    tile_features,
-    tumour_regions,
-    write_slide,
-)
+from layer3_inference.outputs import SlideInfo, SlideOutput, overlay_rgba, slide_score, write_slide
 
 Point = tuple[float, float]
 

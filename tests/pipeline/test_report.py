@@ -11,7 +11,8 @@ import pytest
 from layer3_inference.pipeline.collect import ReportData, SlideView, health_warnings
 from layer3_inference.pipeline.config import load_experiment
 from layer3_inference.pipeline.layout import Layout
-from layer3_inference.pipeline.report import console_summary, line_chart, render
+from layer3_inference.pipeline.report import console_summary, render
+from layer3_inference.pipeline.report_html import line_chart
 from layer3_inference.pipeline.stages import write_manifests
 from layer3_inference.summaries import HeatmapSummary, to_json
 
