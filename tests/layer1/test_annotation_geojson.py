@@ -140,3 +140,11 @@ def test_detections_and_cells_are_not_read_as_the_pathologists_tumour(
     assert _warnings(caplog)[:2] == [
         f"annotation {path}: 2 feature(s) of objectType 'detection' (first: feature 1) are not annotations; ignored",
         f"annotation {path}: 1 feature(s) of objectType 'cell' (first: feature 3) are not annotations; ignored"]
+
+
+def test_a_feature_that_is_not_an_object_names_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "bad.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": ["Tumor"]}))
+    with pytest.raises(CamnetError) as err:
+        load_annotations(path)
+    assert str(err.value) == f"annotation {path}: feature 0 is not an object"

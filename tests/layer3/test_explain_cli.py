@@ -27,6 +27,13 @@ def test_shipped_config_is_valid() -> None:
     assert cfg.rcv.test == "ttest" and cfg.gradcam.score == "logit"
 
 
+def test_an_empty_selection_split_names_the_key() -> None:
+    from layer1_patches.shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config key 'select.split': empty split name \(use all for every store\)"):
+        load_explain_config(CONFIG, ["select.split=' '"])
+
+
 def test_cli_writes_all_outputs(explain_toy, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",

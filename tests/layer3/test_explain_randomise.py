@@ -152,3 +152,10 @@ def test_weight_without_an_initializer_is_a_clear_error() -> None:
     model = tf.keras.Model(inp, h)
     with pytest.raises(CamnetError, match=r"cannot re-initialise weight 'factor' of layer 'scale'"):
         randomise.plan(model, 2)
+
+
+def test_a_model_without_kernels_is_a_clear_error() -> None:
+    inp = tf.keras.Input((4, 4, 3))
+    model = tf.keras.Model(inp, tf.keras.layers.GlobalAveragePooling2D(name="pool")(inp), name="bare")
+    with pytest.raises(CamnetError, match=r"^model bare: no layer with a kernel to randomise for the sanity check$"):
+        randomise.plan(model, 2)
