@@ -37,6 +37,9 @@ def _run_one(req: ExtractRequest) -> ExtractResult:
     except CamnetError as err:
         return ExtractResult(req.slide.stem, str(req.output), "failed", error=str(err))
     except Exception as err:  # a bug or an unforeseen library failure must not stop the cohort
+        # ...unless it is the SIGTERM itself, wrapped by a library: a signal arriving while ctypes converts
+        # OpenSlide's arguments surfaces as ctypes.ArgumentError("argument 1: Terminated: SIGTERM")
+        signals.check()
         log.exception("%s: unexpected failure", req.slide)
         return ExtractResult(req.slide.stem, str(req.output), "failed", error=f"{type(err).__name__}: {err}")
     finally:
