@@ -26,6 +26,9 @@ class ResolutionConfig:
                                    "magnification is read as is, else a finer level is resized")
     assume_mpp: float | None = bounded(None, min_exclusive=0, doc="level-0 mpp (micrometres per pixel) for slides "
                                        "whose metadata lacks it; null: such slides are an error")
+    mpp_table: str | None = bounded(None, doc="CSV with header `slide,mpp`: level-0 mpp per slide (file name or "
+                                    "stem), for scanners that record none; a listed slide's row wins over its "
+                                    "metadata")
 
     def validate(self, path: str) -> None:
         chosen = [k for k in ("level", "magnification", "mpp") if getattr(self, k) is not None]

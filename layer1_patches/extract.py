@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,8 +21,9 @@ from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
 from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
 from layer1_patches.fractions import TumourGeometry
 from layer1_patches.masks import masker_from_config
+from layer1_patches.mpp import MppTable, read_mpp_table
 from layer1_patches.peers import PatchGeometry, peer_coords_attrs
-from layer1_patches.shared.cohort import check_same_slide, output_stem
+from layer1_patches.shared.cohort import check_same_slide, output_stem, slide_label
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import output_lock
 from layer1_patches.shared.typedconfig import data_hash, to_dict
@@ -103,15 +105,18 @@ def make_tiler(cfg: Layer1Config, seed: int) -> Tiler:
     return RandomTiler(cfg.sampling.random, seed)
 
 
-def store_hash(cfg: Layer1Config, annotated: bool) -> str:
+def store_hash(cfg: Layer1Config, annotated: bool, table_mpp: float | None = None) -> str:
     """The identity of a store's content: the resolved config without `reader`, whose threads and batch size change
     the speed of extraction, never its patches (a rerun with other reader settings skips a finished store).
 
     With an annotation it also names how tumour fractions are computed: stores whose fractions came from the
     rasterised annotation (before issue 14) have wrong labels near annotation edges, so a rerun must not take them
     for finished. Without one every fraction is 0 either way, and the hash is the one those versions wrote.
+
+    `resolution.mpp_table` is a path; what the store depends on is the slide's row (`table_mpp`), so an edited row
+    redoes that slide alone, and a config without a table keeps the hash it had before the key existed.
     """
-    data = to_dict(replace(cfg, reader=ReaderConfig()))
+    data = _identity(replace(cfg, reader=ReaderConfig()), table_mpp)
     if annotated:
         data["tumour_fraction"] = EXACT_FRACTIONS
     return data_hash(data)
@@ -120,9 +125,26 @@ def store_hash(cfg: Layer1Config, annotated: bool) -> str:
 def legacy_store_hash(cfg: Layer1Config) -> str:
     """The hash CamNet 0.1.0 wrote before `reader.batch` became `reader.batch_size` and `reader` left the identity:
     a store it finished is still the same content, so a rerun skips it instead of refusing it."""
-    data = to_dict(cfg)
+    data = _identity(cfg, None)
     data["reader"] = {"threads": cfg.reader.threads, "batch": cfg.reader.batch_size}
     return data_hash(data)
+
+
+def _identity(cfg: Layer1Config, table_mpp: float | None) -> dict[str, Any]:
+    data = to_dict(cfg)
+    del data["resolution"]["mpp_table"]
+    if table_mpp is not None:
+        data["resolution"]["table_mpp"] = table_mpp
+    return data
+
+
+def table_mpp(req: ExtractRequest) -> tuple[MppTable | None, float | None]:
+    """The cohort's mpp table (None without one) and this slide's row in it (None when not listed)."""
+    path = req.config.resolution.mpp_table
+    if not path:
+        return None, None
+    table = read_mpp_table(Path(path))
+    return table, table.lookup(req.slide)
 
 
 def extract_slide(req: ExtractRequest) -> ExtractResult:
@@ -155,21 +177,21 @@ def _skip_finished(req: ExtractRequest, start: float) -> ExtractResult:
             attrs = done.attrs
     except CamnetError as err:  # damaged: a plain rerun would meet it again
         raise CamnetError(f"{err} (extract --overwrite redoes it)") from None
-    refusal = _refusal(attrs, cfg, req.annotation)
+    refusal = _refusal(attrs, cfg, req.annotation, table_mpp(req)[1])
     if refusal:
         raise CamnetError(f"{out}: {refusal}; pass --overwrite to redo it")
     check_same_slide(out, str(attrs.get("slide_path", "")), req.slide)
-    return ExtractResult(req.slide.stem, str(out), "skipped", seconds=time.monotonic() - start)
+    return ExtractResult(slide_label(req.slide), str(out), "skipped", seconds=time.monotonic() - start)
 
 
-def _refusal(attrs: dict[str, object], cfg: Layer1Config, annotation: Path | None) -> str:
+def _refusal(attrs: dict[str, object], cfg: Layer1Config, annotation: Path | None, listed: float | None) -> str:
     """Why a finished store is not what this run would write ("" when it is)."""
     found, had = attrs.get("config_hash"), str(attrs.get("annotation", ""))
     if had and annotation is None:
         return f"finished with annotation {had}, this run has none"
     if annotation is not None and not had:
         return f"finished without an annotation, this run has {annotation}"
-    if found == store_hash(cfg, annotation is not None):
+    if found == store_hash(cfg, annotation is not None, listed):
         return ""
     if annotation is None and found == legacy_store_hash(cfg):
         return ""
@@ -182,9 +204,10 @@ def _refusal(attrs: dict[str, object], cfg: Layer1Config, annotation: Path | Non
 def _extract(req: ExtractRequest, start: float) -> ExtractResult:
     cfg = req.config
     out = req.output
-    digest = store_hash(cfg, req.annotation is not None)
+    table, listed = table_mpp(req)
+    digest = store_hash(cfg, req.annotation is not None, listed)
     seed = cfg.sampling.seed + req.task_seed
-    with Slide(req.slide, cfg.resolution.assume_mpp) as slide:
+    with Slide(req.slide, cfg.resolution.assume_mpp, table) as slide:
         res = resolve_resolution(slide, cfg.resolution)
         tissue = masker_from_config(cfg.tissue)(slide)
         if not tissue.array.any():
@@ -218,7 +241,8 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
                      "level_dim": list(slide.level_dimensions[res.level]), "name": slide.name},
                     {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
                      "config": to_dict(cfg), "annotation": str(req.annotation or ""),
-                     "mpp_from_metadata": slide.mpp_from_metadata, "seconds": round(result.seconds, 3)},
+                     "mpp_from_metadata": slide.mpp_from_metadata, "mpp_source": slide.mpp_source,
+                     "seconds": round(result.seconds, 3)},
                     {"tissue": tissue.thumbnail(cfg.output.thumbnail_size), **thumbnails})
         except OSError as err:  # disk full, read-only, quota: leaving the writer removed its partial file
             raise CamnetError(f"output {out}: cannot write ({os_reason(err)})") from None

@@ -18,6 +18,7 @@ from typing import Any
 
 from layer1_patches.extract import ExtractRequest, ExtractResult, extract_slide
 from layer1_patches.shared import signals
+from layer1_patches.shared.cohort import slide_label
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.locks import OutputBusy
 
@@ -33,15 +34,15 @@ def _run_one(req: ExtractRequest) -> ExtractResult:
     try:
         return extract_slide(req)
     except OutputBusy as err:  # another run is writing this slide: not a failure of this one
-        return ExtractResult(req.slide.stem, str(req.output), "busy", error=str(err))
+        return ExtractResult(slide_label(req.slide), str(req.output), "busy", error=str(err))
     except CamnetError as err:
-        return ExtractResult(req.slide.stem, str(req.output), "failed", error=str(err))
+        return ExtractResult(slide_label(req.slide), str(req.output), "failed", error=str(err))
     except Exception as err:  # a bug or an unforeseen library failure must not stop the cohort
         # ...unless it is the SIGTERM itself, wrapped by a library: a signal arriving while ctypes converts
         # OpenSlide's arguments surfaces as ctypes.ArgumentError("argument 1: Terminated: SIGTERM")
         signals.check()
         log.exception("%s: unexpected failure", req.slide)
-        return ExtractResult(req.slide.stem, str(req.output), "failed", error=f"{type(err).__name__}: {err}")
+        return ExtractResult(slide_label(req.slide), str(req.output), "failed", error=f"{type(err).__name__}: {err}")
     finally:
         _busy = False
 

@@ -7,6 +7,7 @@ Vocabulary used everywhere: `level` (pyramid index), `downsample` (relative to l
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from openslide import lowlevel
 from PIL import Image
 
 from layer1_patches.config import ResolutionConfig
+from layer1_patches.mpp import GENERIC_TIFF, MppTable, tiff_facts
 from layer1_patches.shared.cohort import output_stem
 from layer1_patches.shared.errors import CamnetError
 
@@ -33,6 +35,7 @@ POWER_TIMES_MPP = 10.0
 _READ_INTO = getattr(lowlevel, "_read_region", None) if sys.byteorder == "little" else None
 _UINT32_P = ctypes.POINTER(ctypes.c_uint32)
 OPAQUE = np.uint32(0xFF000000)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class WorkingResolution:
 class Slide:
     """An open whole-slide image. Every OpenSlide failure becomes a `CamnetError` naming the file."""
 
-    def __init__(self, path: Path, assume_mpp: float | None = None) -> None:
+    def __init__(self, path: Path, assume_mpp: float | None = None, mpp_table: MppTable | None = None) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise CamnetError(f"slide {self.path}: is a directory, not a slide file (a folder of slides goes to "
@@ -75,12 +78,34 @@ class Slide:
         self.level_count: int = self._osr.level_count
         self.level_downsamples: tuple[float, ...] = tuple(self._osr.level_downsamples)
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
-        mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
-        self.mpp: float | None = float(mpp) if mpp else assume_mpp
-        self.mpp_from_metadata = bool(mpp)
+        self.mpp, self.mpp_source = self._level0_mpp(assume_mpp, mpp_table)
+        self.mpp_from_metadata = self.mpp_source in ("metadata", "ome-xml")
         power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self.objective_power: float | None = float(power) if power else None
         self._handle = getattr(self._osr, "_osr", None)
+
+    def _level0_mpp(self, assume_mpp: float | None, table: MppTable | None) -> tuple[float | None, str]:
+        """The mpp and where it came from, in the order `layer1_patches.mpp` documents."""
+        listed = table.lookup(self.path) if table is not None else None
+        value = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        found: tuple[float | None, str] = (float(value), "metadata") if value else (None, "")
+        if self.vendor == GENERIC_TIFF and (found[0] is None or self.level_count == 1):
+            facts = tiff_facts(self.path)
+            if facts is not None and facts.pyramid_levels > self.level_count:
+                log.warning("slide %s: its %d-level pyramid is in SubIFDs, which OpenSlide does not read: only level "
+                            "0 is used, so the tissue mask reads the full-resolution image (slow, same patches); "
+                            "convert it with the pyramid as pages (e.g. bfconvert -pyramid-scale 2 -noflat)",
+                            self.path, facts.pyramid_levels)
+            if found[0] is None and facts is not None and facts.ome_mpp is not None:
+                found = (facts.ome_mpp, "ome-xml")
+        if listed is not None:
+            if found[0] is not None and abs(listed / found[0] - 1.0) > 0.01:
+                log.warning("slide %s: mpp_table %s says %g um/px, its %s says %g; using the table", self.path,
+                            table.path if table else "", listed, found[1], found[0])
+            return listed, "mpp_table"
+        if found[0] is not None:
+            return found
+        return (assume_mpp, "assume_mpp") if assume_mpp is not None else (None, "none")
 
     def close(self) -> None:
         self._osr.close()
@@ -159,7 +184,8 @@ def _pil_rgba_to_rgb(image: Image.Image) -> np.ndarray:
 def resolve_resolution(slide: Slide, cfg: ResolutionConfig) -> WorkingResolution:
     """Pick the level to read and the resize factor for the configured level/magnification/mpp."""
     if slide.mpp is None:
-        raise CamnetError(f"slide {slide.path}: no mpp in its metadata; set resolution.assume_mpp in the config")
+        raise CamnetError(f"slide {slide.path}: no mpp in its metadata (nor in an OME-XML or mpp table); set "
+                          "resolution.mpp_table or resolution.assume_mpp in the config")
     mpp0 = slide.mpp
     if cfg.level is not None:
         if cfg.level >= slide.level_count:

@@ -21,6 +21,9 @@ class MatchConfig:
                                    "else a finer level is resized")
     assume_mpp: float | None = bounded(None, min_exclusive=0, doc="level-0 mpp (micrometres per pixel) for slides "
                                        "whose metadata lacks it; null: such slides are an error")
+    mpp_table: str | None = bounded(None, doc="CSV with header `slide,mpp`: level-0 mpp per slide (file name or "
+                                    "stem), for scanners that record none; a listed slide's row wins over its "
+                                    "metadata")
 
 
 @dataclass(frozen=True)

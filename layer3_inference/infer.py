@@ -28,7 +28,8 @@ import numpy as np
 from layer1_patches.colour import ColourAccumulator, merged_stats
 from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
-from layer1_patches.shared.cohort import check_same_slide
+from layer1_patches.mpp import read_mpp_table
+from layer1_patches.shared.cohort import check_same_slide, slide_label
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import OutputBusy, output_lock
 from layer1_patches.shared.typedconfig import data_hash, to_dict
@@ -204,6 +205,8 @@ def heatmap_config_hash(cfg: HeatmapConfig) -> str:
     data = to_dict(cfg)
     if cfg.warnings == WarningsConfig():
         del data["warnings"]
+    if cfg.match.mpp_table is None:  # the key is newer than some finished heatmaps
+        del data["match"]["mpp_table"]
     return data_hash(data)
 
 
@@ -231,8 +234,8 @@ def heatmap_slide(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks
             verdict = _take(stack, req, spec, final, digest)
         kind, message = ranks.allgather(verdict)[0]
         if kind == "skipped":
-            codes = print_finished_warnings(req.slide.stem, final) if ranks.rank == 0 else []
-            return HeatmapResult(req.slide.stem, str(final), "skipped", warnings=codes)
+            codes = print_finished_warnings(slide_label(req.slide), final) if ranks.rank == 0 else []
+            return HeatmapResult(slide_label(req.slide), str(final), "skipped", warnings=codes)
         if kind:
             raise (OutputBusy if kind == "busy" else CamnetError)(message)
         return _heatmap(req, spec, model_fn, ranks, digest)
@@ -278,7 +281,8 @@ def _heatmap(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ran
     cfg = req.config
     final = outputs.final_dir(req.out_dir, req.slide)
     times: dict[str, float] = {}
-    with Slide(req.slide, cfg.match.assume_mpp) as slide:
+    table = read_mpp_table(Path(cfg.match.mpp_table)) if cfg.match.mpp_table else None
+    with Slide(req.slide, cfg.match.assume_mpp, table) as slide:
         res = working_resolution(slide, spec, cfg.match)
         t0 = time.perf_counter()
         tissue = masker_from_config(cfg.tissue)(slide)
@@ -383,11 +387,11 @@ def heatmap_cohort(spec: ModelSpec, slides: list[Path], out_dir: Path, cfg: Heat
             if strict:
                 raise
             log.error("%s", err)
-            results.append(HeatmapResult(Path(slide).stem, "", "busy", error=str(err)))
+            results.append(HeatmapResult(slide_label(Path(slide)), "", "busy", error=str(err)))
         except CamnetError as err:
             if strict:
                 raise
             log.error("%s", err)
-            results.append(HeatmapResult(Path(slide).stem, "", "failed", error=str(err)))
+            results.append(HeatmapResult(slide_label(Path(slide)), "", "failed", error=str(err)))
         log.info("[%d/%d] %s %s", i + 1, len(slides), results[-1].slide, results[-1].status)
     return CohortRun(results, ranks.rank)

@@ -2,6 +2,11 @@
 
 Every command and the pipeline find their slides here, so a folder, a glob and a list of paths mean the same
 cohort everywhere. Files pair by stem: `<dir>/<slide stem><suffix>`.
+
+A DICOM WSI is a folder of `.dcm` files (one per pyramid level, plus label and overview images, named by UID), and
+OpenSlide opens the whole series from any one of them. So a folder is one DICOM slide, named after the folder:
+listing `cohort/` takes each subfolder holding `.dcm` files as one slide (and `.dcm` files lying in `cohort/` itself
+as the slide `cohort`), never each file as a slide of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
+DICOM = ".dcm"
 
 
 def output_stem(slide: Path) -> str:
@@ -27,11 +33,29 @@ def output_stem(slide: Path) -> str:
     which a writer replacing its output folder would delete; a leading dot would hide the output and collide with
     the writers' own `.<name>.<host>-<pid>.partial` and `.<name>.lock` files.
     """
-    stem = Path(slide).stem
+    stem = Path(slide).stem if Path(slide).suffix.lower() != DICOM else Path(slide).absolute().parent.name
     if not stem or stem.startswith(".") or any(ch in stem for ch in "/\\\0"):
         raise CamnetError(f"slide {slide}: the name {stem!r} cannot name an output (empty, starts with '.', or "
                           "contains a path separator); rename the file")
     return stem
+
+
+def slide_label(slide: Path) -> str:
+    """The slide's name for messages: `output_stem`, or the file name when that name cannot name an output."""
+    try:
+        return output_stem(slide)
+    except CamnetError:
+        return Path(slide).name
+
+
+def _dicom_slides(folder: Path) -> list[Path]:
+    """One `.dcm` file per DICOM slide under `folder`: its own (if any), then each subfolder's."""
+    out = []
+    for where in (folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))):
+        files = sorted(p for p in where.iterdir() if p.suffix.lower() == DICOM and not p.name.startswith("."))
+        if files:
+            out.append(files[0])
+    return out
 
 
 def discover_slides(patterns: Iterable[str]) -> list[Path]:
@@ -45,11 +69,12 @@ def discover_slides(patterns: Iterable[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            listed = [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+            listed = [p for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES and
+                      p.suffix.lower() != DICOM]
             hidden = [p.name for p in listed if p.name.startswith(".")]
             if hidden:
                 log.warning("%s: hidden files left out: %s", path, ", ".join(hidden))
-            found += [p for p in listed if not p.name.startswith(".")]
+            found += [p for p in listed if not p.name.startswith(".")] + _dicom_slides(path)
         elif any(ch in pattern for ch in "*?["):
             found += [Path(p) for p in sorted(glob.glob(pattern))]
         else:
@@ -109,7 +134,7 @@ def _by_stem(stem: str, directory: Path, suffixes: tuple[str, ...]) -> Path | No
 
 def find_annotation(slide: Path, directory: Path) -> Path | None:
     """The annotation paired with a slide by file stem, if any."""
-    return _by_stem(slide.stem, directory, ANNOTATION_SUFFIXES)
+    return _by_stem(output_stem(slide), directory, ANNOTATION_SUFFIXES)
 
 
 def find_mask(stem: str, directory: Path) -> Path | None:

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from layer1_patches.shared.atomic import read_json_object
+from layer1_patches.shared.cohort import slide_label
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import bounded, required, to_dict
 from layer3_inference.pipeline import stages
@@ -254,7 +255,7 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
     by_eval = {r["slide"]: r for r in evaluate_rows}
     rows = []
     for entry in manifest.entries:
-        stem = Path(entry.slide).stem
+        stem = slide_label(Path(entry.slide))
         ix = by_name.get(stem, {})
         ev = by_eval.get(stem, {})
         hm = contract(HeatmapSummary, final_dir(layout.heatmaps, Path(entry.slide)) / "summary.json")
@@ -281,8 +282,8 @@ def slide_view(layout: Layout, slide: Path, store: Path) -> SlideView:
 
     folder = final_dir(layout.heatmaps, slide)
     hm = contract(HeatmapSummary, folder / "summary.json")
-    return SlideView(slide.stem, _bytes(folder / "heatmap.png"), mask_png(store), list(hm.get("warnings") or []),
-                     hm.get("colour_shift"), hm.get("tumour_share"))
+    return SlideView(slide_label(slide), _bytes(folder / "heatmap.png"), mask_png(store),
+                     list(hm.get("warnings") or []), hm.get("colour_shift"), hm.get("tumour_share"))
 
 
 def collect(exp: Experiment) -> ReportData:

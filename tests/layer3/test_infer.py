@@ -346,7 +346,25 @@ def test_configs_from_before_the_warnings_section_keep_their_run_hash(tiny_run: 
     spec = read_spec(tiny_run)
     cfg = load_heatmap_config(heatmap_config(tmp_path / "c.yaml"))
     before = {k: v for k, v in to_dict(cfg).items() if k != "warnings"}  # the config as the previous version saw it
+    del before["match"]["mpp_table"]  # newer still (issue 15)
     canonical = json.dumps({"config": data_hash(before), "model": spec.identity()}, sort_keys=True)
     assert run_hash(cfg, spec) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     stricter = load_heatmap_config(heatmap_config(tmp_path / "s.yaml", **{"warnings.max_tumour_share": 0.2}))
     assert run_hash(stricter, spec) != run_hash(cfg, spec)  # other limits: another summary, not a skip
+
+
+def test_mpp_table_row_serves_a_slide_without_mpp(colour_model: tuple[ModelSpec, ModelFn], tmp_path: Path) -> None:
+    """Issue 15: a scanner that records no mpp needed one cohort-wide `assume_mpp`; a per-slide row does the same
+    job, and the heatmap equals the one made with that value assumed."""
+    spec, fn = colour_model
+    table = tmp_path / "mpp.csv"
+    table.write_text(f"slide,mpp\n{TCGA.name},0.25\n")
+    by_table = load_heatmap_config(heatmap_config(tmp_path / "t.yaml", **{"match.mpp_table": str(table)}))
+    assumed = load_heatmap_config(heatmap_config(tmp_path / "a.yaml", **{"match.assume_mpp": 0.25}))
+    for name, cfg in (("table", by_table), ("assumed", assumed)):
+        assert heatmap_slide(HeatmapRequest(TCGA, tmp_path / name, cfg), spec, fn, Ranks()).status == "done"
+    grids = [np.load(tmp_path / name / TCGA.stem / "grid.npy") for name in ("table", "assumed")]
+    np.testing.assert_array_equal(grids[0], grids[1])
+    table.write_text("slide,mpp\nsomething-else.svs,0.25\n")
+    with pytest.raises(CamnetError, match=f"slide {TCGA}: no mpp in its metadata"):
+        heatmap_slide(HeatmapRequest(TCGA, tmp_path / "unlisted", by_table), spec, fn, Ranks())

@@ -171,3 +171,35 @@ def test_one_slide_named_twice_is_one_slide(tmp_path: Path) -> None:
     # Review of issue 13: two spellings gave two manifest entries, two array tasks for one output.
     assert discover_slides([str(a), str(tmp_path / "a" / ".." / "a" / "slide1.tif")]) == [a]
     assert discover_slides([str(tmp_path / "a"), str(a)]) == [a]
+
+
+def _dicom_series(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"")  # discovery goes by names: the files' content is test_dicom's business
+    return [folder / n for n in names]
+
+
+def test_a_dicom_folder_is_one_slide_named_after_the_folder(tmp_path: Path) -> None:
+    """Regression (issue 15): `--slides` on a DICOM WSI folder took each level's file for a slide of its own, so one
+    slide became three stores (`level0.h5`, `level1.h5`, `level2.h5`) that an index could put in different splits."""
+    cohort = tmp_path / "cohort"
+    a = _dicom_series(cohort / "patient_001", "1.2.3.9.dcm", "1.2.3.10.dcm", "1.2.3.11.dcm")
+    b = _dicom_series(cohort / "patient_002", "level0.dcm", "level1.dcm")
+    (cohort / "other.svs").write_bytes(b"")
+    (cohort / "notes").mkdir()
+    assert discover_slides([str(cohort)]) == [cohort / "other.svs", a[1], b[0]]  # first file of each series
+    assert [output_stem(p) for p in discover_slides([str(cohort)])] == ["other", "patient_001", "patient_002"]
+    assert discover_slides([str(cohort / "patient_001")]) == [a[1]]  # the series' own folder: the same slide
+    # files lying in the listed folder are the slide of that folder, also when named explicitly
+    flat = _dicom_series(tmp_path / "patient_003", "x.dcm", "y.dcm")
+    assert discover_slides([str(tmp_path / "patient_003")]) == [flat[0]]
+    assert output_stem(flat[1]) == "patient_003"
+    (tmp_path / "patient_003.xml").write_text("<ASAP_Annotations/>")
+    assert find_annotation(flat[0], tmp_path) == tmp_path / "patient_003.xml"  # pairs by the slide's name
+
+
+def test_one_dicom_series_named_by_two_files_is_refused_as_one_name(tmp_path: Path) -> None:
+    files = _dicom_series(tmp_path / "s", "a.dcm", "b.dcm")
+    with pytest.raises(CamnetError, match="have the same name 's'"):
+        discover_slides([str(f) for f in files])
