@@ -28,7 +28,7 @@ class ResolutionConfig:
                                        "whose metadata lacks it; null: such slides are an error")
     mpp_table: str | None = bounded(None, doc="CSV with header `slide,mpp`: level-0 mpp per slide (file name or "
                                     "stem), for scanners that record none; a listed slide's row wins over its "
-                                    "metadata")
+                                    "metadata", path=True)
 
     def validate(self, path: str) -> None:
         chosen = [k for k in ("level", "magnification", "mpp") if getattr(self, k) is not None]
@@ -44,7 +44,7 @@ class TissueConfig:
                                                   "mask image per slide from external_mask_dir")
     downsample: float = bounded(32.0, min=1, doc="downsample (relative to level 0) the otsu mask is computed at")
     external_mask_dir: str | None = bounded(None, doc="method external: folder of `<slide stem>.png` (or .tif, "
-                                            ".tiff, .jpg) masks of the whole slide, non-zero = tissue")
+                                            ".tiff, .jpg) masks of the whole slide, non-zero = tissue", path=True)
     closing_radius: int = bounded(2, min=0, doc="otsu: radius in mask pixels of the closing that bridges gaps; 0: none")
     opening_radius: int = bounded(0, min=0, doc="otsu: radius in mask pixels of the opening that removes specks; "
                                   "0: none")

@@ -28,6 +28,7 @@ from layer1_patches.store import PatchStore
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
 MPP_TOLERANCE = 0.1  # relative, as resolution.mpp_tolerance
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,13 @@ def read_entry(path: Path, root: Path, verify: bool = False) -> IndexEntry:
                       str(attrs["config_hash"]))
 
 
-def assign_by_patient(entries: list[IndexEntry], fractions: dict[str, float], seed: int) -> list[IndexEntry]:
-    """Shuffle patients with `seed`, then cut the list by the split fractions (largest remainder)."""
+def patient_splits(patients: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Patient -> split: shuffle the sorted patients with `seed`, then cut the list by the split fractions (largest
+    remainder). Pure, so `pipeline check` plans the split the index will make, before any store exists."""
     if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
         raise CamnetError(f"split fractions {fractions}: need non-negative values with a positive sum")
-    patients = sorted({e.patient or e.slide_name for e in entries})
-    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
+    ordered = sorted(set(patients))
+    order = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
     total = sum(fractions.values())
     exact = {k: v / total * len(order) for k, v in fractions.items()}
     counts = {k: int(v) for k, v in exact.items()}
@@ -179,6 +181,12 @@ def assign_by_patient(entries: list[IndexEntry], fractions: dict[str, float], se
         for patient in order[start:start + n]:
             split_of[patient] = name
         start += n
+    return split_of
+
+
+def assign_by_patient(entries: list[IndexEntry], fractions: dict[str, float], seed: int) -> list[IndexEntry]:
+    """Shuffle patients with `seed`, then cut the list by the split fractions (largest remainder)."""
+    split_of = patient_splits([e.patient or e.slide_name for e in entries], fractions, seed)
     return [_with_split(e, split_of[e.patient or e.slide_name]) for e in entries]
 
 
@@ -196,6 +204,87 @@ def assign_by_centre(entries: list[IndexEntry], centres: dict[str, list[str]]) -
                               f"(splits: {centres})")
         out.append(_with_split(e, split_of[e.centre]))
     return out
+
+
+Classes = dict[str, tuple[bool, bool]]  # patient (or centre) -> (has tumour patches, has normal patches)
+SEEDS_TRIED = range(100)
+
+
+def split_gaps(classes: Classes, split_of: dict[str, str], names: list[str]) -> dict[str, str]:
+    """Split -> what it lacks ('patients', 'tumour' or 'normal'), for the splits in `names`; Layer 2 trains and
+    scores only with both classes in a split."""
+    gaps: dict[str, str] = {}
+    for name in names:
+        members = [u for u, s in split_of.items() if s == name]
+        if not members:
+            gaps[name] = "patients"
+        elif not any(classes[u][0] for u in members):
+            gaps[name] = "tumour"
+        elif not any(classes[u][1] for u in members):
+            gaps[name] = "normal"
+    return gaps
+
+
+def working_seed(classes: Classes, fractions: dict[str, float]) -> int | None:
+    """The first shuffle seed in SEEDS_TRIED whose patient split gives every split both classes, if any."""
+    names = [k for k, v in fractions.items() if v > 0]
+    for seed in SEEDS_TRIED:
+        if not split_gaps(classes, patient_splits(list(classes), fractions, seed), names):
+            return seed
+    return None
+
+
+def _listed(units: list[str], limit: int = 6) -> str:
+    return ", ".join(units[:limit]) + (f" and {len(units) - limit} more" if len(units) > limit else "")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A split of patients (or centres) and what each holds; `seed_key` names the seed for the advice
+    (`--seed` on the index command line, `index.seed` in an experiment)."""
+
+    classes: Classes
+    split_of: dict[str, str]
+    fractions: dict[str, float] | None  # None: split by centre (no seed to suggest)
+    seed_key: str = "--seed"
+
+
+def split_advice(plan: SplitPlan) -> list[str]:
+    """One message per split without both classes, saying which patients it holds and how to fix it: fewer
+    splits, other patients in it, or a seed that works."""
+    names = [k for k, v in plan.fractions.items() if v > 0] if plan.fractions is not None else \
+        sorted(set(plan.split_of.values()))
+    gaps = split_gaps(plan.classes, plan.split_of, names)
+    if not gaps:
+        return []
+    unit = "patients" if plan.fractions is not None else "centres"
+    tumour = sorted(u for u, (t, _) in plan.classes.items() if t)
+    fixes = [f"fewer splits ({len(plan.classes)} {unit}, {len(tumour)} with tumour, for {len(names)} splits)"]
+    if plan.fractions is not None:
+        seed = working_seed(plan.classes, plan.fractions)
+        fixes.append(f"{plan.seed_key} {seed} (the first of 0-{SEEDS_TRIED[-1]} that gives every split both "
+                     "classes)" if seed is not None else f"more {unit} (no {plan.seed_key} in 0-{SEEDS_TRIED[-1]} "
+                     "gives every split both classes)")
+    where = _listed([f"{u} in {plan.split_of[u]}" for u in tumour]) or "none"
+    out = []
+    for name, lack in gaps.items():
+        members = sorted(u for u, s in plan.split_of.items() if s == name)
+        held = f"no {unit}" if not members else f"only {unit} {_listed(members)}, without {lack} patches"
+        move = [] if lack == "patients" else [f"{unit} with {lack} into it ({unit} with tumour: {where})"]
+        out.append(f"split '{name}' has {held}; fix: {'; or '.join([*fixes, *move])}")
+    return out
+
+
+def index_plan(entries: list[IndexEntry], split_by: str, fractions: dict[str, float] | None) -> SplitPlan:
+    """The split of indexed stores as a plan: a patient's classes are those of its stores' patches."""
+    classes: dict[str, tuple[bool, bool]] = {}
+    split_of: dict[str, str] = {}
+    for e in entries:
+        unit = (e.patient or e.slide_name) if split_by == "patient" else e.centre
+        t, n = classes.get(unit, (False, False))
+        classes[unit] = (t or e.n_tumour > 0, n or e.n_normal > 0)
+        split_of[unit] = e.split
+    return SplitPlan(classes, split_of, fractions if split_by == "patient" else None)
 
 
 def _with_split(entry: IndexEntry, split: str) -> IndexEntry:
@@ -254,19 +343,25 @@ def build_index(inputs: list[Path], out: Path, split_by: str, fractions: dict[st
     return make_index(scan_stores(inputs, out.parent), out, split_by, fractions, centres, seed)
 
 
+def assign_splits(entries: list[IndexEntry], split_by: str, fractions: dict[str, float] | None = None,
+                  centres: dict[str, list[str]] | None = None, seed: int = 0) -> list[IndexEntry]:
+    """The entries with their split, by patient (shuffled with `seed`, cut by `fractions`) or by centre."""
+    if split_by == "patient":
+        return assign_by_patient(entries, fractions or DEFAULT_FRACTIONS, seed)
+    if split_by == "centre":
+        if not centres:
+            raise CamnetError("split by centre needs --centres, e.g. train=0,1,2 val=3 test=4")
+        return assign_by_centre(entries, centres)
+    raise CamnetError(f"--split-by {split_by!r}: expected 'patient' or 'centre'")
+
+
 def make_index(scan: StoreScan, out: Path, split_by: str, fractions: dict[str, float] | None = None,
                centres: dict[str, list[str]] | None = None, seed: int = 0) -> DatasetIndex:
     """Split the scanned stores and write the index to `out` (its folder is the index's root)."""
-    entries = scan.entries
-    check_compatible(entries)
-    if split_by == "patient":
-        entries = assign_by_patient(entries, fractions or {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
-    elif split_by == "centre":
-        if not centres:
-            raise CamnetError("split by centre needs --centres, e.g. train=0,1,2 val=3 test=4")
-        entries = assign_by_centre(entries, centres)
-    else:
-        raise CamnetError(f"--split-by {split_by!r}: expected 'patient' or 'centre'")
+    check_compatible(scan.entries)
+    entries = assign_splits(scan.entries, split_by, fractions, centres, seed)
+    for problem in split_advice(index_plan(entries, split_by, fractions or DEFAULT_FRACTIONS)):
+        log.warning("index: %s", problem)
     index = DatasetIndex(out.parent.resolve(), split_by, tuple(entries), tuple(scan.skipped))
     index.save(out)
     return index

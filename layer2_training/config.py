@@ -22,7 +22,7 @@ class SplitNames:
 @dataclass(frozen=True)
 class DataConfig:
     index: str = bounded("", doc="dataset index JSON written by `layer1_patches index` (required; the pipeline "
-                             "sets it)")
+                             "sets it)", path=True)
     splits: SplitNames = bounded(SplitNames(), doc="names of the splits in the dataset index")
     balance: Literal["none", "oversample", "undersample"] = bounded(
         "none", doc="training split only: oversample the smaller class or undersample the larger (seeded)")
@@ -51,7 +51,7 @@ class ModelConfig:
     weights: str = bounded("imagenet", doc="backbone weights: imagenet (from the cache, never downloaded), none "
                            "(random) or the path of a headless backbone .h5")
     weights_cache: str | None = bounded(None, doc="KERAS_HOME-style folder holding `models/<weights file>`; null: "
-                                        "KERAS_HOME, else ~/.keras")
+                                        "KERAS_HOME, else ~/.keras", path=True)
     input_size: int | None = bounded(None, min=8, doc="model input side in pixels; null: the stores' patch size")
     resize: bool = bounded(False, doc="resize patches to input_size inside the model (needed when they differ)")
     batchnorm_momentum: float | None = bounded(None, min=0, max=1, doc="backbone BatchNorm momentum, e.g. 0.9 for "
@@ -116,7 +116,7 @@ class StainConfig:
     method: Literal["none", "reinhard", "macenko"] = bounded(
         "none", doc="stain normalisation, a layer of the model (so Layer 3 applies it too)")
     reference: str | None = bounded(None, doc="RGB image (PNG/JPEG/TIFF) of a well-stained reference patch; "
-                                    "required unless method is none")
+                                    "required unless method is none", path=True)
 
     def validate(self, path: str) -> None:
         if self.method != "none" and not self.reference:
@@ -126,7 +126,7 @@ class StainConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     run_dir: str = bounded("runs/default", doc="run directory: checkpoints, history, metrics, exported model "
-                           "(the pipeline sets it)")
+                           "(the pipeline sets it)", path=True)
     threshold: float = bounded(0.5, min=0, max=1, doc="probability at or above which a patch is tumour: metrics "
                                "and model.json (Layer 3's default)")
     monitor: Literal["val_auc", "val_loss"] = bounded("val_auc", doc="validation metric that picks the best "

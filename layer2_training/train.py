@@ -27,7 +27,7 @@ from layer1_patches.index import DatasetIndex
 from layer1_patches.shared.atomic import atomic_path, write_text_atomic
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import config_hash
-from layer2_training import data, metrics, rundir
+from layer2_training import data, metrics, progress, rundir
 from layer2_training.augment import make_transform
 from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
 from layer2_training.config import DataConfig, Layer2Config
@@ -258,6 +258,8 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     val_ds = data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data)
     log.info("rank %d/%d: %d train samples, %d steps/epoch, start at %s", dist.rank, dist.size, len(p.train),
              steps, start)
+    # one for all fits of the run, so its mean epoch time (the ETA) carries over a phase change
+    epoch_lines = progress.epoch_callback(cfg.epochs, steps) if dist.is_chief else None
     try:
         for first, end, step0, head in segments(start, cfg.phases.head_epochs, cfg.epochs):
             set_phase(model, head, cfg.phases.fine_tune_from)
@@ -272,11 +274,13 @@ def train_locked(p: Prepared, dist: Dist) -> int:
                 callbacks.append(dist.hvd.callbacks.MetricAverageCallback())
             callbacks.append(CheckpointCallback(dist, state, flag, cfg.output.monitor,
                                                 (first, step0), schedule))
+            if epoch_lines is not None:  # after MetricAverageCallback: it shows the averaged metrics
+                callbacks.append(epoch_lines)
             if dist.is_chief and cfg.output.tensorboard:
                 callbacks.append(tf.keras.callbacks.TensorBoard(str(p.run_dir / "tensorboard"),
                                                                 write_graph=False, profile_batch=0))
             model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=steps - step0,
-                      validation_data=val_ds, callbacks=callbacks, verbose=2 if dist.is_chief else 0)
+                      validation_data=val_ds, callbacks=callbacks, verbose=0)  # `epoch_lines` reports
     except Preempted as stop:
         print(f"preempted at {stop}: state saved in {p.run_dir}; rerun the same command to resume")
         return 0

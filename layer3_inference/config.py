@@ -23,7 +23,7 @@ class MatchConfig:
                                        "whose metadata lacks it; null: such slides are an error")
     mpp_table: str | None = bounded(None, doc="CSV with header `slide,mpp`: level-0 mpp per slide (file name or "
                                     "stem), for scanners that record none; a listed slide's row wins over its "
-                                    "metadata")
+                                    "metadata", path=True)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class OutputConfig:
                                     "level-0 pixels per map pixel")
     smooth_sigma: float = bounded(0.0, min=0, doc="Gaussian sigma in map pixels, over predicted pixels only; 0: none")
     thumbnail_size: int = bounded(1024, min=64, doc="pixels on the longest side of heatmap.png and overlay.png")
-    colormap: str = bounded("jet", doc="matplotlib colormap of the probabilities")
+    colormap: str = bounded("viridis", doc="matplotlib colormap of the probabilities (perceptually uniform by "
+                            "default: equal steps of probability look like equal steps of colour)")
     alpha: float = bounded(0.5, min=0, max=1, doc="heatmap opacity over tissue")
     npy: bool = bounded(True, doc="also write grid.npy (rows x cols, NaN = no prediction)")
     geojson_tiles: bool = bounded(True, doc="patches as QuPath detections in the GeoJSON (large for big slides)")

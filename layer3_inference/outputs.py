@@ -174,9 +174,11 @@ def write_heatmap_png(path: Path, thumbnail: np.ndarray, overlay: np.ndarray, co
     fig, ax = plt.subplots(figsize=(8 * w / max(h, w) + 1.5, 8 * h / max(h, w)), dpi=max(100, max(h, w) // 8))
     ax.imshow(blended)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=13)  # the report shows this picture ~640 px wide: 9 pt came out at ~8 px
     mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), colormap)
-    fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02, label="tumour probability")
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("tumour probability", fontsize=13)
+    bar.ax.tick_params(labelsize=12)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 

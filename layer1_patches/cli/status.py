@@ -20,12 +20,17 @@ from layer1_patches.store import is_complete
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("status", help="per-slide state of a submitted array")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status", help="per-slide state of a submitted array",
+        description="Lists each slide of a `submit` as finished, running, pending, failed, missing or unknown "
+                    "(squeue did not answer) and a summary; exit 1 while a slide failed or is unknown. "
+                    "--resubmit submits the failed and missing slides again.")
     p.add_argument("--manifest", type=Path, required=True, help="OUT/manifest.json written by submit")
     p.add_argument("--resubmit", action="store_true",
                    help="resubmit failed and missing slides only (refused while squeue does not answer)")
-    p.add_argument("--max-parallel", type=int, default=None)
-    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG")
+    p.add_argument("--max-parallel", type=int, default=None, help="array throttle %%M of the resubmission")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option of the resubmission (repeatable)")
     p.set_defaults(func=run)
 
 

@@ -16,12 +16,16 @@ from layer1_patches.shared.slurm import LAYER1_SCRIPT, array_sbatch_args, record
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("submit", help="submit Layer 1 as a SLURM array (one task per slide)")
-    p.add_argument("--config", type=Path, required=True)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "submit", help="submit Layer 1 as a SLURM array (one task per slide)",
+        description="Checks the config, writes OUT/manifest.json (one entry per slide, with its annotation) and "
+                    "submits one sbatch array over it; follow it with `status --manifest OUT/manifest.json`.")
+    p.add_argument("--config", type=Path, required=True, help="Layer 1 YAML config (configs/layer1/*.yaml)")
     add_overrides(p, "sampling.seed=3")
-    p.add_argument("--slides", nargs="+", required=True, metavar="PATH_OR_GLOB")
+    p.add_argument("--slides", nargs="+", required=True, metavar="PATH_OR_GLOB",
+                   help="slides: folders, globs or files")
     p.add_argument("--annotations", type=Path, help="folder of <slide stem>.xml/.geojson")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder (stores, manifest.json, logs/)")
     p.add_argument("--max-parallel", type=int, default=None, help="array throttle %%M (default: no limit)")
     p.add_argument("--shards", type=int, default=1, help="dense: K parallel subtasks per slide (srun -n K)")
     p.add_argument("--dependency", help="e.g. afterok:1234 (passed to sbatch)")

@@ -15,8 +15,11 @@ from layer1_patches.shared.slurm import array_task_index, recorded_task
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("task", help="run one manifest entry (used by the sbatch script)")
-    p.add_argument("--manifest", type=Path, required=True)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "task", help="run one manifest entry (used by the sbatch script)",
+        description="Extracts the slide of one manifest entry (or one dense shard of it, or merges its shards), "
+                    "with the manifest's config and overrides; what each SLURM array task of `submit` runs.")
+    p.add_argument("--manifest", type=Path, required=True, help="OUT/manifest.json written by submit")
     p.add_argument("--index", type=int, default=None, help="entry; default $SLURM_ARRAY_TASK_ID")
     p.add_argument("--shard-from-env", action="store_true",
                    help="dense subtask: shard $SLURM_PROCID of the manifest's shard count")

@@ -8,8 +8,29 @@ import importlib
 import logging
 import signal
 import sys
+from typing import Any
 
 from layer1_patches.shared import signals
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Shows an option's default where it says something: not for None, False, [] or a required option."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        silent = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        if silent or "(default" in text or "%(default)" in text or action.required or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class CamnetParser(argparse.ArgumentParser):
+    """A parser whose subcommands' help shows defaults too (a subparser is built from its parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
@@ -26,9 +47,9 @@ def build_parser(package: str, description: str, commands: tuple[str, ...],
     A SLURM array task is one command; importing every command's dependencies (scikit-image, scipy, TensorFlow
     in the later layers) cost each task about half a second before it did any work.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m {package}", description=description)
+    parser = CamnetParser(prog=f"python -m {package}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CamnetParser)
     for name in _needed(commands, argv):
         importlib.import_module(f"{package}.cli.{name}").register(sub)
     return parser

@@ -19,18 +19,21 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from layer1_patches.shared.errors import CamnetError, ConfigError
+from layer1_patches.shared.sources import apply_overrides as apply_overrides  # the layers import it from here
+from layer1_patches.shared.sources import locate
 
 T = TypeVar("T")
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None,
-            min_exclusive: float | None = None, doc: str = "") -> Any:
+            min_exclusive: float | None = None, doc: str = "", path: bool = False) -> Any:
     """A dataclass field with its doc and a numeric range checked on load.
 
     Any default works: a list, a mapping or a nested config section (a dataclass instance) is copied for each
-    instance, so no two configs share it.
+    instance, so no two configs share it. `path=True` marks a file or folder (or a list of them): a loader that
+    knows where a value came from makes it absolute against that source (`sources.path_keys`).
     """
-    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
+    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc, "path": path}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -163,28 +166,6 @@ def load_contract(cls: type[T], data: Any, where: str) -> T:
         raise CamnetError(f"{where}: {str(err).replace('config key', 'key', 1)}") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested mapping, in place."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: config key '{part}' is not a mapping")
-            node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from None
-    return data
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML mapping, turning every failure into one error line naming the file."""
     try:
@@ -207,11 +188,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: Path | None, overrides: list[str] | None = None) -> T:
     """Read YAML (or start from defaults when `path` is None), apply overrides, validate."""
     data = read_yaml(path) if path is not None else {}
-    apply_overrides(data, overrides or [])
+    given: set[str] = set()
+    apply_overrides(data, overrides or [], cls, given)
     try:
         return from_mapping(cls, data)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+        raise ConfigError(locate(str(err), path, given)) from None  # `--set KEY` or the file, whichever gave it
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -5,6 +5,13 @@ any tile of it, `pyramid` streams the pyramidal JPEG TIFF. Like histolab's `data
 depends on it.
 """
 
-from layer1_patches.synth.slides import SynthSpec, SynthTruth, write_cohort, write_synthetic_slide
+from layer1_patches.synth.slides import (
+    CohortSpec,
+    SynthSpec,
+    SynthTruth,
+    write_cohort,
+    write_cohort_spec,
+    write_synthetic_slide,
+)
 
-__all__ = ["SynthSpec", "SynthTruth", "write_cohort", "write_synthetic_slide"]
+__all__ = ["CohortSpec", "SynthSpec", "SynthTruth", "write_cohort", "write_cohort_spec", "write_synthetic_slide"]

@@ -249,9 +249,10 @@ def write_synthetic_slide(path_tif: Path, path_xml: Path | None, spec: SynthSpec
     return SynthTruth(spec, tumours, holes, layout)
 
 
-def slide_name(index: int) -> str:
-    """Camelyon17-style stem: two nodes per patient, so metadata parsing sees several patients."""
-    return f"patient_{index // 2:03d}_node_{index % 2}"
+def slide_name(index: int, per_patient: int = 2) -> str:
+    """Camelyon17-style stem: `per_patient` nodes per patient (slide i is patient i // per_patient, node
+    i % per_patient), so metadata parsing sees several patients."""
+    return f"patient_{index // per_patient:03d}_node_{index % per_patient}"
 
 
 def slide_seed(seed: int, index: int) -> int:
@@ -271,14 +272,36 @@ def _complete(path_tif: Path, path_xml: Path, spec: SynthSpec) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class CohortSpec:
+    """A synthetic cohort: slide i is `patient_<i // slides_per_patient>_node_<i % slides_per_patient>`, and its
+    pixels depend on `seed` and i only (the same slide under another patient number looks the same)."""
+
+    n_slides: int
+    size: int
+    seed: int = 0
+    tumour_fraction: float = 0.1
+    mpp: float = 0.5
+    slides_per_patient: int = 2
+
+
 def write_cohort(out: Path, n_slides: int, size: int, seed: int, tumour_fraction: float = 0.1,
                  mpp: float = 0.5) -> list[Path]:
-    """Write `n_slides` slides + XMLs into `out` (skipping complete ones); returns the slide paths."""
+    """Write `n_slides` slides + XMLs into `out`, two per patient (skipping complete ones); returns the slide
+    paths."""
+    return write_cohort_spec(out, CohortSpec(n_slides, size, seed, tumour_fraction, mpp))
+
+
+def write_cohort_spec(out: Path, cohort: CohortSpec) -> list[Path]:
+    """Write the cohort's slides + XMLs into `out` (skipping complete ones); returns the slide paths."""
+    n_slides, size, seed = cohort.n_slides, cohort.size, cohort.seed
     if n_slides < 1:
         raise CamnetError(f"number of synthetic slides {n_slides} must be at least 1")
+    if cohort.slides_per_patient < 1:
+        raise CamnetError(f"slides per patient {cohort.slides_per_patient} must be at least 1")
     if seed < 0:
         raise CamnetError(f"synthetic cohort seed {seed} must be non-negative")
-    specs = [SynthSpec(size=size, seed=slide_seed(seed, i), mpp=mpp, tumour_fraction=tumour_fraction)
+    specs = [SynthSpec(size=size, seed=slide_seed(seed, i), mpp=cohort.mpp, tumour_fraction=cohort.tumour_fraction)
              for i in range(n_slides)]
     out = Path(out)
     try:
@@ -289,7 +312,8 @@ def write_cohort(out: Path, n_slides: int, size: int, seed: int, tumour_fraction
         raise CamnetError(f"output directory {out} is not writable")
     paths = []
     for i, spec in enumerate(specs):
-        tif, xml = out / f"{slide_name(i)}.tif", out / f"{slide_name(i)}.xml"
+        stem = slide_name(i, cohort.slides_per_patient)
+        tif, xml = out / f"{stem}.tif", out / f"{stem}.xml"
         paths.append(tif)
         if _complete(tif, xml, spec):
             log.info("synth: %s exists, skipped", tif.name)

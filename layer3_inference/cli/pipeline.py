@@ -27,14 +27,23 @@ def register(sub: Any) -> None:
     cmds = p.add_subparsers(dest="pipeline_command", required=True)
 
     def common(name: str, text: str, config_required: bool = True) -> argparse.ArgumentParser:
-        c: argparse.ArgumentParser = cmds.add_parser(name, help=text)
+        c: argparse.ArgumentParser = cmds.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         c.add_argument("--config", type=Path, required=config_required, help="experiment YAML (configs/experiment/)")
         add_overrides(c, "slurm.layer1.max_parallel=8")
         return c
 
-    common("submit", "submit every stage to SLURM with afterok dependencies").set_defaults(func=run_submit)
-    c = common("run", "run every stage here, one after another (no SLURM); finished stages are skipped")
-    c.add_argument("--force", action="store_true", help="redo stages that finished before")
+    c = add_check_options(common("check", "find every problem before running: slides, annotations, weights, split "
+                                         "plan, output folder (and SLURM with --slurm); exit 2 on any error"))
+    c.add_argument("--slurm", action="store_true", help="also check what `submit` needs: sbatch on PATH and the "
+                   "partitions of slurm.<stage>.partition in `sinfo`")
+    c.set_defaults(func=run_check)
+    c = add_check_options(common("submit", "submit every stage that is not current to SLURM, with afterok "
+                                            "dependencies"))
+    add_force(c)
+    c.set_defaults(func=run_submit)
+    c = add_check_options(common("run", "run every stage here, one after another (no SLURM); stages that are "
+                                 "current (finished, same inputs) are skipped"))
+    add_force(c)
     c.set_defaults(func=run_local)
     common("status", "each stage's jobs and state").set_defaults(func=run_status)
     common("report", "write OUT/report/index.html from whatever has finished").set_defaults(func=run_report)
@@ -45,19 +54,62 @@ def register(sub: Any) -> None:
     c.add_argument("--n-slides", type=int, default=6, help="synthetic slides (two per patient)")
     c.add_argument("--size", type=int, default=4096, help="synthetic slide side in pixels")
     c.set_defaults(func=run_demo, config=DEMO_CONFIG)
-    c = cmds.add_parser("heatmap-task", help="one heatmap array task of a JSON manifest (used by the sbatch script)")
-    c.add_argument("--manifest", type=Path, required=True)
-    c.add_argument("--model", type=Path, required=True)
+    c = cmds.add_parser("heatmap-task", help="one heatmap array task of a JSON manifest (used by the sbatch script)",
+                        description="Runs the heatmap of one slide of the pipeline's heatmap manifest: what each "
+                                    "SLURM array task of the heatmap stage runs.")
+    c.add_argument("--manifest", type=Path, required=True, help="the heatmap stage's manifest JSON")
+    c.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="Layer 2 run directory")
     c.add_argument("--index", type=int, default=None, help="entry; default $SLURM_ARRAY_TASK_ID")
     add_overrides(c)
     c.set_defaults(func=run_heatmap_task)
+
+
+def add_force(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--force", action="append", nargs="?", const="all", metavar="STAGE",
+                   choices=("layer1", "index", "layer2", "heatmap", "evaluate", "explain", "report", "all"),
+                   help="redo STAGE and every stage after it that reads from it, even if current (repeatable); "
+                        "alone: redo every stage")
+
+
+def add_check_options(c: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    c.add_argument("--allow-orphans", action="store_true", help="an annotation file matching no slide is a warning, "
+                   "not an error (default: error, as a misnamed annotation leaves its tumour slide tumour-free)")
+    return c
+
+
+def print_problems(problems: list[Any]) -> bool:
+    """One `error:` / `warning:` line per problem on stderr; True when none is an error."""
+    import sys
+
+    for problem in problems:
+        print(f"{problem.severity}: {problem.message}", file=sys.stderr)
+    return not any(p.severity == "error" for p in problems)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from layer3_inference.pipeline.check import CheckOptions, run_checks
+
+    result = run_checks(load_experiment(args.config, args.overrides), CheckOptions(args.allow_orphans, args.slurm))
+    if not print_problems(result.problems):
+        return 2
+    print(result.summary())
+    return 0
+
+
+def checked(exp: Any, args: argparse.Namespace, slurm: bool) -> bool:
+    """`pipeline check` before `run` / `submit`: nothing is written when it finds an error."""
+    from layer3_inference.pipeline.check import CheckOptions, check_experiment
+
+    return print_problems(check_experiment(exp, CheckOptions(args.allow_orphans, slurm)))
 
 
 def run_submit(args: argparse.Namespace) -> int:
     from layer3_inference.pipeline.chain import submit
 
     exp = load_experiment(args.config, args.overrides)
-    jobs = submit(exp)
+    if not checked(exp, args, slurm=True):
+        return 2
+    jobs = submit(exp, force=args.force)
     print(f"status: python -m layer3_inference pipeline status --config {args.config}")
     print(f"report (when done): {exp.out / 'report' / 'index.html'}")
     print(" ".join(jobs.values()))
@@ -68,6 +120,8 @@ def run_local(args: argparse.Namespace) -> int:
     from layer3_inference.pipeline.chain import run_local as local
 
     exp = load_experiment(args.config, args.overrides)
+    if not checked(exp, args, slurm=False):
+        return 2
     local(exp, force=args.force)
     print(f"report: {exp.out / 'report' / 'index.html'}")
     return 0

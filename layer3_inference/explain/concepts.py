@@ -19,6 +19,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.segmentation import watershed
 
+from layer2_training.progress import ticking
 from layer3_inference.explain.config import CONCEPTS, ConceptConfig
 
 _GLCM_PROPS = {"glcm_contrast": "contrast", "glcm_asm": "ASM", "glcm_correlation": "correlation",
@@ -117,7 +118,7 @@ def measure(rgb: np.ndarray, cfg: ConceptConfig, labels: np.ndarray | None = Non
 def measure_all(patches: np.ndarray, cfg: ConceptConfig, masks: np.ndarray | None = None) -> np.ndarray:
     """(n, len(CONCEPTS)) float64, columns in `CONCEPTS` order; NaN where a measure is undefined."""
     rows = []
-    for i, rgb in enumerate(patches):
+    for i, rgb in enumerate(ticking(list(patches), "rcv: concept measures", "patches")):
         values = measure(rgb, cfg, None if masks is None else masks[i])
         rows.append([values[name] for name in CONCEPTS])
     return np.asarray(rows, dtype=np.float64).reshape(len(patches), len(CONCEPTS))

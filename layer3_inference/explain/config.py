@@ -98,7 +98,7 @@ class SanityConfig:
 @dataclass(frozen=True)
 class ConceptConfig:
     masks: str | None = bounded(None, doc="HDF5/npz with `masks` (n, H, W), labelled nuclei per row of the one "
-                                "store; null: segment them (--masks wins)")
+                                "store; null: segment them (--masks wins)", path=True)
     min_nucleus_area: int = bounded(12, min=1, doc="patch pixels; smaller objects are noise")
     min_distance: int = bounded(4, min=1, doc="patch pixels between watershed seeds")
     glcm_levels: int = bounded(32, min=4, max=256, doc="grey levels of the co-occurrence matrix over nuclei pixels")

@@ -18,6 +18,8 @@ import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
+from layer2_training.progress import Ticker
+
 METHODS = ("gradcam", "gradcam_pp")
 
 
@@ -34,10 +36,12 @@ def cams(flat: tf.keras.Model, patches: np.ndarray, layer: str, score: str, batc
     out: dict[str, list[np.ndarray]] = {name: [] for name in METHODS}
     fn = score_fn(score)
     fns = {"gradcam": fn, "gradcam_pp": lambda out: fn(out) - tf.stop_gradient(fn(out))}
+    ticker = Ticker("gradcam and gradcam_pp", len(patches), "patches")
     for start in range(0, len(patches), batch):
         x = tf.constant(patches[start:start + batch], tf.float32)
         for name, maker in makers.items():
             cam = maker(fns[name], x, penultimate_layer=layer, seek_penultimate_conv_layer=False, normalize_cam=False)
             out[name].append(np.asarray(cam, np.float32).reshape(len(x), *patches.shape[1:3]))
+        ticker.tick(start + len(x))
     return {name: np.concatenate(parts) if parts else np.zeros((0, *patches.shape[1:3]), np.float32)
             for name, parts in out.items()}

@@ -18,6 +18,7 @@ import tensorflow as tf
 from lime import lime_image
 from skimage.segmentation import felzenszwalb, quickshift, slic
 
+from layer2_training.progress import ticking
 from layer3_inference.explain.config import LimeConfig
 
 
@@ -67,5 +68,8 @@ def lime_map(model: tf.keras.Model, patch: np.ndarray, cfg: LimeConfig) -> tuple
 
 
 def lime_maps(model: tf.keras.Model, patches: np.ndarray, cfg: LimeConfig) -> np.ndarray:
-    return np.stack([lime_map(model, p, cfg)[0] for p in patches]) if len(patches) else \
-        np.zeros((0, *patches.shape[1:3]), np.float32)
+    if not len(patches):
+        return np.zeros((0, *patches.shape[1:3]), np.float32)
+    # each patch is `num_samples` forward passes: the slowest loop of explain
+    return np.stack([lime_map(model, p, cfg)[0]
+                     for p in ticking(list(patches), "lime", "patches", f"{cfg.num_samples} samples")])

@@ -22,27 +22,42 @@ def _save(fig: Any, path: Path, dpi: int) -> Path:
     return path
 
 
-def panel(path: Path, patch: np.ndarray, maps: dict[str, np.ndarray], title: str, dpi: int) -> Path:
-    """Patch, then each map over a faded copy of the patch (CAMs 0..max, LIME symmetric around 0)."""
+def shared_scales(maps: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """One colour scale per method over all the selected patches: CAMs 0..largest value, LIME -a..a with a the
+    largest |weight|. Scaled patch by patch, a weak map looked as strong as a strong one and no two panels
+    could be compared."""
+    out: dict[str, float] = {}
+    for row in maps:
+        for name, m in row.items():
+            values = np.abs(np.nan_to_num(m)) if name == "lime" else np.nan_to_num(m)
+            out[name] = max(out.get(name, 0.0), float(values.max()) if values.size else 0.0)
+    return {name: value or 1.0 for name, value in out.items()}
+
+
+def panel(path: Path, patch: np.ndarray, maps: dict[str, np.ndarray], title: str, dpi: int,
+          scales: dict[str, float] | None = None) -> Path:
+    """Patch, then each map over a faded copy of the patch, on `scales` (see `shared_scales`; this patch's own
+    maxima when None). Fonts of 12 pt and more: the report shows the panel at full width."""
     names = [n for n in ("gradcam", "gradcam_pp", "lime") if n in maps]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3 * (1 + len(names)), 3.2))
+    scales = scales or shared_scales([maps])
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.8))
     axes = np.atleast_1d(axes)
     axes[0].imshow(patch)
-    axes[0].set_title("patch")
+    axes[0].set_title("patch", fontsize=12)
     labels = {"gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++", "lime": "LIME (tumour weight)"}
     for ax, name in zip(axes[1:], names, strict=True):
         m = np.nan_to_num(maps[name])
         ax.imshow(patch, alpha=0.5)
         if name == "lime":
-            lim = float(np.abs(m).max()) or 1.0
-            im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.6)
+            im = ax.imshow(m, cmap="RdBu_r", vmin=-scales[name], vmax=scales[name], alpha=0.6)
         else:
-            im = ax.imshow(m, cmap="jet", vmin=0, vmax=float(m.max()) or 1.0, alpha=0.5)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(labels[name])
+            im = ax.imshow(m, cmap="viridis", vmin=0, vmax=scales[name], alpha=0.6)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046)
+        bar.ax.tick_params(labelsize=12)
+        ax.set_title(labels[name], fontsize=12)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}  (one colour scale per method across all patches)", fontsize=12)
     return _save(fig, path, dpi)
 
 

@@ -46,6 +46,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 
 from layer1_patches.shared.errors import CamnetError
+from layer2_training.progress import Ticker
 from layer3_inference.explain.config import RcvConfig
 
 SUMMARY_KEYS = ("layer", "concept", "r2_heldout", "r2_label_baseline", "tcav", "tcav_std", "tcav_random_mean",
@@ -64,6 +65,7 @@ def activations(taps: tf.keras.Model, layers: list[str], patches: np.ndarray, ba
     pooled: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     grads: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     logits = []
+    ticker = Ticker("rcv: activations", len(patches), "patches")
     for start in range(0, len(patches), batch):
         x = tf.constant(patches[start:start + batch], tf.float32)
         with tf.GradientTape() as tape:
@@ -78,6 +80,7 @@ def activations(taps: tf.keras.Model, layers: list[str], patches: np.ndarray, ba
             pooled[name].append(np.asarray(tf.reduce_mean(act, axis=axes) if axes else act, np.float64))
             grads[name].append(np.asarray(tf.reduce_sum(g, axis=axes) if axes else g, np.float64))
         logits.append(np.asarray(logit, np.float64).reshape(-1))
+        ticker.tick(start + len(x))
     if not logits:  # a rank with no patches (fewer batches than ranks) still takes part in the gather
         width = {name: int(out.shape[-1]) for name, out in zip(layers, taps.outputs[:-1], strict=True)}
         return {name: LayerData(np.zeros((0, width[name])), np.zeros((0, width[name]))) for name in layers}, \
@@ -324,10 +327,12 @@ def score_all(data: dict[str, LayerData], concepts: np.ndarray, names: list[str]
     """One judged row per (layer, concept); `concepts` columns follow `names`."""
     rows = []
     for li, (layer, d) in enumerate(data.items()):
+        ticker = Ticker(f"rcv: layer {layer} ({li + 1}/{len(data)}) concept", len(names))
         for ci, name in enumerate(names):
             # one seed per pair, from the config seed, the layer and the concept (not from the other pairs)
             seed = int(np.random.SeedSequence([cfg.seed, li, ci]).generate_state(1)[0])
             rows.append({"layer": layer, "concept": name, **score_concept(d, concepts[:, ci], label, cfg, seed)})
+            ticker.tick(ci + 1)
     adjusted = bonferroni([r["p_value"] for r in rows])
     m = sum(1 for r in rows if math.isfinite(r["p_value"]))
     # `undefined` (the reason, or None) becomes the status and its reason

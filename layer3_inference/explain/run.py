@@ -25,6 +25,7 @@ import numpy as np
 
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import config_hash, to_dict
+from layer2_training import progress
 from layer3_inference.explain import concepts, dist, plots, report
 from layer3_inference.explain import select as sel
 from layer3_inference.explain.config import CONCEPTS, ExplainConfig
@@ -121,7 +122,9 @@ def _select(ex: Explainer, stores: list[Any], choice: sel.SplitChoice, world: di
     def score(pairs: list[tuple[int, int]]) -> np.ndarray:
         mine = world.share(len(pairs))
         probs = np.concatenate([ex.probabilities(np.concatenate([stores[s].read([i]) for s, i in block]))
-                                for block in _blocks([pairs[j] for j in mine], cfg.batch_size)] or [np.zeros(0)])
+                                for block in progress.ticking(_blocks([pairs[j] for j in mine], cfg.batch_size),
+                                                              "select: scoring candidates", "batches")]
+                               or [np.zeros(0)])
         return np.asarray(dist.merge_shares(world.allgather(list(probs)), len(pairs), world.size), np.float64)
 
     return sel.select_from_stores(stores, cfg.select, score)
@@ -181,9 +184,14 @@ def _cascade_maps(ex: Explainer, everyone: np.ndarray, mine: np.ndarray,
     out: list[tuple[dict[str, Any], float, dict[str, np.ndarray]]] = []
     if not ex.steps:  # sanity.enabled: false
         return out
+    total = len(ex.steps)
     for step, flat in randomise.cascade(flatten(ex.model), ex.steps, ex.req.cfg.sanity.seed, everyone):
-        std = randomise.logit_std(predict_logits(flat, everyone, ex.req.cfg.batch_size))
-        out.append((step.to_dict(), std, ex.maps(everyone[mine], randomised=flat)))
+        where = f"sanity depth {step.depth}/{total}"
+        # one line per depth: each randomises a block of layers, then maps every patch again
+        progress.note(f"{where}: {len(step.layers)} layers randomised")
+        with progress.scope(where):
+            std = randomise.logit_std(predict_logits(flat, everyone, ex.req.cfg.batch_size))
+            out.append((step.to_dict(), std, ex.maps(everyone[mine], randomised=flat)))
     return out
 
 
@@ -238,7 +246,8 @@ def run(req: Request, world: dist.World | None = None) -> dict[str, Any]:
     ex = Explainer(req)
     stores = sel.open_stores(choice.given)
     try:
-        return _run(ex, stores, choice, world, start)
+        with progress.enabled(world.is_chief):  # rank 0's lines stand for all ranks'
+            return _run(ex, stores, choice, world, start)
     finally:
         for store in stores:
             store.close()
@@ -260,9 +269,12 @@ def _run(ex: Explainer, stores: list[Any], choice: sel.SplitChoice, world: dist.
                                "config_hash": config_hash(cfg), "ranks": world.size, "rank": world.rank}
     _selection_facts(ex, choice, summary)
     if selection is not None:
+        progress.note(f"maps of {len(selection)} patches" + (f", sanity check at {len(ex.steps)} depths"
+                                                             if ex.steps else ""))
         rows, facts = _per_patch(ex, selection, world)
         if rows is not None:
             prob = selection.prob if selection.prob is not None else ex.probabilities(selection.rgb)
+            scales = plots.shared_scales([row["trained"] for row in rows])
             for j, (pid, row) in enumerate(zip(selection.ids(), rows, strict=True)):
                 meta = {"source": selection.source[j], "row": int(selection.row[j]),
                         "x": int(selection.coords[j][0]), "y": int(selection.coords[j][1]),
@@ -272,11 +284,13 @@ def _run(ex: Explainer, stores: list[Any], choice: sel.SplitChoice, world: dist.
                     report.write_maps(out / "maps" / f"{pid}.npz", selection.rgb[j], {**row["trained"], **rand}, meta)
                 if cfg.output.panels:
                     plots.panel(out / "panels" / f"{pid}.png", selection.rgb[j], row["trained"],
-                                f"{pid}  label {meta['label']}  p(tumour) {meta['probability']:.3f}", cfg.output.dpi)
+                                f"{pid}  label {meta['label']}  p(tumour) {meta['probability']:.3f}", cfg.output.dpi,
+                                scales)
             summary["patches"] = selection.ids()
             if cfg.sanity.enabled:
                 _write_sanity(ex, selection, rows, facts, summary)
     if cfg.rcv.enabled:
+        progress.note(f"rcv: {len(ex.rcv_layers)} layers x {len(cfg.rcv.concepts)} concepts")
         inputs = _rcv_inputs(ex, stores, world)
         if inputs is not None:
             values, labels, extra = inputs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from layer1_patches.shared.atomic import read_json_object, write_json_atomic, write_text_atomic
 from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.manifest import Manifest
 from layer1_patches.shared.slurm import REPO, SLURM_DIR, array_sbatch_args, array_spec, record_submission, sbatch
-from layer3_inference.pipeline import stages
+from layer3_inference.pipeline import stages, stamps
 from layer3_inference.pipeline.config import Experiment, StageSlurm, resolved_yaml
 from layer3_inference.pipeline.stages import STAGES, Layout
 
@@ -69,25 +71,41 @@ def job_env(exp: Experiment) -> dict[str, str]:
 def _dependency(jobs: dict[str, str], stage: str) -> list[str]:
     after = {"index": ["layer1"], "layer2": ["index"], "heatmap": ["layer2"], "evaluate": ["heatmap"],
              "explain": ["layer2"]}
-    if stage == "report":
-        parts = [f"afterok:{jobs['evaluate']}"] + ([f"afterany:{jobs['explain']}"] if "explain" in jobs else [])
-        return [f"--dependency={','.join(parts)}"]
+    if stage == "report":  # a stage missing from `jobs` was current, not submitted: nothing to wait for
+        parts = [f"{kind}:{jobs[s]}" for s, kind in (("evaluate", "afterok"), ("explain", "afterany")) if s in jobs]
+        return [f"--dependency={','.join(parts)}"] if parts else []
     need = [jobs[s] for s in after.get(stage, []) if s in jobs]
     return [f"--dependency=afterok:{':'.join(need)}"] if need else []
 
 
-def submit(exp: Experiment, echo: Print = print) -> dict[str, str]:
-    """Submit every stage with its dependencies; stage -> job id, also saved in OUT/pipeline/jobs.json."""
+def _plan(exp: Experiment, manifest: Manifest, commands: dict[str, stages.StageCommand],
+          force: bool | list[str] | None) -> stamps.Plan:
+    current = stages.current_stamps(exp, manifest, commands)
+    state_dir = Layout(exp.out).state
+    return stamps.plan({s: stamps.StageState(stages.finished(s, exp, manifest), stamps.read_stamp(state_dir, s))
+                        for s in current}, current, stamps.forced_stages(force, STAGES))
+
+
+def submit(exp: Experiment, echo: Print = print, force: bool | list[str] | None = False) -> dict[str, str]:
+    """Submit every stage that is to run (see stamps.plan) with its dependencies; stage -> job id, also saved in
+    OUT/pipeline/jobs.json. Current stages are not submitted; their dependants do not wait for them."""
     layout = Layout(exp.out)
     manifest = stages.write_manifests(exp)
     write_text_atomic(layout.resolved, resolved_yaml(exp))
     n = len(manifest.entries)
     commands = stages.commands(exp, manifest)
+    todo = _plan(exp, manifest, commands, force)
     jobs: dict[str, str] = {}
     echo(f"submitting {exp.cfg.name}: {n} slides, outputs in {exp.out}")
     for stage in STAGES:
         if not stages.enabled(stage, exp):
             continue
+        if not todo.runs(stage):
+            echo(f"  {stage:9s} finished before, not submitted")
+            continue
+        stamps.remove_stamp(layout.state, stage)
+        if todo.clears(stage):
+            stages.clear_outputs(stage, exp, manifest)
         cmd = commands[stage]
         res = getattr(exp.cfg.slurm, stage)
         head = [f"--job-name={exp.cfg.name}-{stage}", *sbatch_resources(res, stage), *_dependency(jobs, stage)]
@@ -105,7 +123,10 @@ def submit(exp: Experiment, echo: Print = print) -> dict[str, str]:
             jobs[stage] = sbatch(args, cwd=REPO)
         if cmd.array:
             record_submission(stages.array_output(stage, exp), jobs[stage], list(range(n)))
-        echo(f"  {stage:9s} job {jobs[stage]}" + (f" (array of {n})" if cmd.array else ""))
+        # stamped by `pipeline status` when it sees this job finished (status.promote_pending)
+        stamps.write_pending(layout.state, todo.current[stage], jobs[stage])
+        echo(f"  {stage:9s} job {jobs[stage]}" + (f" (array of {n})" if cmd.array else "") +
+             (f": {todo.why[stage]}" if todo.why[stage] != stamps.NOT_FINISHED else ""))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "slurm", "jobs": jobs})
     return jobs
 
@@ -138,7 +159,10 @@ STOP_GRACE_S = 120.0  # a stage still running this long after SIGTERM is killed
 
 def _run_module(argv: list[str], log: Path) -> None:
     with open(log, "a") as f:
-        f.write(f"$ python -m {' '.join(argv)}\n")
+        # Logs are appended across runs (an earlier failure stays readable); a failure shows this run's part only.
+        this_run = f.tell()
+        f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} run by pid {os.getpid()} ===\n"
+                f"$ python -m {' '.join(argv)}\n")
         f.flush()
         with _children_lock:
             if _stopping.is_set():
@@ -155,7 +179,9 @@ def _run_module(argv: list[str], log: Path) -> None:
             with _children_lock:
                 _children.discard(proc)
     if returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
+        with open(log, "rb") as f:
+            f.seek(this_run)
+            tail = "\n".join(f.read().decode(errors="replace").splitlines()[-15:])
         raise CamnetError(f"{argv[0]} {argv[1]} exited with status {returncode}; log {log}:\n{tail}")
 
 
@@ -183,14 +209,33 @@ def _save_timing(layout: Layout, run: StageRun, start: float) -> None:
     write_json_atomic(layout.timings, data)
 
 
-def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list[StageRun]:
-    """Every stage in order as subprocesses (the commands the SLURM jobs run); finished stages are skipped."""
+def _save_running(layout: Layout, stage: str, start: float, logs: str) -> None:
+    """While a local stage runs, `pipeline status` shows it running, for how long and where its log is; the runner's
+    host and pid tell an interrupted run (its process gone) from a running one."""
+    data = read_json_object(layout.timings)
+    data[stage] = {"status": "running", "start": start, "host": socket.gethostname(), "pid": os.getpid(),
+                   "logs": logs}
+    write_json_atomic(layout.timings, data)
+
+
+def log_names(log: Path, array: bool, n: int) -> str:
+    """The log files a stage writes, as they are named on disk: one per task for an array stage."""
+    if not array:
+        return str(log)
+    first = log.with_name(f"{log.stem}_0.log")
+    return str(first) if n == 1 else f"{first} .. {log.stem}_{n - 1}.log (one per slide)"
+
+
+def run_local(exp: Experiment, echo: Print = print, force: bool | list[str] | None = False) -> list[StageRun]:
+    """Every stage in order as subprocesses (the commands the SLURM jobs run). A stage runs when it is forced,
+    unfinished, stale (its stamp differs: see stamps.py) or below a stage that runs; the others are skipped."""
     _stopping.clear()
     layout = Layout(exp.out)
     manifest = stages.write_manifests(exp)
     write_text_atomic(layout.resolved, resolved_yaml(exp))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "local", "jobs": {}})
     commands = stages.commands(exp, manifest)
+    todo = _plan(exp, manifest, commands, force)
     n = len(manifest.entries)
     runs: list[StageRun] = []
     for i, stage in enumerate(STAGES, 1):
@@ -198,15 +243,19 @@ def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list
         if not stages.enabled(stage, exp):
             echo(f"{head} disabled")
             continue
-        # the report shows the other stages' timings: it is always rewritten, last
-        if stage != "report" and not force and stages.finished(stage, exp, manifest):
+        if not todo.runs(stage):
             echo(f"{head} finished before, skipped")
             runs.append(StageRun(stage, "skipped", 0.0))
             continue
+        # a stamp names the outputs on disk: it goes before they change, and comes back only when they are done
+        stamps.remove_stamp(layout.state, stage)
+        if todo.clears(stage):
+            stages.clear_outputs(stage, exp, manifest)
         log = layout.logs / f"{stage}.log"
-        shown = log.with_name(f"{stage}_<i>.log") if commands[stage].array else log  # array logs: one per task
-        echo(f"{head} running (log {shown})")
+        shown = log_names(log, commands[stage].array, n)
+        echo(f"{head} running, {todo.why[stage]} (log {shown})")
         start = time.time()
+        _save_running(layout, stage, start, shown)
         try:
             if commands[stage].array:
                 # heatmap tasks each load the model (and on a workstation share its one GPU): one at a time
@@ -217,6 +266,7 @@ def run_local(exp: Experiment, echo: Print = print, force: bool = False) -> list
         except CamnetError:
             _save_timing(layout, StageRun(stage, "failed", time.time() - start), start)
             raise
+        stamps.write_stamp(layout.state, todo.current[stage])
         runs.append(StageRun(stage, "done", time.time() - start))
         _save_timing(layout, runs[-1], start)
         echo(f"{head} done in {runs[-1].seconds:.0f} s" + (f": {layout.report}" if stage == "report" else ""))

@@ -69,11 +69,14 @@ def evaluation_summary(path: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class SlideView:
     slide: str
-    heatmap_png: bytes | None
-    mask_png: bytes | None
+    heatmap_png: bytes | None  # the heatmap stage's own picture: shown when `figure_png` cannot be drawn
+    figure_png: bytes | None  # probabilities over tissue, annotation as a contour (`report_figures`)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     colour_shift: float | None = None
     tumour_share: float | None = None
+    annotated: bool | None = None  # the manifest gave the slide an annotation file (None: unknown)
+    contour: bool = False  # figure_png shows annotated tumour
+    geojson: str | None = None  # the slide's GeoJSON relative to the report's folder, when it exists
 
 
 @dataclass(frozen=True)
@@ -191,29 +194,25 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return []
 
 
-def mask_png(store: Path) -> bytes | None:
-    """The store's tissue (grey) and annotated tumour (red) thumbnails as one PNG."""
-    from PIL import Image
-
+def store_masks(store: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The store's tissue and annotated-tumour thumbnails (None where absent or the store is unfinished)."""
     from layer1_patches.store import PatchStore, is_complete
 
     if not is_complete(store):
-        return None
+        return None, None
     with PatchStore(store) as s:
         names = s.mask_names()
-        if "tissue" not in names:
-            return None
-        tissue = s.mask("tissue") > 0
-        tumour = s.mask("tumour") > 0 if "tumour" in names else np.zeros_like(tissue)
-    if tumour.shape != tissue.shape:
-        size = (tissue.shape[1], tissue.shape[0])
-        tumour = np.asarray(Image.fromarray(tumour.astype(np.uint8) * 255).resize(size)) > 0
-    rgb = np.full((*tissue.shape, 3), 255, np.uint8)
-    rgb[tissue] = (200, 200, 200)
-    rgb[tumour] = (220, 30, 30)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()
+        return (s.mask("tissue") if "tissue" in names else None, s.mask("tumour") if "tumour" in names else None)
+
+
+def read_png(path: Path) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGBA"))
+    except (OSError, ValueError):
+        return None
 
 
 def versions() -> dict[str, str]:
@@ -264,8 +263,19 @@ def cohort_rows(exp: Experiment, index: dict[str, Any], evaluate_rows: list[dict
                      "normal_patches": ix.get("n_normal"), "rejects": store_rejects(layout.patches / f"{stem}.h5"),
                      "heatmap_patches": hm.get("patches"),
                      "slide_score": hm.get("slide_score"), "tumour_area_mm2": hm.get("tumour_area_mm2"),
-                     "pixel_auc": ev.get("pixel_auc") or None, "dice": ev.get("dice") or None})
+                     **annotation_metrics(bool(entry.annotation), ev)})
     return rows
+
+
+NO_ANNOTATION = "no annotation"
+
+
+def annotation_metrics(annotated: bool, ev: dict[str, str]) -> dict[str, Any]:
+    """Pixel AUC and Dice of a slide, or "no annotation": evaluate scores an unannotated slide against an empty
+    mask, whose Dice is 0 for any prediction and says nothing about the model."""
+    if not annotated:
+        return {"pixel_auc": NO_ANNOTATION, "dice": NO_ANNOTATION}
+    return {"pixel_auc": ev.get("pixel_auc") or None, "dice": ev.get("dice") or None}
 
 
 def evaluation_plots(folder: Path, summary: dict[str, Any]) -> dict[str, bytes]:
@@ -277,13 +287,29 @@ def evaluation_plots(folder: Path, summary: dict[str, Any]) -> dict[str, bytes]:
     return {f"evaluate/{Path(str(n)).name}": data for n in names if (data := _bytes(folder / Path(str(n)).name))}
 
 
-def slide_view(layout: Layout, slide: Path, store: Path) -> SlideView:
-    from layer3_inference.outputs import final_dir
+def colormap(exp: Experiment) -> str:
+    heatmap = exp.layers.get("heatmap")
+    return str(getattr(getattr(heatmap, "output", None), "colormap", "viridis"))
 
+
+def slide_view(exp: Experiment, slide: Path, store: Path, annotated: bool) -> SlideView:
+    import os
+
+    from layer3_inference.outputs import final_dir
+    from layer3_inference.pipeline.report_figures import slide_figure
+
+    layout = Layout(exp.out)
     folder = final_dir(layout.heatmaps, slide)
     hm = contract(HeatmapSummary, folder / "summary.json")
-    return SlideView(slide_label(slide), _bytes(folder / "heatmap.png"), mask_png(store),
-                     list(hm.get("warnings") or []), hm.get("colour_shift"), hm.get("tumour_share"))
+    overlay = read_png(folder / "overlay.png")
+    tissue, tumour = store_masks(store)
+    contour = annotated and tumour is not None and bool(tumour.any())
+    figure = None if overlay is None else slide_figure(overlay, tissue, tumour if contour else None, colormap(exp))
+    geojson = folder / f"{slide_label(slide)}.geojson"
+    # relative, so the link works wherever the experiment folder is copied or opened from
+    link = os.path.relpath(geojson, layout.report.parent) if geojson.is_file() else None
+    return SlideView(slide_label(slide), _bytes(folder / "heatmap.png"), figure, list(hm.get("warnings") or []),
+                     hm.get("colour_shift"), hm.get("tumour_share"), annotated, contour, link)
 
 
 def collect(exp: Experiment) -> ReportData:
@@ -301,7 +327,7 @@ def collect(exp: Experiment) -> ReportData:
     manifest = stages.load_manifest(exp)
     views = []
     if manifest is not None:
-        views = [slide_view(layout, Path(entry.slide), store)
+        views = [slide_view(exp, Path(entry.slide), store, bool(entry.annotation))
                  for entry, store in zip(manifest.entries, stages.stores(exp, manifest), strict=True)]
     explain = read_json_object(layout.explain / "summary.json") or None
     panels = [(p.stem, p.read_bytes()) for p in sorted((layout.explain / "panels").glob("*.png"))[:MAX_PANELS]]

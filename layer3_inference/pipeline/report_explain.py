@@ -16,6 +16,7 @@ from layer3_inference.pipeline.report_html import esc, img, table
 
 OLD = "unverified (older output)"
 DEFAULT_MIN_LOGIT_STD = 1e-3  # explain's own default, for a sanity.json that does not record it
+DEFAULT_ALPHA = 0.05  # rcv.alpha_level's default, for a summary without its config
 RCV_COLS = ["layer", "concept", "r2_heldout", "r2_label_baseline", "tcav", "tcav_std", "tcav_random_mean",
             "tcav_random_std", "p_value", "p_adjusted", "significant", "status", "reason"]
 RCV_LEGEND = ("status: <b>significant</b>: the concept's TCAV differs from random directions' after Bonferroni "
@@ -134,6 +135,39 @@ def sanity_block(view: SanityView) -> str:
     return "".join(parts)
 
 
+def rcv_test(rows: list[dict[str, Any]], config: dict[str, Any]) -> tuple[float, int]:
+    """(alpha, number of tests): the level explain used and the p-values Bonferroni multiplied by (the defined
+    ones, as `rcv.bonferroni` counts them)."""
+    alpha = _number(mapping(mapping(config).get("rcv")).get("alpha_level")) or DEFAULT_ALPHA
+    return alpha, sum(1 for r in rows if _number(r.get("p_value")) is not None)
+
+
+def significance(row: dict[str, Any], alpha: float, tests: int) -> str:
+    """The `significant` cell in words: the raw p against alpha / N, not a bare True or False."""
+    p = _number(row.get("p_value"))
+    if row.get("significant") is None or p is None or tests == 0:
+        return "no test (undefined)"
+    below = p < alpha / tests
+    text = f"p {p:.2g} {'<' if below else '>='} {alpha:g}/{tests} = {alpha / tests:.2g}"
+    if row.get("significant") is True:
+        return f"yes: {text}"
+    # a small p that is still "no": the concept failed the R^2 condition, which the status names
+    why = row.get("reason") or row.get("status") or "see reason"
+    return f"no: {text}, but {why}" if below else f"no: {text}"
+
+
+def rcv_block(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    alpha, tests = rcv_test(rows, config)
+    test = (f'<p id="rcv-test">Each concept\'s TCAV scores (bootstrap refits) are compared with those of random '
+            f"directions (refits on permuted concept values) by a two-sided test; with {tests} tests (layer and "
+            f"concept pairs) the Bonferroni correction calls one significant when p &lt; {alpha:g}/{tests} = "
+            f"{alpha / max(tests, 1):.2g} (p_adjusted = p &times; {tests} &lt; {alpha:g}), and only if the layer "
+            "encodes the concept better than the class label does (a \"no\" can come from either).</p>")
+    shown_rows = [{**r, "significant": significance(r, alpha, tests)} for r in rows]
+    return (f"<h3>Regression concept vectors</h3><p>{RCV_LEGEND}</p>{test}"
+            f"<div class='wide'>{table('rcv', RCV_COLS, shown_rows)}</div>")
+
+
 def explain_section(d: ReportData) -> str:
     if d.explain_summary is None:
         return "<h2>Interpretability</h2><p><em>no explain outputs (disabled, failed or not run)</em></p>"
@@ -142,14 +176,14 @@ def explain_section(d: ReportData) -> str:
     if view is not None:
         parts.append(sanity_block(view))
     if d.panels:
-        parts.append("<h3>Grad-CAM / Grad-CAM++ / LIME panels</h3><div class='grid'>")
-        parts += [f"<figure>{img(data, name, 560)}<figcaption>{esc(name)}</figcaption></figure>"
+        # one panel per row, the page's full width: side by side, a map of 64 px patches was too small to read
+        parts.append("<h3>Grad-CAM / Grad-CAM++ / LIME panels</h3><div class='panels'>")
+        parts += [f"<figure>{img(data, name)}<figcaption>{esc(name)}</figcaption></figure>"
                   for name, data in d.panels]
         parts.append("</div>")
     rcv = [r for r in d.explain_summary.get("rcv") or [] if isinstance(r, dict)]
     if rcv:
-        parts.append(f"<h3>Regression concept vectors</h3><p>{RCV_LEGEND}</p>")
-        parts.append(table("rcv", RCV_COLS, rcv))
+        parts.append(rcv_block(rcv, mapping(d.explain_summary.get("config"))))
     parts.append('<div class="grid">' + "".join(img(d.images.get(k), k, 480) for k in ("r2_by_layer", "tcav_vs_random")
                                                  if k in d.images) + "</div>")
     return "".join(parts)

@@ -46,35 +46,64 @@ def img(data: bytes | None, alt: str, width: int | None = None) -> str:
     return f'<img alt="{esc(alt)}"{size} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], width: int = 420, height: int = 240) -> str:
-    """An inline SVG line chart (no plotting library needed to read the report)."""
+def ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About `count` round tick values covering [lo, hi] (1, 2 or 5 times a power of ten apart)."""
+    span = hi - lo
+    if span <= 0 or not math.isfinite(span):
+        return [lo]
+    raw = span / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+AXIS_FONT = 13  # px: no text of the report below ~12 px
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], width: int = 520, height: int = 300,
+               y_label: str = "") -> str:
+    """An inline SVG line chart with ticks and axis labels; the legend sits right of the plot, never on a line
+    (no plotting library needed to read the report)."""
     points = [p for s in series.values() for p in s if math.isfinite(p[1])]
     if not points:
         return ""
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-6)
-    pad, colours = 40, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    yt = ticks(y0, y1)
+    y0, y1 = min(y0, yt[0]), max(y1, yt[-1])
+    left, right, top, bottom = 64, 110, 30, 50  # room for tick labels, the legend and the axis titles
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    pw, ph = width - left - right, height - top - bottom
 
-    def xy(x: float, y: float) -> str:
-        px = pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
-        py = height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
-        return f"{px:.1f},{py:.1f}"
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{esc(title)}</text>',
-             f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" '
-             'stroke="#999"/>',
-             f'<text x="{pad}" y="{height - pad + 14}" font-size="10">{x0:g}</text>',
-             f'<text x="{width - pad}" y="{height - pad + 14}" font-size="10" text-anchor="end">epoch {x1:g}</text>',
-             f'<text x="{pad - 4}" y="{height - pad}" font-size="10" text-anchor="end">{y0:.3g}</text>',
-             f'<text x="{pad - 4}" y="{pad + 8}" font-size="10" text-anchor="end">{y1:.3g}</text>']
+    def py(y: float) -> float:
+        return top + ph - (y - y0) / (y1 - y0) * ph
+
+    f = f'font-size="{AXIS_FONT}"'
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+             f'role="img" aria-label="{esc(title)}">',
+             f'<text x="{left + pw / 2}" y="18" text-anchor="middle" font-size="15">{esc(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for x in [t for t in ticks(x0, x1, 6) if x0 <= t <= x1 and float(t).is_integer()] or [x0, x1]:
+        parts.append(f'<line class="xtick" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top + ph}" y2="{top + ph + 5}" '
+                     f'stroke="#666"/><text x="{px(x):.1f}" y="{top + ph + 19}" {f} text-anchor="middle">{x:g}</text>')
+    for y in yt:
+        parts.append(f'<line class="ytick" x1="{left - 5}" x2="{left + pw}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                     f'stroke="#e5e5e5"/><text x="{left - 8}" y="{py(y) + 4:.1f}" {f} text-anchor="end">{y:g}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 8}" {f} text-anchor="middle">epoch</text>')
+    if y_label:
+        parts.append(f'<text transform="translate(16 {top + ph / 2}) rotate(-90)" {f} text-anchor="middle">'
+                     f"{esc(y_label)}</text>")
     for i, (name, pts) in enumerate(series.items()):
         good = [p for p in pts if math.isfinite(p[1])]
         colour = colours[i % len(colours)]
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                     f'points="{" ".join(xy(x, y) for x, y in good)}"/>')
-        parts.append(f'<text x="{width - pad + 2}" y="{pad + 12 * (i + 1)}" font-size="10" fill="{colour}">'
+                     f'points="{" ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)}"/>')
+        parts.append(f'<text class="legend" x="{left + pw + 10}" y="{top + 14 + 18 * i}" {f} fill="{colour}">'
                      f'{esc(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)

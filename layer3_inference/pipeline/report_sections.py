@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layer3_inference.pipeline.collect import ReportData, SlideView, SourcedWarning
+from layer3_inference.pipeline.collect import NO_ANNOTATION, ReportData, SourcedWarning
 from layer3_inference.pipeline.report_html import esc, fmt, img, table
 
 SPLIT_MEANING = {
@@ -85,8 +85,16 @@ def froc_block(name: str, split: dict[str, Any]) -> str:
                  [{"fp_per_slide": k, "sensitivity": v} for k, v in sens.items()], split=name)
 
 
+def shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An evaluate row as shown: a slide evaluate found no annotation for (its `annotation` column is empty) has
+    no overlap figures, not a Dice of 0 against an empty mask."""
+    if "annotation" in row and not row["annotation"]:
+        return {**row, **{k: NO_ANNOTATION for k in ("pixel_auc", "dice", "iou")}}
+    return row
+
+
 def split_section(d: ReportData, name: str, split: dict[str, Any], headline: str) -> str:
-    rows = [r for r in d.evaluate_rows if (r.get("split") or "unknown") == name]
+    rows = [shown_row(r) for r in d.evaluate_rows if (r.get("split") or "unknown") == name]
     figures = [{"metric": k, "value": split.get(k)} for k in SUMMARY_KEYS if k in split]
     plots = "".join(img(d.images.get(f"evaluate/{Path(str(p)).name}"), f"{p} ({name} split)", 420)
                     for p in split.get("plots") or [])
@@ -116,7 +124,7 @@ def pooled_section(d: ReportData) -> str:
             "included (rerun evaluate with --index)</p>"
             + table("evaluate-summary", ["metric", "value"],
                     [{"metric": k, "value": ev.get(k)} for k in SUMMARY_KEYS if k in ev], split="unknown")
-            + table("evaluate", EVAL_COLS, d.evaluate_rows, split="unknown")
+            + table("evaluate", EVAL_COLS, [shown_row(r) for r in d.evaluate_rows], split="unknown")
             + "<h3>FROC (all slides)</h3>" + table("froc", ["fp_per_slide", "sensitivity"], froc, split="unknown")
             + f"<div class='grid'>{img(d.images.get('froc'), 'FROC', 420)}"
               f"{img(d.images.get('slide_roc'), 'slide ROC', 360)}</div></section>")
@@ -136,15 +144,3 @@ def evaluation_section(d: ReportData) -> str:
     headline = str(ev.get("headline_split") or "test")
     return head + headline_line(splits, headline) + "".join(
         split_section(d, name, splits[name], headline) for name in split_order(splits, headline))
-
-
-def slide_block(v: SlideView) -> str:
-    warnings = "".join(f'<li data-code="{esc(w.get("code"))}">{esc(w.get("message"))}</li>'
-                       for w in v.warnings if isinstance(w, dict))
-    facts = (f'<p id="slide-facts-{esc(v.slide)}">colour shift from training {esc(fmt(v.colour_shift))}; share of '
-             f"tissue called tumour {esc(fmt(v.tumour_share))}</p>"
-             if v.colour_shift is not None or v.tumour_share is not None else "")
-    box = f'<ul id="heatmap-warnings-{esc(v.slide)}" class="warnings">{warnings}</ul>' if warnings else ""
-    return (f"<h3>{esc(v.slide)}</h3>{box}{facts}<div class='grid'><figure>{img(v.heatmap_png, 'heatmap', 520)}"
-            f"<figcaption>tumour probability</figcaption></figure><figure>{img(v.mask_png, 'annotation', 260)}"
-            "<figcaption>tissue (grey) and annotated tumour (red)</figcaption></figure></div>")

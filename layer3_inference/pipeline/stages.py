@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from layer1_patches.extract import output_path
+from layer1_patches.shared.atomic import remove_inside
 from layer1_patches.shared.cohort import pair_annotations, require_slides
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.manifest import Manifest
+from layer1_patches.shared.typedconfig import to_dict
+from layer3_inference.pipeline import stamps
 from layer3_inference.pipeline.config import Experiment
 from layer3_inference.pipeline.layout import Layout, layer2_sets
 
@@ -164,3 +168,52 @@ def load_manifest(exp: Experiment) -> Manifest | None:
         return Manifest.load(Layout(exp.out).manifest)
     except CamnetError:
         return None
+
+
+# --- what each stage is made from (its stamp) and what it leaves behind ---
+
+
+def versions() -> dict[str, str]:
+    import layer1_patches
+    import layer2_training
+
+    return {"layer1_patches": layer1_patches.__version__, "layer2_training": layer2_training.__version__}
+
+
+def _stage_config(stage: str, exp: Experiment) -> dict[str, Any]:
+    if stage == "report":  # reads only what the other stages wrote, and always reruns
+        return {}
+    return stamps.config_part(stage, to_dict(getattr(exp.cfg, stage)), exp.layers.get(stage))
+
+
+def current_stamps(exp: Experiment, manifest: Manifest,
+                   commands: dict[str, StageCommand]) -> dict[str, stamps.Stamp]:
+    """The stamp every enabled stage would record if it ran now, in pipeline order."""
+    cohort = sorted([e.slide, e.annotation or ""] for e in manifest.entries)
+    current: dict[str, stamps.Stamp] = {}
+    for stage in STAGES:
+        if not enabled(stage, exp):
+            continue
+        parts = {"command": list(commands[stage].argv), "config": _stage_config(stage, exp),
+                 "version": versions(), **({"cohort": cohort} if stage in ARRAY_STAGES else {})}
+        current[stage] = stamps.make_stamp(stage, parts, current)
+    return current
+
+
+def stage_outputs(stage: str, exp: Experiment, manifest: Manifest) -> list[Path]:
+    """What a rerun of a stage from other inputs must remove first: each layer refuses (Layer 1, heatmap) or
+    resumes (Layer 2) an output made from something else."""
+    from layer3_inference.outputs import final_dir
+
+    layout = Layout(exp.out)
+    if stage == "layer1":
+        return stores(exp, manifest)
+    if stage == "heatmap":
+        return [final_dir(layout.heatmaps, Path(e.slide)) for e in manifest.entries]
+    return {"index": [layout.index], "layer2": [layout.run_dir], "evaluate": [layout.evaluate],
+            "explain": [layout.explain]}.get(stage, [])
+
+
+def clear_outputs(stage: str, exp: Experiment, manifest: Manifest) -> None:
+    for path in stage_outputs(stage, exp, manifest):
+        remove_inside(path, exp.out)

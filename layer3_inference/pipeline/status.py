@@ -8,10 +8,13 @@ When scontrol or squeue cannot be asked (slurmctld down, a timeout), an unfinish
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,8 @@ from typing import Any
 from layer1_patches.shared.atomic import read_json_object, write_json_atomic
 from layer1_patches.shared.manifest import Manifest
 from layer1_patches.shared.slurm import PURGED, cohort_status
-from layer3_inference.pipeline import stages
+from layer1_patches.shared.units import duration
+from layer3_inference.pipeline import stages, stamps
 from layer3_inference.pipeline.config import Experiment
 from layer3_inference.pipeline.layout import Layout
 from layer3_inference.pipeline.stages import STAGES
@@ -34,8 +38,13 @@ ARRAY_STATES = ("finished", "running", "pending", "failed", "missing", "unknown"
 class StageStatus:
     stage: str
     job: str
-    state: str  # finished, running, pending, failed, unknown, not submitted, not run, disabled
+    state: str  # finished, stale, running, pending, failed, unknown, not submitted, not run, disabled
     detail: str = ""
+    why: str = ""  # of a finished stage: why it is stale, or "no stamp" (finished by an older CamNet)
+
+    @property
+    def label(self) -> str:
+        return f"{self.state} ({self.why})" if self.why else self.state
 
 
 def read_jobs(layout: Layout) -> dict[str, Any]:
@@ -145,9 +154,13 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
         state, reason = job_summary(records)
         # a queued or running job is about to rewrite its outputs: those of an earlier run are not "finished"
         if state not in ("RUNNING", "PENDING", "CONFIGURING", "COMPLETING") and done:
+            if state == "COMPLETED" or (not records and not unknown):  # this job (or an earlier one) made them
+                promote_pending(layout.state, stage, job)
             result.append(StageStatus(stage, job, "finished", detail))
             continue
-        if local or not job:
+        if local and timings.get(stage, {}).get("status") == "running":
+            result.append(local_running(stage, timings[stage], detail, time.time()))
+        elif local or not job:
             failed = timings.get(stage, {}).get("status") == "failed"
             label = "failed" if failed else ("not run" if local else "not submitted")
             result.append(StageStatus(stage, job, label, detail))
@@ -164,7 +177,55 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
             result.append(StageStatus(stage, job, "unknown", "; ".join(filter(None, [detail, unknown]))))
         else:
             result.append(StageStatus(stage, job, "failed", "no outputs and SLURM no longer knows the job"))
-    return result
+    notes = _stamp_notes(exp, manifest, layout)  # after the loop: it may have promoted pending stamps
+    return [_noted(r, notes.get(r.stage, "")) if r.state == "finished" else r for r in result]
+
+
+def local_running(stage: str, timing: dict[str, Any], detail: str, now: float) -> StageStatus:
+    """A stage the local runner marked running: running while the runner's process lives, else interrupted."""
+    elapsed = duration(now - float(timing.get("start", now)))
+    logs = f"log {timing['logs']}" if timing.get("logs") else ""
+    if _alive(str(timing.get("host", "")), timing.get("pid")):
+        return StageStatus(stage, "", "running", "; ".join(filter(None, [f"for {elapsed}", detail, logs])))
+    return StageStatus(stage, "", "not run", "; ".join(filter(None, [
+        f"interrupted after {elapsed} (the runner, pid {timing.get('pid')}, is gone): rerun `pipeline run`",
+        detail, logs])))
+
+
+def _alive(host: str, pid: object) -> bool:
+    """Is the runner's process alive? Only answerable on its own host: elsewhere (a shared file system) assume so."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(str(pid)), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _stamp_notes(exp: Experiment, manifest: Manifest | None, layout: Layout) -> dict[str, str]:
+    """Stage -> why its outputs are stale ("" when current, "no stamp" when an older CamNet made them)."""
+    if manifest is None:
+        return {}
+    current = stages.current_stamps(exp, manifest, stages.commands(exp, manifest))
+    recorded = {s: stamps.read_stamp(layout.state, s) for s in current}
+    stale = stamps.stale_reasons(recorded, current)
+    return {s: "no stamp" if recorded[s] is None else stale.get(s, "") for s in current}
+
+
+def _noted(row: StageStatus, why: str) -> StageStatus:
+    return replace(row, state="finished" if why in ("", "no stamp") else "stale", why=why)
+
+
+def promote_pending(state_dir: Path, stage: str, job: str) -> None:
+    """A SLURM stage seen finished gets the stamp its submission recorded (see chain.submit). Only the pending
+    stamp of this very job: an older submission's never stamps the outputs of a newer one."""
+    pending = stamps.read_pending(state_dir, stage)
+    if pending is not None and pending[1] == job:
+        stamps.write_stamp(state_dir, pending[0])
+        stamps.remove_pending(state_dir, stage)
 
 
 def _read_timings(layout: Layout) -> dict[str, dict[str, Any]]:
@@ -194,7 +255,7 @@ def stage_timings(exp: Experiment) -> dict[str, dict[str, Any]]:
 def format_status(rows: list[StageStatus]) -> str:
     lines = [f"{'stage':9s} {'job':>8s}  {'state':13s} detail"]
     for r in rows:
-        lines.append(f"{r.stage:9s} {r.job or '-':>8s}  {r.state:13s} {r.detail}".rstrip())
+        lines.append(f"{r.stage:9s} {r.job or '-':>8s}  {r.label:13s} {r.detail}".rstrip())
     counts = Counter(r.state for r in rows)
     lines.append("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)

@@ -283,3 +283,40 @@ def test_index_command_verify_and_skip_bad(stores: Path, tmp_path: Path) -> None
     data = json.loads(out.read_text())
     assert len(data["entries"]) == 19 and [s["path"] for s in data["skipped"]] == [str(bad)]
     assert json.loads(proc.stdout)["skipped"] == 1
+
+
+def _one_class_val(folder: Path) -> tuple[Path, int]:
+    """Four patients, tumour in two; the seed whose split puts both tumour patients into train."""
+    from layer1_patches.index import patient_splits
+
+    folder.mkdir()
+    tumour = {"000", "001"}
+    for i in range(4):
+        p = f"{i:03d}"
+        _store(folder, f"patient_{p}_node_0", p, "0", tumour=3 if p in tumour else 0, normal=5)
+    seed = next(s for s in range(100)
+                if {v for k, v in patient_splits(["000", "001", "002", "003"], {"train": .5, "val": .5}, s).items()
+                    if k in tumour} == {"train"})
+    return folder, seed
+
+
+def test_split_without_tumour_is_a_warning_with_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder, seed = _one_class_val(tmp_path / "p")
+    index = build_index([folder], tmp_path / "i.json", "patient", {"train": 0.5, "val": 0.5}, seed=seed)
+    assert index.splits()["val"]["tumour"] == 0  # written all the same, as before
+    warned = [r.getMessage() for r in caplog.records if "split 'val'" in r.getMessage()]
+    assert len(warned) == 1 and "only patients 002, 003, without tumour patches" in warned[0]
+    assert "fewer splits (4 patients, 2 with tumour, for 2 splits)" in warned[0]
+    assert "patients with tumour into it (patients with tumour: 000 in train, 001 in train)" in warned[0]
+    suggested = int(warned[0].split("--seed ")[1].split()[0])
+    again = build_index([folder], tmp_path / "j.json", "patient", {"train": 0.5, "val": 0.5}, seed=suggested)
+    assert all(s["tumour"] and s["normal"] for s in again.splits().values())
+
+
+def test_require_both_classes_makes_the_split_error_name_the_fix(tmp_path: Path) -> None:
+    folder, seed = _one_class_val(tmp_path / "p")
+    out = tmp_path / "i.json"
+    proc = run_cli("index", "--inputs", str(folder), "--out", str(out), "--fractions", "train=0.5,val=0.5",
+                   "--seed", str(seed), "--require-both-classes")
+    assert_one_error(proc, "split 'val' has only patients 002, 003, without tumour patches", "--seed ", "not written")
+    assert not out.exists()

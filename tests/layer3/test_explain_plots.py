@@ -47,6 +47,23 @@ def test_panel_shows_the_patch_then_each_map_with_its_colour_limits(figures: lis
     assert clims == [(0.0, 4.0), (0.0, 1.0), (-3.0, 3.0)]  # CAM 0..max (1 when all zero), LIME symmetric
 
 
+def test_panels_were_each_on_their_own_scale_so_none_could_be_compared(figures: list[Any]) -> None:
+    """Regression (issue 16): each panel scaled its maps to its own maximum, so a patch whose Grad-CAM peaked at
+    0.1 looked exactly as hot as one peaking at 4. One scale per method across the selected patches now."""
+    weak, strong = np.full((8, 8), 0.1, np.float32), np.zeros((8, 8), np.float32)
+    strong[1, 1] = 4.0
+    lime_a, lime_b = np.full((8, 8), 0.5, np.float32), np.full((8, 8), -2.0, np.float32)
+    maps = [{"gradcam": weak, "lime": lime_a}, {"gradcam": strong, "lime": lime_b}]
+    scales = plots.shared_scales(maps)
+    assert scales == {"gradcam": 4.0, "lime": 2.0}  # by hand: max CAM 4.0, max |LIME| 2.0
+    for row in maps:
+        plots.panel(Path("p.png"), PATCH, row, "t", 50, scales)
+    for fig in figures:
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_images()[-1].get_clim() for ax in axes[1:]] == [(0.0, 4.0), (-2.0, 2.0)]
+        assert all(ax.title.get_fontsize() >= 12 for ax in axes)
+
+
 def test_panel_with_only_some_maps(figures: list[Any]) -> None:
     plots.panel(Path("p.png"), PATCH, {"lime": np.zeros((8, 8))}, "t", 50)
     titles = [ax.get_title() for ax in figures[0].axes if ax.get_title()]

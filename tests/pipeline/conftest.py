@@ -23,6 +23,11 @@ def run_pipeline(args: list[str], env: dict[str, str] | None = None, timeout: fl
 
 
 def write_experiment(path: Path, **keys: Any) -> Path:
+    """An experiment YAML at `path`; a layer `config` given repo-relative (configs/...) is written absolute, since
+    an experiment file's relative paths are relative to its own folder (a tmp dir here)."""
+    for ref in keys.values():
+        if isinstance(ref, dict) and str(ref.get("config", "")).startswith("configs/"):
+            ref["config"] = str(REPO / ref["config"])
     path.write_text(yaml.safe_dump(keys, sort_keys=False))
     return path
 

@@ -90,6 +90,6 @@ def test_whole_chain_on_slurm_report_numbers(slurm_cluster: SlurmCluster, tmp_pa
         assert float(cohort[slide]["dice"]) == pytest.approx(float(evaluated[slide]["dice"]), abs=1e-4)
     stages = {r["stage"]: r for r in tables["stages"]}
     assert all(stages[s]["state"] == "finished" for s in jobs if s != "report")
-    assert all(stages[s]["seconds"] != "-" for s in jobs if s != "report")
+    assert all(stages[s]["time"] != "-" for s in jobs if s != "report")
     assert (out / "explain" / "summary.json").is_file() and "Regression concept vectors" in (
         out / "report" / "index.html").read_text()

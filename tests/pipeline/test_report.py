@@ -86,14 +86,14 @@ def test_report_shows_the_numbers_of_the_outputs(computed: Path) -> None:
     assert texts["slide-count"] == "3 slides"
     cohort = {r["slide"]: r for r in tables["cohort"]}
     assert cohort["patient_000_node_0"]["tumour_patches"] == "120" and cohort["normal_9"]["split"] == "val"
-    assert cohort["patient_000_node_0"]["dice"] == "0.8123" and cohort["patient_001_node_0"]["dice"] == "-"
+    assert cohort["patient_000_node_0"]["dice"] == "0.8123" and cohort["patient_001_node_0"]["dice"] == "no annotation"
     assert cohort["patient_001_node_0"]["slide_score"] == "0.9100"
     splits = {r["split"]: r for r in tables["splits"]}
     assert splits["all"] == {"split": "all", "slides": "3", "patients": "3", "tumour": "200", "normal": "440"}
     assert tables["metrics"][0]["auc"] == "0.9412"
     assert {r["fp_per_slide"]: r["sensitivity"] for r in tables["froc"]} == {"0.2500": "0.5000", "8": "1.0000"}
     stages = {r["stage"]: r for r in tables["stages"]}
-    assert stages["layer1"]["seconds"] == "12.5000" and stages["explain"]["state"] == "disabled"
+    assert stages["layer1"]["time"] == "12 s" and stages["explain"]["state"] == "disabled"
     assert stages["index"]["state"] == "finished" and stages["layer1"]["state"] == "not run"
     html = path.read_text()
     assert "<svg" in html and "val_auc" in html  # training curves
@@ -344,3 +344,61 @@ def test_collect_reads_per_split_evaluation_and_every_warning(computed: Path) ->
     assert (view.colour_shift, view.tumour_share) == (9.5, 0.9)
     assert [r["slide"] for r in parse_report(render(data)).tables["evaluate-test"]] == ["patient_001_node_0"]
 
+
+
+# --- issue 16, point 10: the report a researcher reads ------------------------------------------------------
+
+
+def test_the_finished_report_said_its_own_stage_was_running() -> None:
+    from layer3_inference.pipeline.status import StageStatus
+
+    data = report_data(status=[StageStatus("evaluate", "11", "finished"), StageStatus("report", "12", "running")],
+                       generated="2026-01-02 03:04:05")
+    parsed = parse_report(render(data))
+    stages = {r["stage"]: r for r in parsed.tables["stages"]}
+    assert stages["report"]["state"] == "finished" and "this report" in stages["report"]["detail"]
+    assert not any(r["state"] == "running" for r in parsed.tables["stages"])
+
+
+def test_stage_times_were_shown_as_seconds_with_four_decimals() -> None:
+    from layer3_inference.pipeline.status import StageStatus
+
+    data = report_data(status=[StageStatus(s, "", "finished") for s in ("index", "layer2", "heatmap")],
+                       timings={"index": {"seconds": 21.0}, "layer2": {"seconds": 200.0},
+                                "heatmap": {"seconds": 7384.0}})
+    stages = {r["stage"]: r["time"] for r in parse_report(render(data)).tables["stages"]}
+    assert stages == {"index": "21 s", "layer2": "3 min 20 s", "heatmap": "2 h 3 min"}
+
+
+def test_p_0053_was_shown_as_significant_false_without_explanation() -> None:
+    rows = [{"layer": f"l{i}", "concept": "c", "p_value": 0.0053 if i == 0 else 0.5, "p_adjusted": min(1, 12 * (
+        0.0053 if i == 0 else 0.5)), "significant": False, "status": "not significant"} for i in range(12)]
+    rows.append({"layer": "l0", "concept": "d", "p_value": 1e-5, "p_adjusted": 1.3e-4, "significant": True,
+                 "status": "significant"})
+    parsed = parse_report(render(report_data(explain_summary={"rcv": rows, "config": {"rcv": {"alpha_level": 0.1}}})))
+    assert "13 tests" in parsed.texts["rcv-test"] and "Bonferroni" in parsed.texts["rcv-test"]
+    assert "two-sided test" in parsed.texts["rcv-test"] and "0.1/13 = 0.0077" in parsed.texts["rcv-test"]
+    cells = {(r["layer"], r["concept"]): r["significant"] for r in parsed.tables["rcv"]}
+    assert cells[("l0", "c")] == "no: p 0.0053 < 0.1/13 = 0.0077, but not significant"
+    assert cells[("l1", "c")] == "no: p 0.5 >= 0.1/13 = 0.0077" and cells[("l0", "d")].startswith("yes: p 1e-05 <")
+
+
+def test_resolved_configs_are_collapsed() -> None:
+    page = render(report_data(configs={"experiment": "name: t\n", "layer2": "epochs: 2\n"}))
+    assert '<details class="config" id="config-experiment"><summary>experiment</summary><pre>name: t' in page
+    assert page.count("<details") == 2 and "<pre>epochs: 2" in page
+
+
+def test_training_curves_have_ticks_labels_and_a_legend_off_the_lines() -> None:
+    import re
+
+    svg = line_chart("loss", {"loss": [(1, 0.7), (2, 0.5), (3, 0.4)], "val_loss": [(1, 0.6), (2, 0.3), (3, 0.35)]},
+                     y_label="loss")
+    assert svg.count('class="xtick"') == 3 and svg.count('class="ytick"') >= 4 and ">epoch</text>" in svg
+    assert "rotate(-90)" in svg  # the y axis says what it shows
+    assert min(int(s) for s in re.findall(r'font-size="(\d+)"', svg)) >= 12
+    plot = re.search(r'<rect x="(\d+)" y="\d+" width="(\d+)"', svg)
+    assert plot is not None
+    right = int(plot.group(1)) + int(plot.group(2))
+    legend_x = [float(x) for x in re.findall(r'<text class="legend" x="([\d.]+)"', svg)]
+    assert len(legend_x) == 2 and min(legend_x) > right  # beside the plot, never over a line

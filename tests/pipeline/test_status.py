@@ -209,3 +209,95 @@ def test_unreachable_slurm_makes_unfinished_stages_unknown_not_failed(tmp_path: 
     rows = {r.stage: r for r in stage_status(exp)}
     assert (rows["layer1"].state, rows["index"].state) == ("failed", "failed")
     assert rows["layer1"].detail == "no outputs and SLURM no longer knows the job"
+
+
+def _finished_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **index: object) -> Path:
+    """An experiment the local runner finished, with every stage stubbed (tests/pipeline/fakestages.py)."""
+    from layer1_patches.synth import write_cohort
+    from layer3_inference.pipeline import chain
+
+    from .fakestages import FakeStages
+
+    slides = tmp_path / "slides"
+    if not slides.is_dir():
+        write_cohort(slides, 2, 512, seed=7, tumour_fraction=0.3)
+    cfg = write_experiment(tmp_path / "exp.yaml", name="st", slides=[str(slides)], annotations=str(slides),
+                           out=str(tmp_path / "out"), index={"fractions": {"train": 0.5, "val": 0.5}, **index},
+                           layer2={"config": "configs/layer2/mobilenetv2_cpu.yaml", "overrides": ["epochs=1"]})
+    monkeypatch.setattr(chain, "_run_module", FakeStages())
+    return cfg
+
+
+def test_status_names_why_a_stage_is_stale_and_the_stages_below_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from layer3_inference.pipeline import chain
+
+    cfg = _finished_experiment(tmp_path, monkeypatch)
+    chain.run_local(load_experiment(cfg), echo=lambda _: None)
+    assert {r.label for r in stage_status(load_experiment(cfg))} == {"finished"}
+    cfg = _finished_experiment(tmp_path, monkeypatch, seed=3)
+    rows = {r.stage: r for r in stage_status(load_experiment(cfg))}
+    assert rows["layer1"].label == "finished" and rows["index"].label == "stale (index.seed changed)"
+    assert {rows[s].label for s in stages.STAGES[2:]} == {"stale (upstream index changed)"}
+    line = next(x for x in format_status(list(rows.values())).splitlines() if x.startswith("index "))
+    assert line.split()[1:] == ["-", "stale", "(index.seed", "changed)"]
+
+
+def test_status_of_stages_finished_without_stamp_and_of_a_completed_slurm_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layer3_inference.pipeline import chain, stamps, status
+
+    cfg = _finished_experiment(tmp_path, monkeypatch)
+    chain.run_local(load_experiment(cfg), echo=lambda _: None)
+    state = Layout(tmp_path / "out").state
+    index = stamps.read_stamp(state, "index")
+    assert index is not None
+    for stage in stages.STAGES:
+        stamps.remove_stamp(state, stage)
+    rows = {r.stage: r for r in stage_status(load_experiment(cfg))}
+    assert {r.label for r in rows.values()} == {"finished (no stamp)"}  # an older CamNet's: current, resumable
+    # SLURM: the submission's pending stamp becomes the stage's stamp when status sees its very job completed
+    write_json_atomic(Layout(tmp_path / "out").jobs, {"mode": "slurm", "jobs": {"index": "42", "layer2": "43"}})
+    stamps.write_pending(state, index, "42")
+    stamps.write_pending(state, index, "41")  # an earlier submission's: replaced, never stamps the outputs
+    stamps.write_pending(state, index, "42")
+    done = [{"JobId": "42", "JobState": "COMPLETED"}]
+    monkeypatch.setattr(status, "scontrol_records", lambda job: (done if job == "42" else [], ""))
+    rows = {r.stage: r for r in stage_status(load_experiment(cfg))}
+    assert rows["index"].label == "finished" and rows["layer2"].label == "finished (no stamp)"
+    recorded = stamps.read_stamp(state, "index")
+    assert recorded is not None and recorded.hash == index.hash and stamps.read_pending(state, "index") is None
+    stamps.remove_stamp(state, "index")
+    stamps.write_pending(state, index, "41")  # the job of another submission: not this stage's outputs
+    assert {r.stage: r for r in stage_status(load_experiment(cfg))}["index"].label == "finished (no stamp)"
+
+
+def test_a_running_local_stage_was_shown_as_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 16): `pipeline status` during a local run showed the running stage as `not run`."""
+    import socket
+    import time
+
+    from layer3_inference.pipeline import chain, status
+
+    from .fakestages import FakeStages
+
+    seen: list[StageStatus] = []
+    cfg = _finished_experiment(tmp_path, monkeypatch)
+
+    def look_while_running(argv: list[str], log: Path) -> None:
+        if argv[:2] == ["layer2_training", "train"]:  # status asked from another shell while Layer 2 runs
+            seen.extend(r for r in stage_status(load_experiment(cfg)) if r.stage == "layer2")
+        FakeStages.__call__(fake, argv, log)
+
+    fake = FakeStages()
+    monkeypatch.setattr(chain, "_run_module", look_while_running)
+    chain.run_local(load_experiment(cfg), echo=lambda _: None)
+    assert [r.state for r in seen] == ["running"]
+    assert seen[0].detail.startswith("for 0.") and f"log {tmp_path / 'out' / 'pipeline' / 'logs'}" in seen[0].detail
+    # a runner that died (its pid gone on this host) left the stage interrupted, not running
+    timing = {"status": "running", "start": time.time() - 200, "host": socket.gethostname(), "pid": 2**22 + 7,
+              "logs": "x.log"}
+    row = status.local_running("layer2", timing, "", time.time())
+    assert row.state == "not run" and row.detail.startswith("interrupted after 3 min 20 s")
+    alive = status.local_running("layer2", {**timing, "pid": os.getpid()}, "", time.time())
+    assert alive.state == "running" and alive.detail == "for 3 min 20 s; log x.log"

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from layer1_patches.config import Layer1Config, load_layer1_config
 from layer1_patches.shared.errors import ConfigError
-from layer1_patches.shared.typedconfig import apply_overrides, config_hash, from_mapping
+from layer1_patches.shared.sources import anchor_paths, path_keys
+from layer1_patches.shared.typedconfig import apply_overrides, bounded, config_hash, from_mapping
 
 from ..conftest import REPO
 
@@ -75,3 +77,53 @@ def test_hash_changes_with_any_value() -> None:
     b = from_mapping(Layer1Config, {"sampling": {"seed": 1}})
     assert config_hash(a) == config_hash(from_mapping(Layer1Config, {}))
     assert config_hash(a) != config_hash(b)
+
+
+def test_bad_set_value_is_reported_against_the_command_line_not_the_file(tmp_path: Path) -> None:
+    """Regression: `--set patch_size=big` was reported as `random.yaml: config key 'patch_size': ...`."""
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("patch_size: 64\nresolution: {mpp: 0.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_layer1_config(cfg, ["patch_size=big"])
+    assert str(err.value) == "--set patch_size: config key 'patch_size': expected an integer, got 'big'"
+    cfg.write_text("patch_size: big\nresolution: {mpp: 0.5}\n")  # the file's own bad value still names the file
+    with pytest.raises(ConfigError, match=f"^{cfg}: config key 'patch_size': expected an integer"):
+        load_layer1_config(cfg, ["sampling.seed=1"])
+
+
+def test_plus_equals_appends_to_a_list_instead_of_replacing_it() -> None:
+    given: set[str] = set()
+    data = apply_overrides({"annotation": {"tumour_groups": ["A"]}},
+                           ["annotation.tumour_groups+=[B, C]", "annotation.tumour_groups+=D"], Layer1Config, given)
+    assert data["annotation"]["tumour_groups"] == ["A", "B", "C", "D"]
+    assert given == {"annotation.tumour_groups[1]", "annotation.tumour_groups[2]", "annotation.tumour_groups[3]"}
+    # a key the file does not set grows from its default, not from nothing
+    data = apply_overrides({}, ["annotation.exclude_groups+=Other"], Layer1Config)
+    assert data["annotation"]["exclude_groups"] == [*Layer1Config().annotation.exclude_groups, "Other"]
+
+
+@pytest.mark.parametrize("data", [{}, {"patch_size": 64}])
+def test_plus_equals_on_a_non_list_key_is_an_error_naming_the_key(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"^--set 'patch_size\+=8': config key 'patch_size' is not a list"):
+        apply_overrides(data, ["patch_size+=8"], Layer1Config)
+
+
+@dataclass(frozen=True)
+class _Inner:
+    table: str | None = bounded(None, doc="a file", path=True)
+    name: str = bounded("x", doc="not a path")
+
+
+@dataclass(frozen=True)
+class _Outer:
+    files: list[str] = bounded([], doc="files", path=True)
+    inner: _Inner | None = bounded(_Inner(), doc="a section")
+
+
+def test_path_fields_are_listed_and_anchored_to_the_given_folder(tmp_path: Path) -> None:
+    assert path_keys(_Outer) == ["files", "inner.table"]
+    data: dict[str, object] = {"files": ["a.svs", "/abs/b.svs", "../c.svs"], "inner": {"table": "t.csv", "name": "n"}}
+    anchored = anchor_paths(data, path_keys(_Outer), tmp_path / "cfg")
+    assert data == {"files": [str(tmp_path / "cfg" / "a.svs"), "/abs/b.svs", str(tmp_path / "c.svs")],
+                    "inner": {"table": str(tmp_path / "cfg" / "t.csv"), "name": "n"}}
+    assert anchored == ["files", "inner.table"]

@@ -183,3 +183,16 @@ def test_cli_writes_cohort_and_rejects_bad_size(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "100" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_slides_per_patient_numbers_patients(tmp_path: Path) -> None:
+    assert [slide_name(i) for i in range(3)] == ["patient_000_node_0", "patient_000_node_1", "patient_001_node_0"]
+    assert [slide_name(i, 3) for i in (2, 3)] == ["patient_000_node_2", "patient_001_node_0"]
+    done = run_cli("synth", "--out", str(tmp_path), "--n-slides", "2", "--size", "512", "--slides-per-patient", "1")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["patient_000_node_0.tif", "patient_001_node_0.tif"]
+    shown = " ".join(run_cli("synth", "--help").stdout.split())
+    assert "Slide i is patient i // P, node i % P" in shown and "--slides-per-patient" in shown
+    bad = run_cli("synth", "--out", str(tmp_path / "bad"), "--n-slides", "2", "--size", "512",
+                  "--slides-per-patient", "0")
+    assert bad.returncode == 2 and "slides per patient 0 must be at least 1" in bad.stderr
