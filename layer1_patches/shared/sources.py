@@ -127,6 +127,8 @@ def given_by(key: str | None, given: set[str]) -> str | None:
     if key is None:
         return None
     hits = [g for g in given if covers(g, key)]
+    if not hits:  # an unknown section: the error names its first part (`sampling.randm` of `sampling.randm.n`)
+        hits = [g for g in given if covers(key, g)]
     return max(hits, key=len) if hits else None
 
 

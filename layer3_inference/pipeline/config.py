@@ -214,7 +214,12 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
 def _item_at_fault(message: str, items: list[str]) -> int | None:
     """The index of the last override item that set the key an error names (later items win), or None."""
     key = error_key(message)
-    hits = [i for i, item in enumerate(items) if key is not None and covers(split_item(item)[0], key)]
+    if key is None:
+        return None
+    keys = [split_item(item)[0] for item in items]
+    hits = [i for i, k in enumerate(keys) if covers(k, key)]
+    if not hits:  # an unknown section: the error names its first part (`sampling.randm` of `sampling.randm.n`)
+        hits = [i for i, k in enumerate(keys) if covers(key, k)]
     return hits[-1] if hits else None
 
 

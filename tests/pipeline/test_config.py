@@ -68,6 +68,20 @@ def test_typo_in_layer_overrides_is_reported_against_the_experiment_file_with_it
         load_experiment(cfg)
 
 
+def test_typo_in_the_middle_of_an_override_key_was_blamed_on_the_layer_yaml(tmp_path: Path) -> None:
+    """Regression (review of issue 16): an unknown section names only the key's first parts (`sampling.randm` of
+    `sampling.randm.per_class`), which no override item equals, so the error went to configs/layer1/random.yaml."""
+    cfg = write_experiment(tmp_path / "mine.yaml", slides=["a"],
+                           layer1={"overrides": ["patch_size=64", "sampling.randm.per_class=3"]})
+    with pytest.raises(ConfigError) as err:
+        load_experiment(cfg)
+    assert str(err.value).startswith(f"{cfg}: layer1.overrides[1]: config key 'sampling.randm': unknown key")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(write_experiment(tmp_path / "ok.yaml", slides=["a"]), ["layer1.overrides+=[bogus.key=1]"])
+    assert str(err.value).startswith("--set layer1.overrides[")
+    assert "config key 'bogus': unknown key" in str(err.value) and "random.yaml" not in str(err.value)
+
+
 def test_bad_set_value_is_reported_against_the_command_line_not_the_file(tmp_path: Path) -> None:
     """Regression: `--set local_workers=two` was reported against the experiment file."""
     cfg = write_experiment(tmp_path / "exp.yaml", slides=[str(tmp_path)], out=str(tmp_path / "out"))

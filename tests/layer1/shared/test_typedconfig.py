@@ -91,6 +91,16 @@ def test_bad_set_value_is_reported_against_the_command_line_not_the_file(tmp_pat
         load_layer1_config(cfg, ["sampling.seed=1"])
 
 
+def test_set_with_a_typo_in_a_section_name_is_reported_against_the_command_line(tmp_path: Path) -> None:
+    """Regression (review of issue 16): the error names the unknown section (`sampling.randm`), a prefix of the
+    `--set` key, so only exact or deeper keys were matched and the file was blamed."""
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("patch_size: 64\nresolution: {mpp: 0.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_layer1_config(cfg, ["sampling.randm.per_class=3"])
+    assert str(err.value).startswith("--set sampling.randm.per_class: config key 'sampling.randm': unknown key")
+
+
 def test_plus_equals_appends_to_a_list_instead_of_replacing_it() -> None:
     given: set[str] = set()
     data = apply_overrides({"annotation": {"tumour_groups": ["A"]}},
