@@ -110,12 +110,16 @@ def evaluate_slide(p: Probabilities, annotation: Path | None, cfg: EvaluateConfi
                      sum(t > 0 for t in tps), len(fps), fps, tps)
 
 
-def finished_outputs(heatmaps: Path) -> list[Path]:
+def finished_outputs(heatmaps: Path, only: list[str] | None = None) -> list[Path]:
+    """The finished slide outputs in `heatmaps`; with `only`, those of these slide stems alone (a pipeline's cohort:
+    a slide dropped from it keeps its folder, which must not enter the figures)."""
     if not heatmaps.is_dir():
         raise CamnetError(f"heatmap folder {heatmaps}: no such folder")
-    found = [d for d in sorted(heatmaps.iterdir()) if not d.name.startswith(".") and finished_hash(d) is not None]
+    found = [d for d in sorted(heatmaps.iterdir()) if not d.name.startswith(".") and finished_hash(d) is not None
+             and (only is None or d.name in only)]
     if not found:
-        raise CamnetError(f"heatmap folder {heatmaps}: no finished slide outputs (<stem>/summary.json)")
+        which = f" of slides {', '.join(only)}" if only is not None else ""
+        raise CamnetError(f"heatmap folder {heatmaps}: no finished slide outputs{which} (<stem>/summary.json)")
     return found
 
 
@@ -255,11 +259,11 @@ def cohort_csv(results: list[SlideEval], trained: str = "train") -> str:
 
 
 def evaluate_slides(heatmaps: Path, annotations: Path, cfg: EvaluateConfig,
-                    splits: dict[str, str] | None) -> list[SlideEval]:
+                    splits: dict[str, str] | None, only: list[str] | None = None) -> list[SlideEval]:
     if not annotations.is_dir():
         raise CamnetError(f"annotation folder {annotations}: no such folder")
     results = []
-    for final in finished_outputs(heatmaps):
+    for final in finished_outputs(heatmaps, only):
         p = read_probabilities(final)
         annotation = find_annotation(Path(p.slide_name), annotations)
         if annotation is None and cfg.missing_annotation == "skip":
@@ -292,7 +296,8 @@ def summarise(results: list[SlideEval], cfg: EvaluateConfig, out: Path, index: P
 
 
 def evaluate_cohort(heatmaps: Path, annotations: Path, out: Path, cfg: EvaluateConfig,
-                    index: Path | None = None) -> EvaluationSummary:
-    """Evaluate every finished heatmap, per split (`index`: Layer 1's index.json; None: one split, `unknown`)."""
+                    index: Path | None = None, only: list[str] | None = None) -> EvaluationSummary:
+    """Evaluate every finished heatmap (`only`: of these slide stems), per split (`index`: Layer 1's index.json;
+    None: one split, `unknown`)."""
     splits = read_splits(index) if index is not None else None
-    return summarise(evaluate_slides(heatmaps, annotations, cfg, splits), cfg, out, index)
+    return summarise(evaluate_slides(heatmaps, annotations, cfg, splits, only), cfg, out, index)

@@ -20,6 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="Layer 3 evaluate YAML (configs/layer3/evaluate.yaml)")
     add_overrides(p, "froc.nms_radius_um=200")
     p.add_argument("--heatmaps", type=Path, required=True, help="the heatmap command's --out folder")
+    p.add_argument("--slides", nargs="+", metavar="STEM",
+                   help="evaluate only these slides' outputs (HEATMAPS/<stem>/; default: every finished one)")
     p.add_argument("--annotations", type=Path, required=True, help="folder of <slide stem>.xml/.geojson")
     p.add_argument("--index", type=Path, help="Layer 1's index.json: each slide's split (train/val/test); "
                                                "without it every slide is in split 'unknown', with a warning")
@@ -32,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     from layer3_inference.evaluate import evaluate_cohort
     from layer3_inference.summaries import to_json
 
-    print(to_json(evaluate_cohort(args.heatmaps, args.annotations, args.out, cfg, args.index)), end="")
+    print(to_json(evaluate_cohort(args.heatmaps, args.annotations, args.out, cfg, args.index, args.slides)), end="")
     return 0

@@ -81,9 +81,33 @@ def _dependency(jobs: dict[str, str], stage: str) -> list[str]:
 def _plan(exp: Experiment, manifest: Manifest, commands: dict[str, stages.StageCommand],
           force: bool | list[str] | None) -> stamps.Plan:
     current = stages.current_stamps(exp, manifest, commands)
-    state_dir = Layout(exp.out).state
-    return stamps.plan({s: stamps.StageState(stages.finished(s, exp, manifest), stamps.read_stamp(state_dir, s))
-                        for s in current}, current, stamps.forced_stages(force, STAGES))
+    states = {}
+    for stage in current:
+        done = stages.finished(stage, exp, manifest)
+        states[stage] = stamps.StageState(done, stages.recorded_stamp(stage, exp, manifest, done))
+    return stamps.plan(states, current, stamps.forced_stages(force, STAGES))
+
+
+def _clear(exp: Experiment, manifest: Manifest, todo: stamps.Plan, stage: str) -> None:
+    """Before a stage runs: its outputs when made from something else, or those of the slides whose annotation
+    changed (a finished store made with another annotation is refused by extract)."""
+    if todo.clears(stage):
+        stages.clear_outputs(stage, exp, manifest)
+    elif todo.slides.get(stage):
+        stages.clear_outputs(stage, exp, manifest, todo.slides[stage])
+
+
+def cancel(job: str) -> None:
+    """Cancel a job this submission holds (best effort: the error being raised is the one to show)."""
+    subprocess.run(["scancel", job], capture_output=True, timeout=120, check=False)
+
+
+def release(job: str) -> None:
+    """Let a job submitted with --hold start."""
+    proc = subprocess.run(["scontrol", "release", job], capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise CamnetError(f"scontrol release {job} failed: {proc.stderr.strip() or proc.stdout.strip()}; "
+                          f"the job is held: release it with `scontrol release {job}` or cancel it")
 
 
 def submit(exp: Experiment, echo: Print = print, force: bool | list[str] | None = False) -> dict[str, str]:
@@ -103,12 +127,11 @@ def submit(exp: Experiment, echo: Print = print, force: bool | list[str] | None 
         if not todo.runs(stage):
             echo(f"  {stage:9s} finished before, not submitted")
             continue
-        stamps.remove_stamp(layout.state, stage)
-        if todo.clears(stage):
-            stages.clear_outputs(stage, exp, manifest)
         cmd = commands[stage]
         res = getattr(exp.cfg.slurm, stage)
-        head = [f"--job-name={exp.cfg.name}-{stage}", *sbatch_resources(res, stage), *_dependency(jobs, stage)]
+        # held until its outputs are cleared: nothing is removed before sbatch accepted the job
+        head = [f"--job-name={exp.cfg.name}-{stage}", "--hold", *sbatch_resources(res, stage),
+                *_dependency(jobs, stage)]
         script = SLURM_DIR / cmd.script
         if stage == "layer1":  # Layer 1's own array arguments (logs, dense shards), as its `submit` uses
             args = array_sbatch_args(script, layout.manifest, manifest, list(range(n)), res.max_parallel, head)
@@ -121,10 +144,16 @@ def submit(exp: Experiment, echo: Print = print, force: bool | list[str] | None 
             args = [*head, output, *array, str(script), *cmd.script_args()]
         with _environ(job_env(exp)):
             jobs[stage] = sbatch(args, cwd=REPO)
+        try:
+            _clear(exp, manifest, todo, stage)
+            # stamped when the job is seen finished (status.promote_pending, or the next plan: recorded_stamp)
+            stamps.begin(layout.state, todo.current[stage], jobs[stage])
+        except (CamnetError, OSError):
+            cancel(jobs[stage])  # held, and its outputs may be half cleared: it must not run as it is
+            raise
+        release(jobs[stage])
         if cmd.array:
             record_submission(stages.array_output(stage, exp), jobs[stage], list(range(n)))
-        # stamped by `pipeline status` when it sees this job finished (status.promote_pending)
-        stamps.write_pending(layout.state, todo.current[stage], jobs[stage])
         echo(f"  {stage:9s} job {jobs[stage]}" + (f" (array of {n})" if cmd.array else "") +
              (f": {todo.why[stage]}" if todo.why[stage] != stamps.NOT_FINISHED else ""))
     write_json_atomic(layout.jobs, {"submitted": time.time(), "mode": "slurm", "jobs": jobs})
@@ -247,10 +276,9 @@ def run_local(exp: Experiment, echo: Print = print, force: bool | list[str] | No
             echo(f"{head} finished before, skipped")
             runs.append(StageRun(stage, "skipped", 0.0))
             continue
-        # a stamp names the outputs on disk: it goes before they change, and comes back only when they are done
-        stamps.remove_stamp(layout.state, stage)
-        if todo.clears(stage):
-            stages.clear_outputs(stage, exp, manifest)
+        _clear(exp, manifest, todo, stage)
+        # the stamp being made names the outputs from now on, so an interrupted stage is judged by it next time
+        stamps.begin(layout.state, todo.current[stage], "local")
         log = layout.logs / f"{stage}.log"
         shown = log_names(log, commands[stage].array, n)
         echo(f"{head} running, {todo.why[stage]} (log {shown})")
@@ -266,7 +294,7 @@ def run_local(exp: Experiment, echo: Print = print, force: bool | list[str] | No
         except CamnetError:
             _save_timing(layout, StageRun(stage, "failed", time.time() - start), start)
             raise
-        stamps.write_stamp(layout.state, todo.current[stage])
+        stamps.finish(layout.state, todo.current[stage])
         runs.append(StageRun(stage, "done", time.time() - start))
         _save_timing(layout, runs[-1], start)
         echo(f"{head} done in {runs[-1].seconds:.0f} s" + (f": {layout.report}" if stage == "report" else ""))

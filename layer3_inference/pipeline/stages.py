@@ -7,7 +7,8 @@ index. So a stage does the same work either way, configured by its command line 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,11 @@ def trained_split(exp: Experiment) -> str:
 
 def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
     """Every stage's command line: the one route by which a stage gets its configuration."""
+    from layer3_inference.outputs import final_dir
+
     layout, cfg, ix = Layout(exp.out), exp.cfg, exp.cfg.index
-    index = ["layer1_patches", "index", "--inputs", str(layout.patches), "--out", str(layout.index),
+    # exactly the cohort's stores and heatmaps: a slide dropped from the cohort keeps its outputs, unused
+    index = ["layer1_patches", "index", "--inputs", *map(str, stores(exp, manifest)), "--out", str(layout.index),
              "--split-by", ix.split_by, "--fractions", ",".join(f"{k}={v}" for k, v in ix.fractions.items()),
              "--seed", str(ix.seed)]
     if ix.centres:
@@ -121,7 +125,9 @@ def commands(exp: Experiment, manifest: Manifest) -> dict[str, StageCommand]:
         # and explanations come from held-out slides
         # ... and the training split is the one Layer 2 trained on (a user's own override still wins)
         "evaluate": ["layer3_inference", "evaluate", "--config", cfg.evaluate.config, "--heatmaps",
-                     str(layout.heatmaps), "--annotations", str(annotations_dir(exp)), "--index", str(layout.index),
+                     str(layout.heatmaps), "--slides", *(final_dir(layout.heatmaps, Path(e.slide)).name
+                                                          for e in manifest.entries),
+                     "--annotations", str(annotations_dir(exp)), "--index", str(layout.index),
                      "--out", str(layout.evaluate),
                      *sets([f"trained_split={trained_split(exp)}", *cfg.evaluate.overrides])],
         "explain": ["layer3_inference", "explain", "--config", cfg.explain.config, "--model", str(layout.run_dir),
@@ -180,24 +186,81 @@ def versions() -> dict[str, str]:
     return {"layer1_patches": layer1_patches.__version__, "layer2_training": layer2_training.__version__}
 
 
+def layer1_identity(cfg: Any) -> dict[str, Any]:
+    """What a Layer 1 store is made from, as extract.store_hash judges it: the config without `reader` (threads and
+    batch size change the speed, never the patches), and the mpp table by its content, not its path."""
+    from layer1_patches.config import ReaderConfig
+
+    data = to_dict(replace(cfg, reader=ReaderConfig()))
+    table = data["resolution"].pop("mpp_table", None)
+    if table:
+        path = Path(table)
+        data["resolution"]["mpp_table_content"] = (hashlib.sha256(path.read_bytes()).hexdigest()
+                                                   if path.is_file() else table)
+    return data
+
+
 def _stage_config(stage: str, exp: Experiment) -> dict[str, Any]:
     if stage == "report":  # reads only what the other stages wrote, and always reruns
         return {}
-    return stamps.config_part(stage, to_dict(getattr(exp.cfg, stage)), exp.layers.get(stage))
+    ref = to_dict(getattr(exp.cfg, stage))
+    layer = exp.layers.get(stage)
+    if stage == "layer1":
+        ref["overrides"] = [o for o in ref.get("overrides", []) if not o.startswith("reader.")]
+        return stamps.config_part(stage, ref, layer1_identity(layer) if layer else None)
+    # the heatmap's own run hash (infer.heatmap_config_hash) includes `reader`: so does its stamp
+    return stamps.config_part(stage, ref, to_dict(layer) if layer else None)
+
+
+def _command_part(argv: tuple[str, ...]) -> list[str]:
+    # a layer config is in the stamp by content (its resolved values): its path on the command line is left out
+    return [a for i, a in enumerate(argv) if a != "--config" and (i == 0 or argv[i - 1] != "--config")]
 
 
 def current_stamps(exp: Experiment, manifest: Manifest,
                    commands: dict[str, StageCommand]) -> dict[str, stamps.Stamp]:
-    """The stamp every enabled stage would record if it ran now, in pipeline order."""
+    """The stamp every enabled stage would record if it ran now, in pipeline order. After an upgrade (the version
+    part) an array stage's tasks rerun without clearing (stamps.per_slide_change) and reuse every slide whose own
+    identity still matches; the other stages' outputs are rebuilt whole by the new code."""
     cohort = sorted([e.slide, e.annotation or ""] for e in manifest.entries)
     current: dict[str, stamps.Stamp] = {}
     for stage in STAGES:
         if not enabled(stage, exp):
             continue
-        parts = {"command": list(commands[stage].argv), "config": _stage_config(stage, exp),
-                 "version": versions(), **({"cohort": cohort} if stage in ARRAY_STAGES else {})}
+        parts: dict[str, Any] = {"command": _command_part(commands[stage].argv), "config": _stage_config(stage, exp),
+                                 "version": versions(), **({"cohort": cohort} if stage in ARRAY_STAGES else {})}
         current[stage] = stamps.make_stamp(stage, parts, current)
     return current
+
+
+def completed_at(stage: str, exp: Experiment, manifest: Manifest) -> float:
+    """When the stage's outputs were last completed (the newest completion marker's mtime; 0 when none)."""
+    from layer3_inference.outputs import final_dir
+
+    layout = Layout(exp.out)
+    if stage == "layer1":
+        markers = stores(exp, manifest)
+    elif stage == "heatmap":
+        markers = [final_dir(layout.heatmaps, Path(e.slide)) / "summary.json" for e in manifest.entries]
+    else:
+        markers = [{"index": layout.index, "layer2": layout.run_dir / "metrics.json",
+                    "evaluate": layout.evaluate / "summary.json", "explain": layout.explain / "summary.json",
+                    "report": layout.report}[stage]]
+    return max((m.stat().st_mtime for m in markers if m.exists()), default=0.0)
+
+
+def recorded_stamp(stage: str, exp: Experiment, manifest: Manifest, done: bool) -> stamps.Stamp | None:
+    """What the stage's outputs on disk were made from (stamps.recorded); a pending stamp of outputs completed
+    since becomes the stamp, as `pipeline status` would have made it."""
+    state = Layout(exp.out).state
+    stamp, pending = stamps.read_stamp(state, stage), stamps.read_pending(state, stage)
+    if pending is None:
+        return stamp
+    made_after = done and completed_at(stage, exp, manifest) > stamps.pending_path(state, stage).stat().st_mtime
+    found = stamps.recorded(stamp, pending[0], done, made_after)
+    if made_after:
+        stamps.finish(state, pending[0])
+    return found
 
 
 def stage_outputs(stage: str, exp: Experiment, manifest: Manifest) -> list[Path]:
@@ -214,6 +277,9 @@ def stage_outputs(stage: str, exp: Experiment, manifest: Manifest) -> list[Path]
             "explain": [layout.explain]}.get(stage, [])
 
 
-def clear_outputs(stage: str, exp: Experiment, manifest: Manifest) -> None:
+def clear_outputs(stage: str, exp: Experiment, manifest: Manifest, slides: list[str] | None = None) -> None:
+    """Remove the stage's outputs; with `slides`, those of these slides alone (an array stage)."""
+    if slides is not None:
+        manifest = replace(manifest, entries=tuple(e for e in manifest.entries if e.slide in slides))
     for path in stage_outputs(stage, exp, manifest):
         remove_inside(path, exp.out)

@@ -177,7 +177,7 @@ def stage_status(exp: Experiment) -> list[StageStatus]:
             result.append(StageStatus(stage, job, "unknown", "; ".join(filter(None, [detail, unknown]))))
         else:
             result.append(StageStatus(stage, job, "failed", "no outputs and SLURM no longer knows the job"))
-    notes = _stamp_notes(exp, manifest, layout)  # after the loop: it may have promoted pending stamps
+    notes = _stamp_notes(exp, manifest)  # after the loop: it may have promoted pending stamps
     return [_noted(r, notes.get(r.stage, "")) if r.state == "finished" else r for r in result]
 
 
@@ -205,12 +205,13 @@ def _alive(host: str, pid: object) -> bool:
     return True
 
 
-def _stamp_notes(exp: Experiment, manifest: Manifest | None, layout: Layout) -> dict[str, str]:
+def _stamp_notes(exp: Experiment, manifest: Manifest | None) -> dict[str, str]:
     """Stage -> why its outputs are stale ("" when current, "no stamp" when an older CamNet made them)."""
     if manifest is None:
         return {}
     current = stages.current_stamps(exp, manifest, stages.commands(exp, manifest))
-    recorded = {s: stamps.read_stamp(layout.state, s) for s in current}
+    # as the runners judge it: a pending stamp of outputs completed since it was written is theirs
+    recorded = {s: stages.recorded_stamp(s, exp, manifest, stages.finished(s, exp, manifest)) for s in current}
     stale = stamps.stale_reasons(recorded, current)
     return {s: "no stamp" if recorded[s] is None else stale.get(s, "") for s in current}
 

@@ -278,3 +278,25 @@ def test_the_removed_detection_threshold_key_names_what_replaced_it(tmp_path: Pa
     with pytest.raises(ConfigError, match=rf"^{path}: config key 'froc.detection_threshold': removed"):
         load_evaluate_config(path)
     assert load_evaluate_config(None, ["froc.nms_radius_um=200"]).froc.nms_radius_um == 200.0
+
+
+def test_a_slide_dropped_from_the_pipelines_cohort_was_still_evaluated(tmp_path: Path) -> None:
+    # review of issue 16: the pipeline's evaluate took every finished folder in the heatmaps folder, including
+    # those of slides removed from the cohort; `--slides` names the ones to take
+    import argparse
+
+    from layer3_inference.cli.evaluate import register
+    from layer3_inference.evaluate import finished_outputs
+
+    for stem in ("a", "b", "gone"):
+        (tmp_path / stem).mkdir()
+        (tmp_path / stem / "probabilities.h5").write_text("")
+        (tmp_path / stem / "summary.json").write_text(json.dumps({"run_hash": "x", "files": ["probabilities.h5"]}))
+    assert [d.name for d in finished_outputs(tmp_path)] == ["a", "b", "gone"]
+    assert [d.name for d in finished_outputs(tmp_path, ["b", "a"])] == ["a", "b"]
+    with pytest.raises(CamnetError, match="no finished slide outputs of slides c"):
+        finished_outputs(tmp_path, ["c"])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--heatmaps", "h", "--slides", "a", "b", "--annotations", "x", "--out", "o"])
+    assert args.slides == ["a", "b"]

@@ -14,6 +14,7 @@ import pytest
 from layer1_patches.synth import write_cohort
 from layer3_inference.pipeline import stages
 from layer3_inference.pipeline.config import load_experiment
+from layer3_inference.pipeline.layout import Layout
 
 from .conftest import run_pipeline, write_experiment
 from .fakestages import FakeStages
@@ -43,14 +44,16 @@ def test_local_run_runs_each_stages_command_then_skips_it(tmp_path: Path) -> Non
     assert manifest is not None and len(manifest.entries) == 4
     commands = stages.commands(exp, manifest)
     logs = out / "pipeline" / "logs"
-    # each log starts with the exact command the SLURM script of that stage would run
+    def first(log: Path) -> str:  # under the run's `=== <time> run by pid N ===` header
+        return next(line for line in log.read_text().splitlines() if line.startswith("$ "))
+
+    # each run's log part starts with the exact command the SLURM script of that stage would run
     for stage in ("index", "layer2", "evaluate", "report"):
-        first = (logs / f"{stage}.log").read_text().splitlines()[0]
-        assert first == "$ python -m " + " ".join(commands[stage].argv), stage
+        assert first(logs / f"{stage}.log") == "$ python -m " + " ".join(commands[stage].argv), stage
     for stage in ("layer1", "heatmap"):
         for i in range(4):
-            first = (logs / f"{stage}_{i}.log").read_text().splitlines()[0]
-            assert first == "$ python -m " + " ".join(commands[stage].local_argv(i)), (stage, i)
+            assert first(logs / f"{stage}_{i}.log") == "$ python -m " + " ".join(commands[stage].local_argv(i)), \
+                (stage, i)
             task = json.loads((stages.array_output(stage, exp) / ".camnet" / "tasks" / f"{i}.json").read_text())
             assert task["state"] == "done" and task["slide"] == manifest.entries[i].slide
 
@@ -214,3 +217,223 @@ def test_the_runner_names_the_log_files_that_exist() -> None:
     assert log_names(log, array=True, n=3) == "/x/pipeline/logs/layer1_0.log .. layer1_2.log (one per slide)"
     assert log_names(log, array=True, n=1) == "/x/pipeline/logs/layer1_0.log"
     assert log_names(log.with_name("index.log"), array=False, n=3) == "/x/pipeline/logs/index.log"
+
+
+# --- review of issue 16: what the stamps rerun, clear and keep ---
+
+
+class _Runs:
+    """Local runs of the stub experiment with FakeStages; each run's changes stay for the next run."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_slides: int = 2) -> None:
+        from layer3_inference.pipeline import chain
+
+        self.tmp_path, self.n_slides = tmp_path, n_slides
+        self.keys: dict[str, Any] = {}
+        self.fake = FakeStages()
+        monkeypatch.setattr(chain, "_run_module", self.fake)
+
+    def experiment(self, **changes: Any) -> Any:
+        self.keys.update(changes)
+        return load_experiment(_stub_experiment(self.tmp_path, self.n_slides, **self.keys))
+
+    def __call__(self, force: list[str] | None = None, **changes: Any) -> tuple[list[str], list[str]]:
+        from layer3_inference.pipeline import chain
+
+        try:
+            chain.run_local(self.experiment(**changes), echo=lambda _: None, force=force)
+        finally:
+            taken = self.fake.take()
+        return taken
+
+
+def _copy(src: str, dest: Path) -> str:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(Path(src).read_text())
+    return str(dest)
+
+
+def test_reader_threads_or_a_copied_layer_yaml_redid_every_store(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: the stamp held the whole resolved config and the YAML's path, so `reader.threads` (speed,
+    # never patches) or the same YAML at another path deleted and re-extracted every store
+    run = _Runs(tmp_path, monkeypatch)
+    everything = list(stages.STAGES)
+    assert run()[0] == everything
+    assert run(layer1={"overrides": ["patch_size=32", "reader.threads=1"]}) == (["report"], [])
+    exp = run.experiment()
+    copies: dict[str, Any] = {"layer1": {"config": _copy(exp.cfg.layer1.config, tmp_path / "mine" / "layer1.yaml"),
+                         "overrides": ["patch_size=32", "reader.threads=1"]},
+              "layer2": {"config": _copy(exp.cfg.layer2.config, tmp_path / "mine" / "layer2.yaml"),
+                         "overrides": ["epochs=1"]},
+              "evaluate": {"config": _copy(exp.cfg.evaluate.config, tmp_path / "mine" / "evaluate.yaml"),
+                           "overrides": []}}
+    assert run(**copies) == (["report"], [])
+    # the content still counts: an edited copy reruns the stage
+    import yaml
+
+    edited = yaml.safe_load((tmp_path / "mine" / "layer1.yaml").read_text())
+    (tmp_path / "mine" / "layer1.yaml").write_text(yaml.safe_dump({**edited, "patch_size": 64}))
+    assert run(layer1={**copies["layer1"], "overrides": []}) == (everything, sorted(
+        p.name for p in (tmp_path / "slides").glob("*.tif")))
+
+
+def test_a_camnet_version_bump_did_not_need_to_clear_layer1(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: a version bump cleared every store; a store's own identity has no version, so extract
+    # keeps each one still valid: its tasks rerun, nothing is cleared
+    run = _Runs(tmp_path, monkeypatch)
+    run()
+    monkeypatch.setattr(stages, "versions", lambda: {"layer1_patches": "9.9", "layer2_training": "9.9"})
+    assert run() == (list(stages.STAGES), [])
+    assert run() == (["report"], [])
+
+
+def test_a_slide_removed_from_the_cohort_still_entered_the_index_and_the_evaluation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: the index read every store in OUT/patches and evaluate every heatmap folder
+    run = _Runs(tmp_path, monkeypatch, n_slides=3)
+    run()
+    slides = sorted((tmp_path / "slides").glob("*.tif"))
+    out = Layout(tmp_path / "out")
+
+    def seen() -> tuple[list[str], list[str]]:
+        return (sorted(json.loads(out.index.read_text())["slides"]),
+                sorted(json.loads((out.evaluate / "summary.json").read_text())["slides"]))
+
+    assert seen() == ([s.stem for s in slides], [s.stem for s in slides])
+    ran, extracted = run(slides=[str(s) for s in slides[:2]])
+    assert "index" in ran and "evaluate" in ran and extracted == []
+    assert seen() == ([s.stem for s in slides[:2]], [s.stem for s in slides[:2]])
+    assert stages.stores(run.experiment(), stages.write_manifests(run.experiment()))[0].is_file()
+
+
+def test_an_annotation_added_for_an_extracted_slide_failed_the_run(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: "cohort changed" did not clear, extract refused the store made without the annotation,
+    # and the only way out, --force layer1, deleted every store
+    run = _Runs(tmp_path, monkeypatch)
+    _stub_experiment(tmp_path)
+    xmls = sorted((tmp_path / "slides").glob("*.xml"))
+    annotations = tmp_path / "annotations"
+    _copy(str(xmls[0]), annotations / xmls[0].name)
+    assert run(annotations=str(annotations))[0] == list(stages.STAGES)
+    _copy(str(xmls[1]), annotations / xmls[1].name)
+    assert run() == (list(stages.STAGES), [f"{xmls[1].stem}.tif"])
+    (annotations / xmls[0].name).rename(annotations / "elsewhere.txt")  # renamed away: that slide alone again
+    assert run() == (list(stages.STAGES), [f"{xmls[0].stem}.tif"])
+
+
+def test_a_slurm_run_finished_without_pipeline_status_skipped_a_changed_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: submit leaves pending stamps that only `pipeline status` promoted; without it every
+    # finished stage counted as unstamped, hence current, and a changed index.fractions was skipped
+    import os
+    import time
+
+    from layer3_inference.pipeline import chain, stamps
+
+    run = _Runs(tmp_path, monkeypatch)
+    run()
+    state = Layout(tmp_path / "out").state
+    submitted = time.time() - 100  # the jobs finished after their submission
+    for stage in stages.STAGES:
+        stamp = stamps.read_stamp(state, stage)
+        assert stamp is not None
+        stamps.remove_stamp(state, stage)
+        os.utime(stamps.write_pending(state, stamp, "7"), (submitted, submitted))
+
+    def plan(**changes: Any) -> stamps.Plan:
+        exp = run.experiment(**changes)
+        manifest = stages.write_manifests(exp)
+        return chain._plan(exp, manifest, stages.commands(exp, manifest), False)
+
+    todo = plan(index={"fractions": {"train": 0.6, "val": 0.4}})
+    assert todo.why["index"] == "index.fractions changed" and not todo.runs("layer1")
+    assert stamps.read_stamp(state, "layer1") is not None and stamps.read_pending(state, "layer1") is None
+    # a pending stamp written after the outputs were complete is another submission's: they stay unstamped
+    stamps.remove_stamp(state, "index")
+    os.utime(stamps.write_pending(state, todo.current["index"], "8"), (time.time() + 100,) * 2)
+    assert plan(index={"fractions": {"train": 0.7, "val": 0.3}}).why["index"] == ""
+
+
+def test_a_stage_interrupted_under_another_config_was_resumed_not_cleared(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: the stamp went before the stage ran, so its partial output counted as unstamped and a
+    # run with the old config resumed the other config's half-trained run dir
+    from layer1_patches.shared.errors import CamnetError
+
+    run = _Runs(tmp_path, monkeypatch)
+    run()
+    run.fake.fail = {"layer2"}
+    with pytest.raises(CamnetError, match="interrupted"):
+        run(layer2={"config": "configs/layer2/mobilenetv2_cpu.yaml", "overrides": ["epochs=2"]})
+    run.fake.fail = set()
+    assert run(layer2={"config": "configs/layer2/mobilenetv2_cpu.yaml", "overrides": ["epochs=1"]})[0] == \
+        list(stages.STAGES[2:])
+    made_from = json.loads((tmp_path / "out" / "run" / "metrics.json").read_text())["made_from"]
+    assert "epochs=1" in made_from and "epochs=2" not in made_from
+    # the same config again: the partial output is resumed, not cleared
+    run.fake.fail = {"layer2"}
+    with pytest.raises(CamnetError):
+        run(layer2={"config": "configs/layer2/mobilenetv2_cpu.yaml", "overrides": ["epochs=3"]})
+    started = (tmp_path / "out" / "run" / "started.json").read_text()
+    run.fake.fail = set()
+    run()
+    assert (tmp_path / "out" / "run" / "started.json").read_text() == started
+
+
+def test_a_failed_sbatch_had_already_cleared_the_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: submit cleared a stage's outputs before sbatch accepted its job
+    from layer1_patches.shared.errors import CamnetError
+    from layer3_inference.pipeline import chain, stamps
+
+    run = _Runs(tmp_path, monkeypatch)
+    run()
+    out = Layout(tmp_path / "out")
+    exp = run.experiment(index={"fractions": {"train": 0.6, "val": 0.4}})
+
+    def refused(args: list[str], cwd: Path) -> str:  # noqa: ARG001
+        raise CamnetError("sbatch failed: invalid partition")
+
+    monkeypatch.setattr(chain, "sbatch", refused)
+    with pytest.raises(CamnetError, match="invalid partition"):
+        chain.submit(exp, echo=lambda _: None)
+    assert out.index.is_file() and stamps.read_stamp(out.state, "index") is not None
+
+    events: list[tuple[str, str, bool]] = []
+
+    def accepted(args: list[str], cwd: Path) -> str:  # noqa: ARG001
+        job = str(100 + len(events))
+        events.append(("sbatch", job, "--hold" in args and (out.index.is_file() or job != "100")))
+        return job
+
+    monkeypatch.setattr(chain, "sbatch", accepted)
+    monkeypatch.setattr(chain, "release", lambda job: events.append(("release", job, not out.index.exists())))
+    jobs = chain.submit(exp, echo=lambda _: None)
+    assert list(jobs) == list(stages.STAGES[1:])
+    assert events[:2] == [("sbatch", "100", True), ("release", "100", True)]  # held, cleared, then released
+    assert [e[0] for e in events] == ["sbatch", "release"] * len(jobs) and all(e[2] for e in events)
+
+
+def test_a_held_job_whose_outputs_cannot_be_cleared_is_cancelled(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # submitted held, then its outputs go: when they cannot, the held job must not be left to run on them
+    from layer1_patches.shared.errors import CamnetError
+    from layer3_inference.pipeline import chain
+
+    run = _Runs(tmp_path, monkeypatch)
+    run()
+    exp = run.experiment(index={"fractions": {"train": 0.6, "val": 0.4}})
+    calls: list[str] = []
+
+    def stuck(*args: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        raise CamnetError("cannot remove out/patches/index.json: Permission denied")
+
+    monkeypatch.setattr(chain, "sbatch", lambda *_, **__: "100")
+    monkeypatch.setattr(stages, "clear_outputs", stuck)
+    monkeypatch.setattr(chain, "cancel", lambda job: calls.append(f"cancel {job}"))
+    monkeypatch.setattr(chain, "release", lambda job: calls.append(f"release {job}"))
+    with pytest.raises(CamnetError, match="Permission denied"):
+        chain.submit(exp, echo=lambda _: None)
+    assert calls == ["cancel 100"]

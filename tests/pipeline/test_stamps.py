@@ -107,3 +107,53 @@ def test_stamps_and_pending_stamps_round_trip(tmp_path: Path) -> None:
     assert stamps.read_stamp(tmp_path, "index") is None and stamps.read_pending(tmp_path, "index") is None
     (tmp_path / "stamps" / "layer1.json").write_text("{not json")
     assert stamps.read_stamp(tmp_path, "layer1") is None  # unreadable: treated as unstamped, not a crash
+
+
+def test_an_unfinished_stage_recorded_under_another_config_is_cleared_not_resumed() -> None:
+    # review of issue 16: "not finished" came before "stale", so a partial output of another config was resumed
+    old = current({"layer2": {"layer2.overrides": ["epochs=2"]}})
+    states = {s: stamps.StageState(s != "layer2", old[s] if s == "layer2" else current()[s]) for s in STAGES}
+    todo = stamps.plan(states, current(), frozenset())
+    assert todo.why["layer2"] == "layer2.overrides changed" and todo.clears("layer2")
+    same = stamps.plan({**states, "layer2": stamps.StageState(False, current()["layer2"])}, current(), frozenset())
+    assert same.why["layer2"] == stamps.NOT_FINISHED and not same.clears("layer2")  # its own partial: resumed
+
+
+def test_a_changed_annotation_clears_that_slide_alone() -> None:
+    # review of issue 16: a cohort change never cleared, and extract refused a store made with another annotation
+    def cohort(pairs: list[list[str]]) -> dict[str, stamps.Stamp]:
+        made = current()
+        made["layer1"] = stamps.Stamp("layer1", {**made["layer1"].parts, "cohort": pairs})
+        return made
+
+    old = cohort([["a.tif", ""], ["b.tif", "b.xml"], ["c.tif", "c.xml"]])
+    now = cohort([["a.tif", "a.xml"], ["b.tif", "B.geojson"], ["d.tif", ""]])  # added, renamed; c left, d new
+    todo = stamps.plan({s: stamps.StageState(s != "layer1", old[s]) for s in STAGES}, now, frozenset())
+    assert todo.why["layer1"] == stamps.COHORT_CHANGED and not todo.clears("layer1")
+    assert todo.slides == {"layer1": ["a.tif", "b.tif"]}
+    assert stamps.changed_slides(None, now["layer1"].parts) == []
+
+
+def test_a_pending_stamp_names_unfinished_outputs_and_those_completed_after_it() -> None:
+    old, new = current()["index"], current({"index": {"index.seed": 1}})["index"]
+    assert stamps.recorded(None, new, finished=False, made_after_pending=False) is new  # running or interrupted
+    assert stamps.recorded(None, new, finished=True, made_after_pending=True) is new  # its job finished
+    assert stamps.recorded(old, new, finished=True, made_after_pending=False) is old  # an earlier run's outputs
+    assert stamps.recorded(None, None, finished=True, made_after_pending=False) is None
+
+
+def test_a_version_bump_reruns_array_stages_without_clearing_them() -> None:
+    # review of issue 16: a version bump deleted every store, though extract keeps each one still valid
+    def made(version: str) -> dict[str, stamps.Stamp]:
+        out: dict[str, stamps.Stamp] = {}
+        for stage in STAGES:
+            cohort = {"cohort": [["a.tif", ""]]} if stage in ("layer1", "heatmap") else {}
+            out[stage] = stamps.make_stamp(stage, {"config": BASE[stage], "version": version, **cohort}, out)
+        return out
+
+    old, now = made("0.1.0"), made("0.2.0")
+    todo = stamps.plan({s: stamps.StageState(True, old[s]) for s in STAGES}, now, frozenset())
+    assert todo.why["layer1"] == "CamNet version changed" and not todo.clears("layer1")
+    assert todo.clears("layer2") and todo.clears("heatmap")  # the heatmap's model changed: it is redone
+    forced = stamps.plan({s: stamps.StageState(True, old[s]) for s in STAGES}, now, frozenset({"layer1"}))
+    assert forced.clears("layer1")

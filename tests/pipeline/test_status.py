@@ -301,3 +301,24 @@ def test_a_running_local_stage_was_shown_as_not_run(tmp_path: Path, monkeypatch:
     assert row.state == "not run" and row.detail.startswith("interrupted after 3 min 20 s")
     alive = status.local_running("layer2", {**timing, "pid": os.getpid()}, "", time.time())
     assert alive.state == "running" and alive.detail == "for 3 min 20 s; log x.log"
+
+
+def test_status_showed_a_finished_slurm_stage_as_unstamped_when_its_job_was_not_the_last_one_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # review of issue 16: only a pending stamp of the very job in jobs.json was promoted; outputs completed after
+    # their submission (jobs.json since rewritten, or SLURM's record gone) stayed "no stamp", hence never stale
+    import time
+
+    from layer3_inference.pipeline import chain, stamps
+
+    cfg = _finished_experiment(tmp_path, monkeypatch)
+    chain.run_local(load_experiment(cfg), echo=lambda _: None)
+    state = Layout(tmp_path / "out").state
+    submitted = time.time() - 100
+    for stage in stages.STAGES:
+        stamp = stamps.read_stamp(state, stage)
+        assert stamp is not None
+        stamps.remove_stamp(state, stage)
+        os.utime(stamps.write_pending(state, stamp, "7"), (submitted, submitted))
+    rows = {r.stage: r for r in stage_status(load_experiment(_finished_experiment(tmp_path, monkeypatch, seed=3)))}
+    assert rows["layer1"].label == "finished" and rows["index"].label == "stale (index.seed changed)"
