@@ -6,6 +6,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -86,6 +87,11 @@ def run(package: str, description: str, commands: tuple[str, ...], argv: list[st
     except CamnetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`status | head`): not an error of ours. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again (Python's documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except OSError as err:
         if err.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep its traceback

@@ -23,6 +23,9 @@ def run(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/out/x.h5")
     if args.what == "bug":
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/code/bug")
+    if args.what == "lines":  # more than a pipe buffer holds
+        for i in range(200000):
+            print(f"line {i}")
     if args.what == "term":
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
@@ -59,3 +62,22 @@ def test_sigterm_unwinds_the_command_and_exits_143(fake_package: str, capsys: py
     assert capsys.readouterr().err.splitlines() == [
         "error: interrupted by SIGTERM; partial output removed, finished outputs kept (rerun to continue)"]
     assert signal.getsignal(signal.SIGTERM) is before  # in-process callers (tests) get their handler back
+
+
+def test_status_piped_into_head_ended_with_a_broken_pipe_traceback(fake_package: str, tmp_path: Path) -> None:
+    """Regression (issue 16 trial): `camnet pipeline status ... | head -4` printed a BrokenPipeError traceback.
+    A reader that goes away is not an error: no traceback, exit 141 (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import sys; from layer1_patches.shared.cli import run; sys.exit(run({fake_package!r}, '', ('boom',), " \
+           "['boom', 'lines']))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[3])])}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as `head` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
