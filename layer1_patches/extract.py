@@ -116,7 +116,7 @@ def store_hash(cfg: Layer1Config, annotated: bool, table_mpp: float | None = Non
     `resolution.mpp_table` is a path; what the store depends on is the slide's row (`table_mpp`), so an edited row
     redoes that slide alone, and a config without a table keeps the hash it had before the key existed.
     """
-    data = _identity(replace(cfg, reader=ReaderConfig()), table_mpp)
+    data = store_identity(cfg, table_mpp)
     if annotated:
         data["tumour_fraction"] = EXACT_FRACTIONS
     return data_hash(data)
@@ -128,6 +128,12 @@ def legacy_store_hash(cfg: Layer1Config) -> str:
     data = _identity(cfg, None)
     data["reader"] = {"threads": cfg.reader.threads, "batch": cfg.reader.batch_size}
     return data_hash(data)
+
+
+def store_identity(cfg: Layer1Config, table_mpp: float | None = None) -> dict[str, Any]:
+    """What a store's patches depend on: the config without `reader` (speed only) and without the mpp table's path
+    (its row for the slide, `table_mpp`, instead). The pipeline's stamps use the same rule (pipeline/stages.py)."""
+    return _identity(replace(cfg, reader=ReaderConfig()), table_mpp)
 
 
 def _identity(cfg: Layer1Config, table_mpp: float | None) -> dict[str, Any]:

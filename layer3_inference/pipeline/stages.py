@@ -189,10 +189,10 @@ def versions() -> dict[str, str]:
 def layer1_identity(cfg: Any) -> dict[str, Any]:
     """What a Layer 1 store is made from, as extract.store_hash judges it: the config without `reader` (threads and
     batch size change the speed, never the patches), and the mpp table by its content, not its path."""
-    from layer1_patches.config import ReaderConfig
+    from layer1_patches.extract import store_identity
 
-    data = to_dict(replace(cfg, reader=ReaderConfig()))
-    table = data["resolution"].pop("mpp_table", None)
+    data = store_identity(cfg)
+    table = cfg.resolution.mpp_table
     if table:
         path = Path(table)
         data["resolution"]["mpp_table_content"] = (hashlib.sha256(path.read_bytes()).hexdigest()
