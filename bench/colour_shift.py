@@ -16,8 +16,8 @@ from pathlib import Path
 
 from layer1_patches.colour import ColourAccumulator, ColourStats, colour_shift
 from layer1_patches.config import ResolutionConfig, TissueConfig
-from layer1_patches.extract import PatchReader
 from layer1_patches.masks import masker_from_config
+from layer1_patches.reading import PatchReader
 from layer1_patches.slide import Slide, resolve_resolution
 from layer1_patches.synth.slides import SynthSpec, SynthTruth, make_layout, slide_seed, write_cohort
 from layer3_inference.config import GridConfig

@@ -5,24 +5,21 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from layer1_patches import __version__
 from layer1_patches.annotations import Polygon, check_inside, load_annotations, tumour_mask, tumour_region
 from layer1_patches.config import Layer1Config, MetadataConfig, ReaderConfig
-from layer1_patches.filters import PatchFilter, filters_from_config, first_reject
+from layer1_patches.filters import filters_from_config
 from layer1_patches.fractions import TumourGeometry
 from layer1_patches.masks import masker_from_config
 from layer1_patches.mpp import MppTable, read_mpp_table
 from layer1_patches.peers import PatchGeometry, peer_coords_attrs
+from layer1_patches.reading import PatchSource, open_source
 from layer1_patches.shared.cohort import check_same_slide, output_stem, slide_label
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import output_lock
@@ -139,6 +136,7 @@ def store_identity(cfg: Layer1Config, table_mpp: float | None = None) -> dict[st
 def _identity(cfg: Layer1Config, table_mpp: float | None) -> dict[str, Any]:
     data = to_dict(cfg)
     del data["resolution"]["mpp_table"]
+    del data["reader"]["backend"]  # newer than finished stores, and speed only: both backends give the same pixels
     if table_mpp is not None:
         data["resolution"]["table_mpp"] = table_mpp
     return data
@@ -237,9 +235,10 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
         try:
             with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
                              cfg.output.jpeg_quality) as writer:
-                reader = PatchReader(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
+                source = open_source(slide, res, cfg.patch_size, filters_from_config(cfg.filters),
+                                     cfg.reader.backend)
                 for stream in streams:
-                    _run_stream(stream, reader, writer, cfg, result)
+                    _run_stream(stream, source, writer, cfg, result)
                 result.seconds = time.monotonic() - start
                 writer.finish(
                     meta,
@@ -248,13 +247,13 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
                     {"rejects": result.rejects, "counts": result.counts, "requested": result.requested,
                      "config": to_dict(cfg), "annotation": str(req.annotation or ""),
                      "mpp_from_metadata": slide.mpp_from_metadata, "mpp_source": slide.mpp_source,
-                     "seconds": round(result.seconds, 3)},
+                     "reader": source.name, "seconds": round(result.seconds, 3)},
                     {"tissue": tissue.thumbnail(cfg.output.thumbnail_size), **thumbnails})
         except OSError as err:  # disk full, read-only, quota: leaving the writer removed its partial file
             raise CamnetError(f"output {out}: cannot write ({os_reason(err)})") from None
     total = sum(result.counts.values())
-    log.info("%s: %d patches %s, rejects %s, %.1f s", slide.name, total, result.counts, result.rejects,
-             result.seconds)
+    log.info("%s: %d patches %s, rejects %s, %.1f s (read by %s)", slide.name, total, result.counts, result.rejects,
+             result.seconds, source.name)
     return result
 
 
@@ -285,55 +284,7 @@ def slide_meta(req: ExtractRequest, slide: Slide, res: WorkingResolution, tiler:
         config_hash=digest)
 
 
-@dataclass(frozen=True)
-class PatchReader:
-    """Reads, resizes and filters one patch; safe to call from several threads."""
-
-    slide: Slide
-    res: WorkingResolution
-    patch_size: int
-    filters: list[PatchFilter]
-
-    def __call__(self, coord: np.ndarray) -> tuple[np.ndarray, str | None]:
-        n = self.res.read_size(self.patch_size)
-        patch = self.slide.read_rgb(int(coord[0]), int(coord[1]), self.res.level, n, n)
-        if n != self.patch_size:
-            patch = np.asarray(Image.fromarray(patch).resize((self.patch_size, self.patch_size),
-                                                             Image.Resampling.BOX))
-        return patch, first_reject(patch, self.filters)
-
-
-def ordered_map(fn: Callable[[np.ndarray], tuple[np.ndarray, str | None]], items: np.ndarray,
-                threads: int, ahead: int, chunk: int = 16) -> Iterator[tuple[np.ndarray, str | None]]:
-    """`map` over threads that keeps about `ahead` items in flight and yields in input order.
-
-    Items go to the threads `chunk` at a time: a future per patch cost as much interpreter time (under the
-    GIL, so off the reading threads) as converting the patch.
-    """
-    if threads == 1:
-        yield from (fn(item) for item in items)
-        return
-
-    def run(part: np.ndarray) -> list[tuple[np.ndarray, str | None]]:
-        return [fn(item) for item in part]
-
-    chunk = max(1, min(chunk, ahead // threads))  # keep the read-ahead (memory) near `ahead` patches
-    with ThreadPoolExecutor(threads) as pool:
-        pending: deque[Future[list[tuple[np.ndarray, str | None]]]] = deque()
-        in_flight = max(threads, ahead // chunk)
-        try:
-            for start in range(0, len(items), chunk):
-                pending.append(pool.submit(run, items[start:start + chunk]))
-                if len(pending) >= in_flight:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-        finally:  # the consumer stopped early (quota reached) or failed: drop what is queued
-            for fut in pending:
-                fut.cancel()
-
-
-def _run_stream(stream: CandidateStream, reader: PatchReader, writer: PatchWriter,
+def _run_stream(stream: CandidateStream, source: PatchSource, writer: PatchWriter,
                 cfg: Layer1Config, result: ExtractResult) -> None:
     for why, n in stream.prefiltered.items():
         result.rejects[why] = result.rejects.get(why, 0) + n
@@ -357,7 +308,7 @@ def _run_stream(stream: CandidateStream, reader: PatchReader, writer: PatchWrite
 
     result.counts.setdefault("tumour", 0)
     result.counts.setdefault("normal", 0)
-    for i, (patch, reason) in enumerate(ordered_map(reader, coords, cfg.reader.threads, 4 * batch)):
+    for i, (patch, reason) in enumerate(source.patches(coords, cfg.reader.threads, 4 * batch)):
         if reason is not None:
             result.rejects[reason] = result.rejects.get(reason, 0) + 1
         else:
@@ -370,7 +321,7 @@ def _run_stream(stream: CandidateStream, reader: PatchReader, writer: PatchWrite
             break
         if time.monotonic() - last_log > PROGRESS_SECONDS:
             last_log = time.monotonic()
-            log.info("%s %s: %d/%d candidates tried, %d patches", reader.slide.name, stream.name, i + 1,
+            log.info("%s %s: %d/%d candidates tried, %d patches", result.slide, stream.name, i + 1,
                      len(coords), accepted)
     if keep:
         flush()

@@ -1,5 +1,4 @@
-"""Regions of a JPEG-tiled TIFF page cut from tiles decoded once each (issue 17, first step: not yet used by
-`extract`).
+"""Regions of a JPEG-tiled TIFF page cut from tiles decoded once each (`reading.TileSource` plans the decodes).
 
 OpenSlide decodes such pages itself with libjpeg (openslide-decode-tiff.c): the tile's bytes after the page's
 shared JPEGTables, the JPEG colour space taken from the TIFF Photometric tag (RGB when 2, else YCbCr), libjpeg's
@@ -14,13 +13,19 @@ planar or non-8-bit pixels, strips instead of tiles.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 JPEG = 7  # TIFF Compression tag
+# OpenSlide paints a level at the fractional position x0 / downsample (openslide-vendor-generic-tiff.c:135,
+# openslide-vendor-aperio.c:236, openslide-grid.c:216-264) and cairo/pixman resample it bilinearly: a plain cut of
+# the tiles equals its pixels only when |dx| + |dy| < 1/256 px (measured with OpenSlide 4.0.1), so each axis gets
+# half of that.
+SUBPIXEL_EXACT = 1 / 512
 PHOTOMETRIC_RGB = 2
 WHITE = 255  # OpenSlide composites "no data" (outside the image, missing tiles) over white
 
@@ -60,15 +65,16 @@ def layout_of(page: Any) -> TileLayout:
                       page.jpegtables, int(page.photometric))
 
 
-def tile_reader(layout: TileLayout, fh: BinaryIO) -> Callable[[int], np.ndarray]:
-    """Decodes tile `i` (row-major) to RGB uint8 of the full tile size; a tile without bytes is white."""
+def tile_reader(layout: TileLayout, fd: int) -> Callable[[int], np.ndarray]:
+    """Decodes tile `i` (row-major) of the file open as `fd` to RGB uint8 of the full tile size; a tile without
+    bytes is white. Safe from several threads: `os.pread` has no shared file position, and the decoder releases
+    the GIL."""
     import imagecodecs  # lazy: only tiled reads need it
 
     def decode(i: int) -> np.ndarray:
         if layout.byte_counts[i] == 0:
             return np.full((layout.tile_height, layout.tile_width, 3), WHITE, np.uint8)
-        fh.seek(layout.offsets[i])
-        data = fh.read(layout.byte_counts[i])
+        data = os.pread(fd, layout.byte_counts[i], layout.offsets[i])
         tile = imagecodecs.jpeg8_decode(data, tables=layout.tables, colorspace=layout.colorspace,
                                         outcolorspace="RGB")
         return np.asarray(tile, dtype=np.uint8).reshape(layout.tile_height, layout.tile_width, 3)
@@ -79,9 +85,10 @@ def tile_reader(layout: TileLayout, fh: BinaryIO) -> Callable[[int], np.ndarray]
 def read_region(layout: TileLayout, tile: Callable[[int], np.ndarray], x: int, y: int, width: int,
                 height: int) -> np.ndarray:
     """RGB (height, width, 3) at page pixel (x, y), cut from the tiles it covers; outside the image is white."""
-    out = np.full((height, width, 3), WHITE, np.uint8)
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + width, layout.width), min(y + height, layout.height)
+    inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+    out = np.empty((height, width, 3), np.uint8) if inside else np.full((height, width, 3), WHITE, np.uint8)
     if x0 >= x1 or y0 >= y1:
         return out
     tw, th = layout.tile_width, layout.tile_height
@@ -93,3 +100,49 @@ def read_region(layout: TileLayout, tile: Callable[[int], np.ndarray], x: int, y
             bx, by = min(x1, (tx + 1) * tw), min(y1, (ty + 1) * th)
             out[ay - y:by - y, ax - x:bx - x] = pixels[ay - ty * th:by - ty * th, ax - tx * tw:bx - tx * tw]
     return out
+
+
+def level_pixels(coords: np.ndarray, downsample: float) -> tuple[np.ndarray, np.ndarray]:
+    """The level pixel (x, y) where OpenSlide's `read_region` starts for each level-0 (x, y), and whether a cut
+    of the level's tiles there equals OpenSlide's pixels (False: OpenSlide blends neighbouring pixels).
+
+    Level 0, and levels whose downsample is a whole number on a grid of its multiples, are exact everywhere.
+    """
+    c = np.asarray(coords, dtype=np.int64)
+    position = c / downsample  # the same double division OpenSlide does
+    pixel = np.floor(position + 0.5)
+    exact = np.abs(position - pixel) < SUBPIXEL_EXACT
+    left = c < 0  # openslide.c:482-493: shifts the output by the whole level pixels outside and paints from 0
+    pixel = np.where(left, -np.trunc(-c / downsample), pixel)
+    return pixel.astype(np.int64), (exact | left).all(axis=1)
+
+
+def level_position(x0: int, downsample: float) -> tuple[int, bool]:
+    """`level_pixels` of one coordinate: (level pixel, exact)."""
+    pixel, exact = level_pixels(np.array([[x0, 0]]), downsample)
+    return int(pixel[0, 0]), bool(exact[0])
+
+
+def level_layout(path: str, size: tuple[int, int], whole_above: bool = False) -> TileLayout | None:
+    """The layout of the one top-level page of `path` that is `size` (width, height) and servable; None when there
+    is none, or several (which OpenSlide level is which would be a guess), or tifffile cannot read the file.
+
+    OpenSlide's Aperio and generic-TIFF readers take each pyramid level from one tiled top-level page (SVS
+    thumbnail, label and macro pages are stripped or smaller), so the page of a level is the page of its size.
+    `whole_above`: also None when a tiled page at least as large misses tiles; OpenSlide's Aperio reader draws a
+    missing tile above level 0 from the level below, and marks the tiles above it missing too (aperio.c:79-120).
+    """
+    import tifffile  # lazy: only tiled reads need it
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
+            found = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == tuple(size)]
+            if len(found) != 1 or not servable(found[0]):
+                return None
+            if whole_above and any(0 in p.databytecounts for p in pages
+                                   if p.is_tiled and p.imagewidth >= size[0]):
+                return None
+            return layout_of(found[0])
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None

@@ -1,10 +1,10 @@
 """Batched whole-slide inference: reader threads ahead of the model, ranks sharding the grid, rank 0 writing.
 
 Reading and decoding run in a producer thread (itself fanning out to `reader.threads` threads through
-Layer 1's `ordered_map`) that fills a bounded queue of batches, so the model never waits on the slide unless
-reading is the bottleneck. Ranks take contiguous shares of the grid cut at global batch boundaries, the last
-batch padded to full size: every patch is computed in the same batch, at the same place, whatever the
-number of ranks, so 2-rank output equals 1-rank output bit for bit.
+Layer 1's patch source: tiles decoded once where the slide allows, else OpenSlide) that fills a bounded queue
+of batches, so the model never waits on the slide unless reading is the bottleneck. Ranks take contiguous shares
+of the grid cut at global batch boundaries, the last batch padded to full size: every patch is computed in the
+same batch, at the same place, whatever the number of ranks, so 2-rank output equals 1-rank output bit for bit.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from layer1_patches.colour import ColourAccumulator, merged_stats
-from layer1_patches.extract import PatchReader, ordered_map
 from layer1_patches.masks import masker_from_config
 from layer1_patches.mpp import read_mpp_table
+from layer1_patches.reading import PatchSource, open_source
 from layer1_patches.shared.cohort import check_same_slide, slide_label
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import OutputBusy, output_lock
@@ -110,10 +110,10 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _produce(q: queue.Queue[Any], reader: PatchReader, coords: np.ndarray, batch: int, threads: int,
+def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, batch: int, threads: int,
              stop: threading.Event) -> None:
-    size = reader.patch_size
-    patches = ordered_map(reader, coords, threads, 2 * batch + threads)
+    size = source.patch_size
+    patches = source.patches(coords, threads, 2 * batch + threads)
     try:
         for start in range(0, len(coords), batch):
             n = min(batch, len(coords) - start)
@@ -131,12 +131,12 @@ def _produce(q: queue.Queue[Any], reader: PatchReader, coords: np.ndarray, batch
             patches.close()  # cancels reads still queued when the consumer stopped early
 
 
-def read_batches(reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
+def read_batches(source: PatchSource, coords: np.ndarray, rc: ReaderConfig,
                  stats: dict[str, float]) -> Iterator[tuple[np.ndarray, int]]:
     """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved."""
     q: queue.Queue[Any] = queue.Queue(maxsize=rc.prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(q, reader, coords, rc.batch_size, rc.threads, stop),
+    worker = threading.Thread(target=_produce, args=(q, source, coords, rc.batch_size, rc.threads, stop),
                               daemon=True, name="camnet-reader")
     worker.start()
     try:
@@ -154,19 +154,19 @@ def read_batches(reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
         worker.join()
 
 
-def predict(model_fn: ModelFn, reader: PatchReader, coords: np.ndarray, rc: ReaderConfig,
+def predict(model_fn: ModelFn, source: PatchSource, coords: np.ndarray, rc: ReaderConfig,
             stats: dict[str, float], colour: ColourAccumulator | None = None) -> np.ndarray:
     """The model's probability for every patch at `coords`, read `rc.batch_size` at a time ahead of the model;
     `colour` (if given) accumulates the colour of exactly the patches the model saw (not the padding)."""
     out = np.empty(len(coords), dtype=np.float32)
     done = 0
-    for buf, n in read_batches(reader, coords, rc, stats):
+    for buf, n in read_batches(source, coords, rc, stats):
         t0 = time.perf_counter()
         out[done:done + n] = model_fn(buf)[:n]
         stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
         if colour is not None:
             t0 = time.perf_counter()
-            step = max(1, reader.patch_size // COLOUR_SIDE)
+            step = max(1, source.patch_size // COLOUR_SIDE)
             colour.add(buf[:n, ::step, ::step])
             stats["colour_s"] = stats.get("colour_s", 0.0) + time.perf_counter() - t0
         done += n
@@ -290,13 +290,13 @@ def _heatmap(req: HeatmapRequest, spec: ModelSpec, model_fn: ModelFn, ranks: Ran
                          str(req.slide))
         times["tissue_s"] = time.perf_counter() - t0
         lo, hi = shard_batches(len(grid), cfg.reader.batch_size, ranks.rank, ranks.size)
-        reader = PatchReader(slide, res, spec.patch_size, [])
+        source = open_source(slide, res, spec.patch_size, [])
         stats: dict[str, float] = {}
         colour = ColourAccumulator()
         t0 = time.perf_counter()
         error = ""
         try:
-            probs = predict(model_fn, reader, grid.coords[lo:hi], cfg.reader, stats, colour)
+            probs = predict(model_fn, source, grid.coords[lo:hi], cfg.reader, stats, colour)
         except CamnetError as err:  # every rank must still reach the gather, or the others hang
             probs, error = np.zeros(0, np.float32), str(err)
         stats["infer_s"] = time.perf_counter() - t0

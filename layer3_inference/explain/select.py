@@ -200,7 +200,7 @@ def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: l
 def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]:
     """Reads a heatmap cell's patch exactly as inference did: Layer 1's `PatchReader` at the heatmap's
     working resolution (same level, same size, same resampling)."""
-    from layer1_patches.extract import PatchReader
+    from layer1_patches.reading import PatchReader
     from layer1_patches.slide import Slide, WorkingResolution
 
     # One open slide per heatmap, not one per selected patch; OpenSlide closes it when the reader is dropped.

@@ -105,7 +105,7 @@ def test_old_reader_batch_key_is_an_unknown_key(tmp_path: Path) -> None:
     old = tmp_path / "old.yaml"
     old.write_text("patch_size: 64\nreader:\n  threads: 1\n  batch: 8\n")
     proc = run_cli("extract", "--config", str(old), "--slide", str(CMU), "--out", str(tmp_path / "out"))
-    assert_one_error(proc, "old.yaml", "config key 'reader.batch': unknown key", "known: batch_size, threads")
+    assert_one_error(proc, "old.yaml", "config key 'reader.batch': unknown key", "known: backend, batch_size, threads")
     assert_no_output(tmp_path / "out")
 
 

@@ -9,7 +9,8 @@ from matplotlib.path import Path as MplPath
 
 from layer1_patches.annotations import load_annotations
 from layer1_patches.config import MetadataConfig
-from layer1_patches.extract import ExtractRequest, extract_slide, ordered_map, parse_shard, slide_identity
+from layer1_patches.extract import ExtractRequest, extract_slide, parse_shard, slide_identity
+from layer1_patches.reading import ordered_map
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.store import PatchStore
 

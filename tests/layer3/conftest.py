@@ -112,8 +112,8 @@ def grid_colour(slide_path: Path, mpp: float, assume_mpp: float | None = None) -
     would record it from its patch stores."""
     from layer1_patches.colour import ColourAccumulator
     from layer1_patches.config import ResolutionConfig, TissueConfig
-    from layer1_patches.extract import PatchReader
     from layer1_patches.masks import masker_from_config
+    from layer1_patches.reading import PatchReader
     from layer1_patches.slide import Slide, resolve_resolution
     from layer3_inference.config import GridConfig
     from layer3_inference.grid import plan_grid

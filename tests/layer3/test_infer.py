@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layer1_patches.extract import PatchReader
+from layer1_patches.reading import OpenSlideSource, PatchReader
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer3_inference.config import ReaderConfig, load_heatmap_config
@@ -34,7 +34,7 @@ def test_predict_matches_the_model_on_direct_reads(model_fn, synth_slides: list[
     coords = np.array([[x, y] for y in range(512, 1536, 96) for x in range(512, 1536, 96)])
     res = WorkingResolution(0, 1.0, 1.0, 0.5, 20.0)
     with Slide(synth_slides[0]) as slide:
-        reader = PatchReader(slide, res, 32, [])
+        reader = OpenSlideSource(PatchReader(slide, res, 32, []))
         stats: dict[str, float] = {}
         probs = predict(model_fn, reader, coords, ReaderConfig(threads, batch, prefetch=2), stats)
         direct = np.stack([slide.read_rgb(int(x), int(y), 0, 32, 32) for x, y in coords])
@@ -45,7 +45,7 @@ def test_predict_matches_the_model_on_direct_reads(model_fn, synth_slides: list[
 
 def test_reader_errors_surface_in_the_caller(model_fn) -> None:  # type: ignore[no-untyped-def]
     with Slide(DATA / "unreadable.svs") as slide:
-        reader = PatchReader(slide, WorkingResolution(0, 1.0, 1.0, 0.5, 20.0), 32, [])
+        reader = OpenSlideSource(PatchReader(slide, WorkingResolution(0, 1.0, 1.0, 0.5, 20.0), 32, []))
         with pytest.raises(CamnetError, match="unreadable.svs: cannot read region"):
             predict(model_fn, reader, np.zeros((40, 2), np.int64), ReaderConfig(2, 8, prefetch=2), {})
 

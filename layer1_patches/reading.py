@@ -1,0 +1,179 @@
+"""Reading a stream of patches from a slide: cut from tiles decoded once, or through OpenSlide patch by patch.
+
+Both sources give the same pixels (tests/layer1/test_reading.py compares whole stores): the tile source is the
+fast path where it applies, OpenSlide everything else. `open_source` picks per slide; the store records the choice
+as its `reader` attribute.
+
+Why tiles: OpenSlide's `read_region` spends most of a patch's time on per-region work (tile lookup, locking,
+compositing 1-4 tiles into premultiplied ARGB, which we convert back to RGB), not on decoding; a dense stream decodes
+each tile once here, off the GIL, and cuts patches from the decoded tiles (issue 17 has the measurements).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from layer1_patches.filters import PatchFilter, first_reject
+from layer1_patches.slide import Slide, WorkingResolution
+from layer1_patches.tileplan import patch_tiles, plan_decodes
+from layer1_patches.tiles import TileLayout, level_layout, level_pixels, read_region, tile_reader
+
+Patch = tuple[np.ndarray, str | None]  # RGB patch and the filter that rejects it (None: accepted)
+Backend = Literal["auto", "openslide"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Patches whose tiles stay decoded between two uses (tileplan.py): more than a dense row of a 100,000 px slide at
+# 224 px, and at most the tiles of this many consecutive patches held (~1,100 tiles, ~200 MB, in a dense stream).
+TILE_WINDOW = 512
+# vendors whose pyramid levels OpenSlide reads as whole tiled TIFF pages, as `tiles.level_layout` assumes
+TILED_VENDORS = ("aperio", "generic-tiff")
+
+
+class PatchSource(Protocol):
+    @property
+    def name(self) -> str:  # the store's `reader` attribute
+        ...
+
+    @property
+    def patch_size(self) -> int: ...
+
+    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
+        """The patch at each level-0 (x, y) of `coords`, in order, with its filter verdict."""
+        ...
+
+
+@dataclass(frozen=True)
+class PatchReader:
+    """Reads, resizes and filters one patch through OpenSlide; safe to call from several threads."""
+
+    slide: Slide
+    res: WorkingResolution
+    patch_size: int
+    filters: list[PatchFilter]
+
+    def __call__(self, coord: np.ndarray) -> Patch:
+        n = self.res.read_size(self.patch_size)
+        patch = self.slide.read_rgb(int(coord[0]), int(coord[1]), self.res.level, n, n)
+        return finish_patch(patch, self.patch_size, self.filters)
+
+
+def finish_patch(patch: np.ndarray, patch_size: int, filters: list[PatchFilter]) -> Patch:
+    """Resize a patch read at its level to `patch_size` (when they differ) and filter it."""
+    if len(patch) != patch_size:
+        patch = np.asarray(Image.fromarray(patch).resize((patch_size, patch_size), Image.Resampling.BOX))
+    return patch, first_reject(patch, filters)
+
+
+def ordered_map(fn: Callable[[T], R], items: np.ndarray | list[T], threads: int, ahead: int,
+                chunk: int = 16) -> Generator[R, None, None]:
+    """`map` over threads that keeps about `ahead` items in flight and yields in input order.
+
+    Items go to the threads `chunk` at a time: a future per patch cost as much interpreter time (under the
+    GIL, so off the reading threads) as converting the patch.
+    """
+    if threads == 1:
+        yield from (fn(item) for item in items)
+        return
+
+    def run(part: np.ndarray | list[T]) -> list[R]:
+        return [fn(item) for item in part]
+
+    chunk = max(1, min(chunk, ahead // threads))  # keep the read-ahead (memory) near `ahead` items
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[list[R]]] = deque()
+        in_flight = max(threads, ahead // chunk)
+        try:
+            for start in range(0, len(items), chunk):
+                pending.append(pool.submit(run, items[start:start + chunk]))
+                if len(pending) >= in_flight:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:  # the consumer stopped early (quota reached) or failed: drop what is queued
+            for fut in pending:
+                fut.cancel()
+
+
+@dataclass(frozen=True)
+class OpenSlideSource:
+    reader: PatchReader
+    name: str = "openslide"
+
+    @property
+    def patch_size(self) -> int:
+        return self.reader.patch_size
+
+    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
+        return ordered_map(self.reader, coords, threads, ahead)
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """Patches cut from the tiles of the working level's TIFF page, each tile decoded once per stream on the
+    reading threads (in the order `tileplan` gives), while this thread cuts, resizes and filters.
+
+    A patch whose level position is not a whole pixel (levels above 0 with a fractional downsample, where OpenSlide
+    blends neighbouring pixels: `tiles.level_pixels`) is read through OpenSlide, so every pixel is OpenSlide's.
+    """
+
+    path: str
+    layout: TileLayout
+    fallback: PatchReader
+    name: str = "tiles"
+
+    @property
+    def patch_size(self) -> int:
+        return self.fallback.patch_size
+
+    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
+        res, filters = self.fallback.res, self.fallback.filters
+        n = res.read_size(self.patch_size)
+        xy, exact = level_pixels(coords, res.level_downsample)
+        needs = patch_tiles(self.layout, xy, n)
+        if not exact.all():
+            needs = [tiles if ok else () for tiles, ok in zip(needs, exact.tolist(), strict=True)]
+        plan = plan_decodes(needs, TILE_WINDOW)
+        fd = os.open(self.path, os.O_RDONLY)
+        decode = tile_reader(self.layout, fd)
+        decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, ahead, chunk=4)
+        try:
+            held: dict[int, np.ndarray] = {}
+            for i, (x, y) in enumerate(xy.tolist()):
+                if not exact[i]:
+                    yield self.fallback(coords[i])
+                    continue
+                for t in plan.needs[i]:
+                    if t not in held:
+                        got, tile = next(decoded)
+                        if got != t:  # the plan and its consumer disagree: a bug, never wrong pixels
+                            raise RuntimeError(f"tile plan out of step: expected tile {t}, decoded {got}")
+                        held[t] = tile
+                patch = read_region(self.layout, held.__getitem__, x, y, n, n)
+                for t in plan.release[i]:
+                    del held[t]
+                yield finish_patch(patch, self.patch_size, filters)
+        finally:  # stopped early (a quota reached) or failed: the threads finish their tiles before the file closes
+            decoded.close()
+            os.close(fd)
+
+
+def open_source(slide: Slide, res: WorkingResolution, patch_size: int, filters: list[PatchFilter],
+                backend: Backend = "auto") -> PatchSource:
+    """The tile source where the slide's working level is a servable JPEG-tiled page, else OpenSlide."""
+    reader = PatchReader(slide, res, patch_size, filters)
+    if backend == "openslide" or slide.vendor not in TILED_VENDORS:
+        return OpenSlideSource(reader)
+    layout = level_layout(str(slide.path), slide.level_dimensions[res.level],
+                          whole_above=slide.vendor == "aperio" and res.level > 0)
+    if layout is None:
+        return OpenSlideSource(reader)
+    return TileSource(str(slide.path), layout, reader)
