@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--codecs", action="store_true", help="also print bytes per patch for each codec")
     parser.add_argument("--checksum-rounds", type=int, default=0, help="rounds of the checksums on/off A/B (0: none)")
+    parser.add_argument("--processes", type=int, default=0, help="only compare one process with --threads reader "
+                        "threads against this many shard processes of 1 thread each plus their merge")
     args = parser.parse_args()
     if args.fractions:
         fraction_cost(args.fractions)
@@ -232,6 +234,9 @@ def main() -> None:
     print(f"synthetic {args.size} x {args.size} slide ready ({time.perf_counter() - t0:.0f} s): {slide}")
     base = ["--set", "resolution.level=0", "--set", "resolution.mpp=null", "--set", "patch_size=224",
             "--set", f"reader.threads={args.threads}"]
+    if args.processes:
+        threads_vs_processes(slide, work, base, args)
+        return
     n, coords_file, tiles_file, size = candidates(slide, base[1::2])
     n_tiles = len(__import__("numpy").load(tiles_file))
     print(f"{n} candidate patches over tissue on {n_tiles} JPEG tiles, 224 px at level 0; extract with "
@@ -269,6 +274,48 @@ def main() -> None:
         codec_sizes(extract, work)
     if args.checksum_rounds:
         checksum_ab(slide, work, base[1::2], args.checksum_rounds)
+
+
+def threads_vs_processes(slide: Path, work: Path, base: list[str], args: argparse.Namespace) -> None:
+    """One `extract` with `--threads` reader threads against `--processes` concurrent `extract --shard i/K` of one
+    thread each and their `merge` (the way to use more cores than threads scale to), in rotated rounds: wall and
+    CPU seconds (all processes), and whether the merged store's patches equal the single process's."""
+    import numpy as np
+
+    k = args.processes
+    cmd = [sys.executable, "-m", "layer1_patches", "extract", "--config", "configs/layer1/dense.yaml", "--slide",
+           str(slide), "--overwrite", *base]
+    per: dict[str, list[tuple[float, float]]] = {"threads": [], "processes": []}
+    for r in range(args.rounds):
+        for kind in ("threads", "processes") if r % 2 == 0 else ("processes", "threads"):
+            out = work / f"tvp_{kind}"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            if kind == "threads":
+                cpu = run_child([*cmd, "--out", str(out)]).cpu
+            else:
+                shard = [*cmd, "--set", "reader.threads=1", "--out", str(out)]  # the last --set wins
+                procs = [subprocess.Popen([*shard, "--shard", f"{i}/{k}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL) for i in range(k)]
+                cpu = 0.0
+                for proc in procs:
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        raise SystemExit("a shard process failed")
+                    cpu += usage.ru_utime + usage.ru_stime
+                cpu += run_child([sys.executable, "-m", "layer1_patches", "merge", "--slide", str(slide), "--out",
+                                  str(out), "--shards", str(k)]).cpu
+            per[kind].append((cpu, time.perf_counter() - start))
+        print(f"round {r + 1}: one process, {args.threads} threads: {per['threads'][-1][1]:.1f} s wall, "
+              f"{per['threads'][-1][0]:.1f} s CPU | {k} shard processes + merge: {per['processes'][-1][1]:.1f} s "
+              f"wall, {per['processes'][-1][0]:.1f} s CPU")
+    (one,), (merged,) = (work / "tvp_threads").glob("*.h5"), (work / "tvp_processes").glob("*.h5")
+    with h5py.File(one) as a, h5py.File(merged) as b:
+        same = len(a["patches"]) == len(b["patches"]) and all(
+            np.array_equal(a["patches"][i:i + 256], b["patches"][i:i + 256]) for i in range(0, len(a["patches"]), 256))
+    wall = [per["processes"][i][1] / per["threads"][i][1] for i in range(args.rounds)]
+    print(f"wall, processes / threads: median {median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}); merged patches "
+          f"equal the single process's: {same}")
 
 
 def median(values: list[float]) -> float:
