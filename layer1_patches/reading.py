@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from layer1_patches.filters import PatchFilter, first_reject
+from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer1_patches.tileplan import patch_tiles, plan_decodes
 from layer1_patches.tiles import TileLayout, level_layout, level_pixels, read_region, tile_reader
@@ -144,7 +145,16 @@ class TileSource:
         plan = plan_decodes(needs, TILE_WINDOW)
         fd = os.open(self.path, os.O_RDONLY)
         decode = tile_reader(self.layout, fd)
-        decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, ahead, chunk=4)
+
+        def decode_named(t: int) -> tuple[int, np.ndarray]:
+            try:
+                return t, decode(t)
+            except Exception as err:  # noqa: BLE001 - imagecodecs' errors have no common base: all become one line
+                across = self.layout.tiles_across
+                raise CamnetError(f"slide {self.path}: cannot decode the JPEG tile at column {t % across}, row "
+                                  f"{t // across} of level {res.level} ({err})") from None
+
+        decoded = ordered_map(decode_named, plan.decodes, threads, ahead, chunk=4)
         try:
             held: dict[int, np.ndarray] = {}
             for i, (x, y) in enumerate(xy.tolist()):

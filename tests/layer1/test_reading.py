@@ -225,3 +225,26 @@ def test_backend_openslide_always_gives_openslide(path: str, request: pytest.Fix
             assert isinstance(open_source(slide, res, 32, [], "openslide"), OpenSlideSource)
             assert open_source(slide, res, 32, [], "openslide").name == "openslide"
         assert isinstance(open_source(slide, WorkingResolution(0, 1, 1, 0.5, 20), 32, [], "auto"), TileSource)
+
+
+def test_a_damaged_tile_is_one_error_naming_slide_and_tile(tmp_path: Path, synth: tuple[Path, Path]) -> None:
+    """Regression: an undecodable tile raised imagecodecs' own exception (a traceback, not an `error:` line).
+    OpenSlide cannot read that tile either (the truth), so the tile path must fail too, naming where."""
+    from layer1_patches.shared.errors import CamnetError
+
+    slide = tmp_path / synth[0].name
+    slide.write_bytes(synth[0].read_bytes())
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[0]
+        across = -(-page.imagewidth // page.tilewidth)
+        t = 4 * across + 4  # a tile in the middle of the slide, under tissue
+        offset, count = page.dataoffsets[t], page.databytecounts[t]
+    with open(slide, "r+b") as fh:  # the tile's bytes zeroed: no JPEG markers left
+        fh.seek(offset)
+        fh.write(bytes(count))
+    with Slide(slide) as s, pytest.raises(CamnetError, match="cannot read region"):
+        s.read_rgb(4 * 240, 4 * 240, 0, 240, 240)
+    cfg = make_config(patch_size=240, sampling={"mode": "dense"}, filters={"min_tissue_fraction": 0.0})
+    with pytest.raises(CamnetError, match=rf"slide {slide}: cannot decode the JPEG tile at column 4, row 4 of level 0"):
+        extract_slide(ExtractRequest(slide, tmp_path / "out", cfg, None))
+    assert not list((tmp_path / "out").glob("*.h5"))
