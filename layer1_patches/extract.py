@@ -211,7 +211,7 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
     table, listed = table_mpp(req)
     digest = store_hash(cfg, req.annotation is not None, listed)
     seed = cfg.sampling.seed + req.task_seed
-    with Slide(req.slide, cfg.resolution.assume_mpp, table) as slide:
+    with Slide(req.slide, cfg.resolution.assume_mpp, table, tiles=cfg.reader.backend == "auto") as slide:
         res = resolve_resolution(slide, cfg.resolution)
         tissue = masker_from_config(cfg.tissue)(slide)
         if not tissue.array.any():

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image
 
 from layer1_patches.filters import PatchFilter, first_reject
-from layer1_patches.shared.errors import CamnetError
 from layer1_patches.slide import Slide, WorkingResolution
 from layer1_patches.tileplan import patch_tiles, plan_decodes
-from layer1_patches.tiles import TileLayout, level_layout, level_pixels, read_region, tile_reader
+from layer1_patches.tiles import TileLayout, level_pixels, read_region, tile_reader
 
 Patch = tuple[np.ndarray, str | None]  # RGB patch and the filter that rejects it (None: accepted)
 Backend = Literal["auto", "openslide"]
@@ -35,8 +34,6 @@ R = TypeVar("R")
 # Patches whose tiles stay decoded between two uses (tileplan.py): more than a dense row of a 100,000 px slide at
 # 224 px, and at most the tiles of this many consecutive patches held (~1,100 tiles, ~200 MB, in a dense stream).
 TILE_WINDOW = 512
-# vendors whose pyramid levels OpenSlide reads as whole tiled TIFF pages, as `tiles.level_layout` assumes
-TILED_VENDORS = ("aperio", "generic-tiff")
 
 
 class PatchSource(Protocol):
@@ -144,17 +141,8 @@ class TileSource:
             needs = [tiles if ok else () for tiles, ok in zip(needs, exact.tolist(), strict=True)]
         plan = plan_decodes(needs, TILE_WINDOW)
         fd = os.open(self.path, os.O_RDONLY)
-        decode = tile_reader(self.layout, fd)
-
-        def decode_named(t: int) -> tuple[int, np.ndarray]:
-            try:
-                return t, decode(t)
-            except Exception as err:  # noqa: BLE001 - imagecodecs' errors have no common base: all become one line
-                across = self.layout.tiles_across
-                raise CamnetError(f"slide {self.path}: cannot decode the JPEG tile at column {t % across}, row "
-                                  f"{t // across} of level {res.level} ({err})") from None
-
-        decoded = ordered_map(decode_named, plan.decodes, threads, ahead, chunk=4)
+        decode = tile_reader(self.layout, fd, self.path, res.level)
+        decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, ahead, chunk=4)
         try:
             held: dict[int, np.ndarray] = {}
             for i, (x, y) in enumerate(xy.tolist()):
@@ -180,10 +168,7 @@ def open_source(slide: Slide, res: WorkingResolution, patch_size: int, filters: 
                 backend: Backend = "auto") -> PatchSource:
     """The tile source where the slide's working level is a servable JPEG-tiled page, else OpenSlide."""
     reader = PatchReader(slide, res, patch_size, filters)
-    if backend == "openslide" or slide.vendor not in TILED_VENDORS:
-        return OpenSlideSource(reader)
-    layout = level_layout(str(slide.path), slide.level_dimensions[res.level],
-                          whole_above=slide.vendor == "aperio" and res.level > 0)
+    layout = slide.tile_layout(res.level) if backend == "auto" else None
     if layout is None:
         return OpenSlideSource(reader)
     return TileSource(str(slide.path), layout, reader)

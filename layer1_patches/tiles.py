@@ -20,6 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from layer1_patches.shared.errors import CamnetError
+
+# vendors whose pyramid levels OpenSlide reads as whole tiled TIFF pages, as `level_layout` assumes
+TILED_VENDORS = ("aperio", "generic-tiff")
 JPEG = 7  # TIFF Compression tag
 # OpenSlide paints a level at the fractional position x0 / downsample (openslide-vendor-generic-tiff.c:135,
 # openslide-vendor-aperio.c:236, openslide-grid.c:216-264) and cairo/pixman resample it bilinearly: a plain cut of
@@ -65,19 +69,23 @@ def layout_of(page: Any) -> TileLayout:
                       page.jpegtables, int(page.photometric))
 
 
-def tile_reader(layout: TileLayout, fd: int) -> Callable[[int], np.ndarray]:
+def tile_reader(layout: TileLayout, fd: int, slide: str = "", level: int = 0) -> Callable[[int], np.ndarray]:
     """Decodes tile `i` (row-major) of the file open as `fd` to RGB uint8 of the full tile size; a tile without
-    bytes is white. Safe from several threads: `os.pread` has no shared file position, and the decoder releases
-    the GIL."""
+    bytes is white, one that does not decode is a `CamnetError` naming `slide`, `level` and the tile. Safe from
+    several threads: `os.pread` has no shared file position, and the decoder releases the GIL."""
     import imagecodecs  # lazy: only tiled reads need it
 
     def decode(i: int) -> np.ndarray:
         if layout.byte_counts[i] == 0:
             return np.full((layout.tile_height, layout.tile_width, 3), WHITE, np.uint8)
-        data = os.pread(fd, layout.byte_counts[i], layout.offsets[i])
-        tile = imagecodecs.jpeg8_decode(data, tables=layout.tables, colorspace=layout.colorspace,
-                                        outcolorspace="RGB")
-        return np.asarray(tile, dtype=np.uint8).reshape(layout.tile_height, layout.tile_width, 3)
+        try:
+            data = os.pread(fd, layout.byte_counts[i], layout.offsets[i])
+            tile = imagecodecs.jpeg8_decode(data, tables=layout.tables, colorspace=layout.colorspace,
+                                            outcolorspace="RGB")
+            return np.asarray(tile, dtype=np.uint8).reshape(layout.tile_height, layout.tile_width, 3)
+        except Exception as err:  # noqa: BLE001 - imagecodecs' errors have no common base: all become one line
+            raise CamnetError(f"slide {slide}: cannot decode the JPEG tile at column {i % layout.tiles_across}, "
+                              f"row {i // layout.tiles_across} of level {level} ({err})") from None
 
     return decode
 

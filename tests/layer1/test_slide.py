@@ -143,3 +143,25 @@ def test_public_read_fallback_gives_the_same_pixels(monkeypatch: pytest.MonkeyPa
         slow = [slide.read_rgb(x, y, 0, 128, 128) for x, y in ((0, 0), (2150, 2900))]
     for a, b in zip(fast, slow, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("size", [2000, 2047])  # 2047: levels of 1023 and 511 px, fractional downsamples
+def test_the_mask_read_from_tiles_equals_openslides(tmp_path: Path, size: int) -> None:
+    """`read_downsampled` (the tissue mask's image) cut from JPEG tiles equals OpenSlide's read of the same level,
+    also where a fractional downsample sends strips back to OpenSlide."""
+    from layer1_patches.synth import SynthSpec, write_synthetic_slide
+
+    tif = tmp_path / "s.tif"
+    write_synthetic_slide(tif, tmp_path / "s.xml", SynthSpec(size=size, seed=3, tumour_fraction=0.2, tile=240))
+    with Slide(tif) as tiled, Slide(tif, tiles=False) as plain:
+        assert tiled.tile_layout(1) is not None and plain.tile_layout(1) is None
+        for downsample in (2.0, 4.0, 7.0):
+            ours, theirs = tiled.read_downsampled(downsample), plain.read_downsampled(downsample)
+            np.testing.assert_array_equal(ours[0], theirs[0])
+            assert ours[1:] == theirs[1:]
+        for level in range(tiled.level_count):
+            lw, lh = tiled.level_dimensions[level]
+            np.testing.assert_array_equal(tiled.read_level(0, 0, level, lw, lh), plain.read_rgb(0, 0, level, lw, lh))
+        lw = tiled.level_dimensions[1][0]
+        for y in (1, 3, 1001):  # level positions between two pixels: OpenSlide blends them, so it reads them
+            np.testing.assert_array_equal(tiled.read_level(5, y, 1, lw - 8, 64), plain.read_rgb(5, y, 1, lw - 8, 64))
