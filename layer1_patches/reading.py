@@ -11,25 +11,25 @@ each tile once here, off the GIL, and cuts patches from the decoded tiles (issue
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from layer1_patches.filters import PatchFilter, first_reject
 from layer1_patches.slide import Slide, WorkingResolution
-from layer1_patches.tileplan import patch_tiles, plan_decodes
+from layer1_patches.tileplan import TilePlan, patch_tiles, plan_decodes
 from layer1_patches.tiles import TileLayout, level_pixels, read_region, tile_reader
 
 Patch = tuple[np.ndarray, str | None]  # RGB patch and the filter that rejects it (None: accepted)
 Backend = Literal["auto", "openslide"]
 T = TypeVar("T")
-R = TypeVar("R")
 
 # Patches whose tiles stay decoded between two uses (tileplan.py): more than a dense row of a 100,000 px slide at
 # 224 px, and at most the tiles of this many consecutive patches held (~1,100 tiles, ~200 MB, in a dense stream).
@@ -71,27 +71,31 @@ def finish_patch(patch: np.ndarray, patch_size: int, filters: list[PatchFilter])
     return patch, first_reject(patch, filters)
 
 
-def ordered_map(fn: Callable[[T], R], items: np.ndarray | list[T], threads: int, ahead: int,
-                chunk: int = 16) -> Generator[R, None, None]:
-    """`map` over threads that keeps about `ahead` items in flight and yields in input order.
+def ordered_map(fn: Callable[[T], Any], items: Iterable[T], threads: int, ahead: int, chunk: int = 16,
+                flatten: bool = False) -> Generator[Any, None, None]:
+    """`map` over threads that keeps about `ahead` items in flight and yields in input order (`flatten`: `fn`
+    returns lists, whose elements are yielded). `items` is consumed on this thread, as the results are.
 
     Items go to the threads `chunk` at a time: a future per patch cost as much interpreter time (under the
     GIL, so off the reading threads) as converting the patch.
     """
     if threads == 1:
-        yield from (fn(item) for item in items)
+        for item in items:
+            yield from (fn(item) if flatten else (fn(item),))
         return
 
-    def run(part: np.ndarray | list[T]) -> list[R]:
-        return [fn(item) for item in part]
+    def run(part: list[T]) -> list[Any]:
+        done = [fn(item) for item in part]
+        return [x for result in done for x in result] if flatten else done
 
     chunk = max(1, min(chunk, ahead // threads))  # keep the read-ahead (memory) near `ahead` items
+    source = iter(items)
     with ThreadPoolExecutor(threads) as pool:
-        pending: deque[Future[list[R]]] = deque()
+        pending: deque[Future[list[Any]]] = deque()
         in_flight = max(threads, ahead // chunk)
         try:
-            for start in range(0, len(items), chunk):
-                pending.append(pool.submit(run, items[start:start + chunk]))
+            while part := list(itertools.islice(source, chunk)):
+                pending.append(pool.submit(run, part))
                 if len(pending) >= in_flight:
                     yield from pending.popleft().result()
             while pending:
@@ -114,10 +118,17 @@ class OpenSlideSource:
         return ordered_map(self.reader, coords, threads, ahead)
 
 
+# A cut job: (patch index, level x, level y, the tiles it covers; None: read through OpenSlide)
+CutItem = tuple[int, int, int, "dict[int, np.ndarray] | None"]
+CUT_CHUNK = 8  # patches per cut job: a future per patch cost about as much interpreter time as cutting it
+
+
 @dataclass(frozen=True)
 class TileSource:
-    """Patches cut from the tiles of the working level's TIFF page, each tile decoded once per stream on the
-    reading threads (in the order `tileplan` gives), while this thread cuts, resizes and filters.
+    """Patches cut from the tiles of the working level's TIFF page, each tile decoded once per stream (in the order
+    `tileplan` gives) on `threads` decoding threads; `threads` more cut, resize and filter `CUT_CHUNK` patches at a
+    time, so this thread only follows the plan and the consumer only writes. Everything the threads run (libjpeg,
+    copies, numpy comparisons) is mostly outside Python's lock.
 
     A patch whose level position is not a whole pixel (levels above 0 with a fractional downsample, where OpenSlide
     blends neighbouring pixels: `tiles.level_pixels`) is read through OpenSlide, so every pixel is OpenSlide's.
@@ -133,35 +144,60 @@ class TileSource:
         return self.fallback.patch_size
 
     def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
-        res, filters = self.fallback.res, self.fallback.filters
-        n = res.read_size(self.patch_size)
-        xy, exact = level_pixels(coords, res.level_downsample)
-        needs = patch_tiles(self.layout, xy, n)
+        level = self.fallback.res.level
+        xy, exact = level_pixels(coords, self.fallback.res.level_downsample)
+        needs = patch_tiles(self.layout, xy, self.fallback.res.read_size(self.patch_size))
         if not exact.all():
             needs = [tiles if ok else () for tiles, ok in zip(needs, exact.tolist(), strict=True)]
         plan = plan_decodes(needs, TILE_WINDOW)
         fd = os.open(self.path, os.O_RDONLY)
-        decode = tile_reader(self.layout, fd, self.path, res.level)
+        decode = tile_reader(self.layout, fd, self.path, level)
         decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, ahead, chunk=4)
+        jobs = _cut_jobs(plan, xy, exact, decoded)
         try:
-            held: dict[int, np.ndarray] = {}
-            for i, (x, y) in enumerate(xy.tolist()):
-                if not exact[i]:
-                    yield self.fallback(coords[i])
-                    continue
-                for t in plan.needs[i]:
-                    if t not in held:
-                        got, tile = next(decoded)
-                        if got != t:  # the plan and its consumer disagree: a bug, never wrong pixels
-                            raise RuntimeError(f"tile plan out of step: expected tile {t}, decoded {got}")
-                        held[t] = tile
-                patch = read_region(self.layout, held.__getitem__, x, y, n, n)
-                for t in plan.release[i]:
-                    del held[t]
-                yield finish_patch(patch, self.patch_size, filters)
+            yield from ordered_map(lambda job: self._cut(job, coords), jobs, threads, max(1, ahead // CUT_CHUNK),
+                                   chunk=1, flatten=True)
         finally:  # stopped early (a quota reached) or failed: the threads finish their tiles before the file closes
+            jobs.close()
             decoded.close()
             os.close(fd)
+
+    def _cut(self, job: list[CutItem], coords: np.ndarray) -> list[Patch]:
+        n = self.fallback.res.read_size(self.patch_size)
+        out = []
+        for i, x, y, tiles in job:
+            if tiles is None:
+                out.append(self.fallback(coords[i]))
+            else:
+                patch = read_region(self.layout, tiles.__getitem__, x, y, n, n)
+                out.append(finish_patch(patch, self.patch_size, self.fallback.filters))
+        return out
+
+
+def _cut_jobs(plan: TilePlan, xy: np.ndarray, exact: np.ndarray,
+              decoded: Iterator[tuple[int, np.ndarray]]) -> Generator[list[CutItem], None, None]:
+    """The patches in `CUT_CHUNK`s, each with the decoded tiles it covers, following the plan: decoded tiles are
+    taken in plan order and dropped when the plan releases them (a job keeps its own references)."""
+    held: dict[int, np.ndarray] = {}
+    job: list[CutItem] = []
+    for i, (x, y) in enumerate(xy.tolist()):
+        if not exact[i]:
+            job.append((i, x, y, None))
+        else:
+            for t in plan.needs[i]:
+                if t not in held:
+                    got, tile = next(decoded)
+                    if got != t:  # the plan and its consumer disagree: a bug, never wrong pixels
+                        raise RuntimeError(f"tile plan out of step: expected tile {t}, decoded {got}")
+                    held[t] = tile
+            job.append((i, x, y, {t: held[t] for t in plan.needs[i]}))
+            for t in plan.release[i]:
+                del held[t]
+        if len(job) == CUT_CHUNK:
+            yield job
+            job = []
+    if job:
+        yield job
 
 
 def open_source(slide: Slide, res: WorkingResolution, patch_size: int, filters: list[PatchFilter],
