@@ -11,6 +11,7 @@ from layer1_patches.shared.errors import ConfigError
 from layer1_patches.shared.typedconfig import bounded, load_config
 
 Codec = Literal["lz4", "gzip", "lzf", "none", "jpeg"]
+Backend = Literal["auto", "openslide"]  # how patches are read: layer1_patches/reading.py
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class MetadataConfig:
 class ReaderConfig:
     threads: int = bounded(2, min=1, max=64, doc="threads reading and filtering the patches of one slide")
     batch_size: int = bounded(64, min=1, doc="patches written to the store at a time; up to 4x this are read ahead")
-    backend: Literal["auto", "openslide"] = bounded("auto", doc="auto: JPEG-tiled TIFF and SVS levels are cut from "
+    backend: Backend = bounded("auto", doc="auto: JPEG-tiled TIFF and SVS levels are cut from "
                                                     "tiles decoded once (same pixels, faster), other slides read "
                                                     "through OpenSlide; openslide: always OpenSlide")
 

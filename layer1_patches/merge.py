@@ -53,7 +53,7 @@ def _merge(final: Path, shards: list[Path], count: int) -> None:
                     idx = np.arange(start, min(start + 256, len(store)))
                     writer.append(store.read(idx), store.coords[idx], store.labels[idx],
                                   store.tumour_fraction[idx], store.tissue_fraction[idx])
-            carried = ("requested", "config", "annotation", "mpp_from_metadata", "mpp_source")
+            carried = ("requested", "config", "annotation", "mpp_from_metadata", "mpp_source", "reader")
             extra: dict[str, Any] = {key: first[key] for key in carried if key in first}
             extra["rejects"] = _sum(s.attrs["rejects"] for s in stores)
             extra["counts"] = _sum(s.attrs["counts"] for s in stores)

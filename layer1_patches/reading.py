@@ -17,23 +17,26 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from layer1_patches.config import Backend
 from layer1_patches.filters import PatchFilter, first_reject
 from layer1_patches.slide import Slide, WorkingResolution
 from layer1_patches.tileplan import TilePlan, patch_tiles, plan_decodes
-from layer1_patches.tiles import TileLayout, level_pixels, read_region, tile_reader
+from layer1_patches.tiles import OPENSLIDE_PIECE, TileLayout, level_pixels, read_region, tile_reader
 
 Patch = tuple[np.ndarray, str | None]  # RGB patch and the filter that rejects it (None: accepted)
-Backend = Literal["auto", "openslide"]
 T = TypeVar("T")
 
 # Patches whose tiles stay decoded between two uses (tileplan.py): more than a dense row of a 100,000 px slide at
-# 224 px, and at most the tiles of this many consecutive patches held (~1,100 tiles, ~200 MB, in a dense stream).
+# 224 px, when the tiles that window holds fit the budget below.
 TILE_WINDOW = 512
+# Decoded tiles held by the plan. A dense window spans about two tile rows across `window` patches, so the window
+# shrinks for large tiles or patches (then a tile may be decoded twice, never held beyond this).
+TILE_BUDGET_BYTES = 192 * 1024 * 1024
 
 
 class PatchSource(Protocol):
@@ -144,22 +147,29 @@ class TileSource:
         return self.fallback.patch_size
 
     def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
-        level = self.fallback.res.level
-        xy, exact = level_pixels(coords, self.fallback.res.level_downsample)
-        needs = patch_tiles(self.layout, xy, self.fallback.res.read_size(self.patch_size))
+        res, lay = self.fallback.res, self.layout
+        n = res.read_size(self.patch_size)
+        xy, exact = level_pixels(coords, res.level_downsample)
+        if n > OPENSLIDE_PIECE and not float(res.level_downsample).is_integer():
+            exact[:] = False  # OpenSlide paints such a patch in pieces at other subpixel positions
+        needs = patch_tiles(lay, xy, n)
         if not exact.all():
             needs = [tiles if ok else () for tiles, ok in zip(needs, exact.tolist(), strict=True)]
-        plan = plan_decodes(needs, TILE_WINDOW)
+        plan = plan_decodes(needs, tile_window(n, lay.tile_width, lay.tile_height))
+        # decoded tiles waiting for the cutters: about `ahead` patches' worth of pixels, whatever the tile size
+        tiles_ahead = max(2 * threads, ahead * n * n // (lay.tile_width * lay.tile_height))
         fd = os.open(self.path, os.O_RDONLY)
-        decode = tile_reader(self.layout, fd, self.path, level)
-        decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, ahead, chunk=4)
-        jobs = _cut_jobs(plan, xy, exact, decoded)
         try:
-            yield from ordered_map(lambda job: self._cut(job, coords), jobs, threads, max(1, ahead // CUT_CHUNK),
-                                   chunk=1, flatten=True)
-        finally:  # stopped early (a quota reached) or failed: the threads finish their tiles before the file closes
-            jobs.close()
-            decoded.close()
+            decode = tile_reader(lay, fd, self.path, res.level)
+            decoded = ordered_map(lambda t: (t, decode(t)), plan.decodes, threads, tiles_ahead, chunk=4)
+            jobs = _cut_jobs(plan, xy, exact, decoded)
+            try:
+                yield from ordered_map(lambda job: self._cut(job, coords), jobs, threads,
+                                       max(1, ahead // CUT_CHUNK), chunk=1, flatten=True)
+            finally:  # stopped early (a quota reached) or failed: the threads finish before the file closes
+                jobs.close()
+                decoded.close()
+        finally:
             os.close(fd)
 
     def _cut(self, job: list[CutItem], coords: np.ndarray) -> list[Patch]:
@@ -172,6 +182,12 @@ class TileSource:
                 patch = read_region(self.layout, tiles.__getitem__, x, y, n, n)
                 out.append(finish_patch(patch, self.patch_size, self.fallback.filters))
         return out
+
+
+def tile_window(read_size: int, tile_width: int, tile_height: int) -> int:
+    """The plan's window (patches): `TILE_WINDOW`, less where two tile rows across it would exceed the budget."""
+    row_bytes = 2 * 3 * tile_height * max(read_size, tile_width)  # per patch along a dense row
+    return max(1, min(TILE_WINDOW, TILE_BUDGET_BYTES // row_bytes))
 
 
 def _cut_jobs(plan: TilePlan, xy: np.ndarray, exact: np.ndarray,

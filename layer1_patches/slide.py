@@ -23,7 +23,15 @@ from layer1_patches.config import ResolutionConfig
 from layer1_patches.mpp import GENERIC_TIFF, MppTable, tiff_facts
 from layer1_patches.shared.cohort import output_stem
 from layer1_patches.shared.errors import CamnetError
-from layer1_patches.tiles import TILED_VENDORS, TileLayout, level_layout, level_pixels, read_region, tile_reader
+from layer1_patches.tiles import (
+    TILED_VENDORS,
+    TileLayout,
+    level_layout,
+    level_pixels,
+    openslide_pieces,
+    read_region,
+    tile_reader,
+)
 
 # Objective power of a slide at a given level-0 mpp when the slide does not say: 10 um / mpp
 # is the usual microscope convention (0.25 um/px = 40x, 0.5 um/px = 20x).
@@ -145,19 +153,26 @@ class Slide:
         return self._layouts[level]
 
     def read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        """`read_rgb`'s pixels, cut from the level's tiles decoded once each when they give the same: a strip of
-        a level costs a tenth of OpenSlide's CPU there (the tissue mask's read)."""
+        """`read_rgb`'s pixels, cut from the level's tiles decoded once each where that gives the same: a strip
+        of a level costs a fraction of OpenSlide's CPU there (the tissue mask's read).
+
+        OpenSlide paints a large region in 4096 px pieces, each at its own (possibly fractional) position: a piece
+        whose position is not a whole level pixel is read through OpenSlide (`tiles.level_pixels`).
+        """
         layout = self.tile_layout(level)
-        if layout is not None:
-            pixel, exact = level_pixels(np.array([[x, y]]), self.level_downsamples[level])
-            if exact[0]:
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    return read_region(layout, tile_reader(layout, fd, str(self.path), level), int(pixel[0, 0]),
-                                       int(pixel[0, 1]), width, height)
-                finally:
-                    os.close(fd)
-        return self.read_rgb(x, y, level, width, height)
+        if layout is None:
+            return self.read_rgb(x, y, level, width, height)
+        out = np.empty((height, width, 3), np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            decode = tile_reader(layout, fd, str(self.path), level)
+            for px, py, ox, oy, w, h in openslide_pieces(x, y, width, height, self.level_downsamples[level]):
+                pixel, exact = level_pixels(np.array([[px, py]]), self.level_downsamples[level])
+                out[oy:oy + h, ox:ox + w] = (read_region(layout, decode, int(pixel[0, 0]), int(pixel[0, 1]), w, h)
+                                             if exact[0] else self.read_rgb(px, py, level, w, h))
+        finally:
+            os.close(fd)
+        return out
 
     def read_downsampled(self, downsample: float) -> tuple[np.ndarray, float, float]:
         """The whole slide at about `downsample`, read from the best level in strips.

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import h5py
 import numpy as np
 
 from layer1_patches import integrity
+from layer1_patches.chunks import write_chunks
 from layer1_patches.shared import signals
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import writer_partial
@@ -133,33 +133,6 @@ def discard_h5(f: h5py.File, path: Path) -> None:
                 f.close()
     finally:
         Path(path).unlink(missing_ok=True)
-
-
-def write_chunks(dataset: h5py.Dataset, first: int, patches: np.ndarray, checksum: bool) -> None:
-    """Uncompressed patches as whole chunks, one per patch, with the Fletcher-32 that HDF5's filter appends.
-
-    HDF5's own path (`dataset[a:b] = patches`) runs each chunk through its filter pipeline: buffer copies and a
-    Fletcher-32 that took 0.3-0.5 ms CPU per 224 px patch, more than decoding it (issue 17). imagecodecs computes
-    the same checksum (HDF5's H5_checksum_fletcher32) in 0.07 ms, stored little-endian after the data as the filter
-    does; every read through h5py verifies it (tests/layer1/test_store.py).
-    """
-    if checksum and not hasattr(_imagecodecs(), "h5checksum_fletcher32"):  # an imagecodecs older than 2023.1
-        dataset[first:first + len(patches)] = patches
-        return
-    size = patches[0].nbytes
-    chunk = np.empty(size + 4 * checksum, np.uint8)
-    for i, patch in enumerate(patches):
-        chunk[:size] = patch.reshape(-1)
-        if checksum:
-            chunk[size:] = np.frombuffer(struct.pack("<I", _imagecodecs().h5checksum_fletcher32(chunk[:size])),
-                                         np.uint8)
-        dataset.id.write_direct_chunk((first + i, 0, 0, 0), chunk)
-
-
-def _imagecodecs() -> Any:
-    import imagecodecs  # lazy: heavy, and only the writers of uncompressed stores need it
-
-    return imagecodecs
 
 
 class PatchWriter:

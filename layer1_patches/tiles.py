@@ -25,12 +25,16 @@ from layer1_patches.shared.errors import CamnetError
 # vendors whose pyramid levels OpenSlide reads as whole tiled TIFF pages, as `level_layout` assumes
 TILED_VENDORS = ("aperio", "generic-tiff")
 JPEG = 7  # TIFF Compression tag
+# OpenSlide paints a region larger than this (level px) in pieces whose level-0 origin is truncated
+# (openslide.c, openslide_read_region): at a fractional downsample each piece has its own subpixel position
+OPENSLIDE_PIECE = 4096
 # OpenSlide paints a level at the fractional position x0 / downsample (openslide-vendor-generic-tiff.c:135,
 # openslide-vendor-aperio.c:236, openslide-grid.c:216-264) and cairo/pixman resample it bilinearly: a plain cut of
 # the tiles equals its pixels only when |dx| + |dy| < 1/256 px (measured with OpenSlide 4.0.1), so each axis gets
 # half of that.
 SUBPIXEL_EXACT = 1 / 512
 PHOTOMETRIC_RGB = 2
+PHOTOMETRIC_YCBCR = 6  # the two colour spaces OpenSlide decodes with libjpeg itself (openslide-decode-tiff.c)
 WHITE = 255  # OpenSlide composites "no data" (outside the image, missing tiles) over white
 
 
@@ -59,7 +63,8 @@ class TileLayout:
 def servable(page: Any) -> bool:
     """Whether a tifffile page is JPEG tiles of 3 contiguous 8-bit samples: the pages OpenSlide decodes itself."""
     return bool(page.is_tiled and page.compression == JPEG and page.planarconfig == 1
-                and page.samplesperpixel == 3 and page.bitspersample == 8)
+                and page.samplesperpixel == 3 and page.bitspersample == 8
+                and page.photometric in (PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR))
 
 
 def layout_of(page: Any) -> TileLayout:
@@ -80,6 +85,9 @@ def tile_reader(layout: TileLayout, fd: int, slide: str = "", level: int = 0) ->
             return np.full((layout.tile_height, layout.tile_width, 3), WHITE, np.uint8)
         try:
             data = os.pread(fd, layout.byte_counts[i], layout.offsets[i])
+            damage = jpeg_damage(data, layout.byte_counts[i])
+            if damage:
+                raise ValueError(damage)
             tile = imagecodecs.jpeg8_decode(data, tables=layout.tables, colorspace=layout.colorspace,
                                             outcolorspace="RGB")
             return np.asarray(tile, dtype=np.uint8).reshape(layout.tile_height, layout.tile_width, 3)
@@ -88,6 +96,54 @@ def tile_reader(layout: TileLayout, fd: int, slide: str = "", level: int = 0) ->
                               f"row {i // layout.tiles_across} of level {level} ({err})") from None
 
     return decode
+
+
+def jpeg_damage(data: bytes, expected: int) -> str:
+    """Why a baseline JPEG tile is damaged ("" when it looks whole): cut short, or a marker inside its scan.
+
+    OpenSlide makes every libjpeg warning an error (openslide-decode-jpeg.c), so it refuses such tiles, while
+    imagecodecs decodes on and fills the rest of the tile with grey. These checks catch the warnings of truncated
+    and overwritten data ("premature end", "found marker ... instead of RST", "extraneous bytes before marker");
+    a flipped bit inside the entropy-coded data ("bad Huffman code") still decodes silently here.
+    """
+    if len(data) != expected:
+        return f"{len(data)} of {expected} bytes in the file"
+    if not data.endswith(b"\xff\xd9"):
+        return "no end-of-image marker: cut short"
+    pos = 2  # after SOI: walk the header segments to the scan (tables may hold any byte, the scan may not)
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker == 0xC2:  # progressive: several scans with tables between them; left to the decoder
+            return ""
+        pos += 2 + length
+        if marker == 0xDA:
+            break
+    else:
+        return "no scan found"
+    scan = np.frombuffer(data, np.uint8, len(data) - 2 - pos, pos)
+    after = scan[np.flatnonzero(scan[:-1] == 0xFF) + 1]
+    if not after.any():  # only stuffed 0xFF 0x00 bytes: the usual tile, settled in a few microseconds
+        return ""
+    after = after[(after != 0) & (after != 0xFF)]  # 0xFF fill bytes before a marker are allowed
+    restarts = after.astype(np.int64) - 0xD0
+    if ((restarts < 0) | (restarts > 7)).any():
+        return "a marker inside the scan data: overwritten"
+    if (restarts != np.arange(len(restarts)) % 8).any():
+        return "restart markers out of sequence: overwritten"
+    return ""
+
+
+def openslide_pieces(x: int, y: int, width: int, height: int,
+                     downsample: float) -> list[tuple[int, int, int, int, int, int]]:
+    """How OpenSlide splits a region read at a level: (level-0 x, level-0 y, column and row offset in the region,
+    width, height) per piece, the origin computed and truncated as openslide.c does."""
+    d = OPENSLIDE_PIECE
+    return [(int(x + col * d * downsample), int(y + row * d * downsample), col * d, row * d,
+             min(width - col * d, d), min(height - row * d, d))
+            for row in range(-(-height // d)) for col in range(-(-width // d))]
 
 
 def read_region(layout: TileLayout, tile: Callable[[int], np.ndarray], x: int, y: int, width: int,

@@ -198,8 +198,9 @@ def select_from_heatmaps(heatmaps: list[tuple[Path, Heatmap]], k: int, stores: l
 
 
 def slide_reader(patch_size: int) -> Callable[[Heatmap, np.ndarray], np.ndarray]:
-    """Reads a heatmap cell's patch exactly as inference did: Layer 1's `PatchReader` at the heatmap's
-    working resolution (same level, same size, same resampling)."""
+    """Reads a heatmap cell's patch with the pixels inference saw: Layer 1's `PatchReader` at the heatmap's
+    working resolution (same level, same size, same resampling). Inference may have cut it from JPEG tiles
+    (`layer1_patches.reading`); those are OpenSlide's pixels too, so one patch is read through OpenSlide here."""
     from layer1_patches.reading import PatchReader
     from layer1_patches.slide import Slide, WorkingResolution
 

@@ -236,6 +236,7 @@ def test_a_damaged_tile_is_one_error_naming_slide_and_tile(tmp_path: Path, synth
     slide.write_bytes(synth[0].read_bytes())
     with tifffile.TiffFile(slide) as tif:
         page = tif.pages[0]
+        assert isinstance(page, tifffile.TiffPage)
         across = -(-page.imagewidth // page.tilewidth)
         t = 4 * across + 4  # a tile in the middle of the slide, under tissue
         offset, count = page.dataoffsets[t], page.databytecounts[t]
@@ -248,3 +249,63 @@ def test_a_damaged_tile_is_one_error_naming_slide_and_tile(tmp_path: Path, synth
     with pytest.raises(CamnetError, match=rf"slide {slide}: cannot decode the JPEG tile at column 4, row 4 of level 0"):
         extract_slide(ExtractRequest(slide, tmp_path / "out", cfg, None))
     assert not list((tmp_path / "out").glob("*.h5"))
+
+
+def _damage_tile(path: Path, how: str) -> tuple[int, int]:
+    """Damage tile (1, 1) of a 512 px noise TIFF the way disks and copies do; returns its level-0 (x, y)."""
+    img = np.random.default_rng(4).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert isinstance(page, tifffile.TiffPage)
+        offset, count = page.dataoffsets[3], page.databytecounts[3]
+        counts = page.tags["TileByteCounts"]
+        where, size = counts.valueoffset + 3 * 4, 4
+    with open(path, "r+b") as fh:
+        if how == "overwritten":  # a run of bytes that are markers inside the scan (a bad block, a stray write)
+            fh.seek(offset + count // 2)
+            fh.write(bytes([0xFF, 0xD3]) * 8)
+        else:  # cut short: the tile's byte count halved, as a truncated copy leaves the last tile
+            fh.seek(where)
+            fh.write((count // 2).to_bytes(size, "little"))
+    return 300, 300
+
+
+@pytest.mark.parametrize("how", ["overwritten", "truncated"])
+def test_a_damaged_tile_that_libjpeg_only_warns_about_is_an_error_as_in_openslide(tmp_path: Path, how: str) -> None:
+    """Regression (issue 17 review): imagecodecs decodes on through libjpeg's warnings and fills the rest of the
+    tile with grey, while OpenSlide makes every warning an error: the tile path returned grey patches silently."""
+    from layer1_patches.shared.errors import CamnetError
+
+    path = tmp_path / f"{how}.tif"
+    x, y = _damage_tile(path, how)
+    with Slide(path, assume_mpp=0.5) as slide:
+        with pytest.raises(CamnetError, match="cannot read region"):  # the truth: OpenSlide refuses the tile
+            slide.read_rgb(x, y, 0, 64, 64)
+        source = open_source(slide, WorkingResolution(0, 1.0, 1.0, 0.5, 20.0), 64, [])
+        assert isinstance(source, TileSource)
+        with pytest.raises(CamnetError, match=rf"slide {path}: cannot decode the JPEG tile at column 1, row 1"):
+            list(source.patches(np.array([[x, y]]), 1, 4))
+
+
+def test_a_merged_store_records_its_reader(tmp_path: Path, synth: tuple[Path, Path]) -> None:
+    """Regression (issue 17 review): `merge` carried every run attribute but `reader`."""
+    from layer1_patches.merge import merge_shards
+
+    cfg = make_config(patch_size=64, sampling={"mode": "dense"})
+    for i in range(2):
+        extract_slide(ExtractRequest(synth[0], tmp_path, cfg, None, shard=(i, 2)))
+    merged = merge_shards(tmp_path, synth[0], 2)
+    with PatchStore(merged) as store:
+        assert store.attrs["reader"] == "tiles"
+
+
+def test_the_tile_window_keeps_held_tiles_within_the_budget() -> None:
+    """Regression (issue 17 review): a fixed 512-patch window held ~2 rows of 1024 px tiles across it (~670 MB)."""
+    from layer1_patches.reading import TILE_BUDGET_BYTES, TILE_WINDOW, tile_window
+
+    assert tile_window(224, 256, 256) == TILE_WINDOW  # the usual tiles: a dense row of a 100,000 px slide
+    for patch, tile in ((224, 1024), (224, 2048), (1024, 256), (4096, 512)):
+        window = tile_window(patch, tile, tile)
+        assert 1 <= window < TILE_WINDOW
+        assert 2 * window * max(patch, tile) * tile * 3 <= TILE_BUDGET_BYTES  # two tile rows across the window

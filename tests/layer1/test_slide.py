@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,3 +166,19 @@ def test_the_mask_read_from_tiles_equals_openslides(tmp_path: Path, size: int) -
         lw = tiled.level_dimensions[1][0]
         for y in (1, 3, 1001):  # level positions between two pixels: OpenSlide blends them, so it reads them
             np.testing.assert_array_equal(tiled.read_level(5, y, 1, lw - 8, 64), plain.read_rgb(5, y, 1, lw - 8, 64))
+
+
+def test_a_level_wider_than_openslides_4096_px_pieces_reads_as_openslide(tmp_path: Path) -> None:
+    """Regression (issue 17 review): OpenSlide paints a region in 4096 px pieces, each at a truncated level-0
+    origin, so past column 4096 of a level with a fractional downsample it blends pixels: the tile cut of the whole
+    strip differed there (up to 14 grey levels on noise), and so did the tissue mask of such slides."""
+    path = tmp_path / "wide.tif"
+    jpeg: dict[str, Any] = {"tile": (256, 256), "photometric": "rgb", "compression": "jpeg",
+                            "compressionargs": {"level": 90}, "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.full((600, 17000, 3), 200, np.uint8), **jpeg)
+        tif.write(np.random.default_rng(1).integers(0, 256, (148, 4201, 3), dtype=np.uint8), subfiletype=1, **jpeg)
+    with Slide(path, assume_mpp=0.5) as tiled, Slide(path, assume_mpp=0.5, tiles=False) as plain:
+        assert tiled.tile_layout(1) is not None and not float(tiled.level_downsamples[1]).is_integer()
+        np.testing.assert_array_equal(tiled.read_level(0, 0, 1, 4201, 148), plain.read_rgb(0, 0, 1, 4201, 148))
+        np.testing.assert_array_equal(tiled.read_downsampled(8.0)[0], plain.read_downsampled(8.0)[0])

@@ -202,3 +202,20 @@ def test_level_position_rounds_and_is_exact_within_a_512th_of_a_pixel() -> None:
     assert level_position(4, ds) == (1, True)  # 0.99988 px: within 1/512 of pixel 1
     assert level_position(64, ds) == (16, True) and level_position(68, ds) == (17, False)  # 0.00188, 0.00200 px
     assert level_position(-9, ds) == (-2, True)  # left of the slide OpenSlide shifts by whole level pixels
+
+
+def test_pages_whose_photometric_openslide_hands_to_libtiff_are_not_served(tmp_path: Path) -> None:
+    """Regression (issue 17 review): OpenSlide decodes JPEG tiles itself only for Photometric RGB (2) or YCbCr (6)
+    (openslide-decode-tiff.c) and hands other pages to libtiff; the tile path decoded them as YCbCr regardless."""
+    path = tmp_path / "photometric.tif"
+    tifffile.imwrite(path, IMAGE, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert isinstance(page, tifffile.TiffPage) and servable(page)
+        offset = page.tags["PhotometricInterpretation"].valueoffset
+    for value in (1, 8):  # minisblack, CIELab
+        with open(path, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(value.to_bytes(2, "little"))
+        with tifffile.TiffFile(path) as tif:
+            assert not servable(tif.pages[0]), value
