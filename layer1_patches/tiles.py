@@ -123,10 +123,11 @@ def jpeg_damage(data: bytes, expected: int) -> str:
             break
     else:
         return "no scan found"
-    scan = np.frombuffer(data, np.uint8, len(data) - 2 - pos, pos)
-    after = scan[np.flatnonzero(scan[:-1] == 0xFF) + 1]
-    if not after.any():  # only stuffed 0xFF 0x00 bytes: the usual tile, settled in a few microseconds
+    body = data[pos:-2]
+    if body.count(b"\xff") == body.count(b"\xff\x00"):  # only stuffed bytes: the usual tile, in microseconds
         return ""
+    scan = np.frombuffer(body, np.uint8)
+    after = scan[np.flatnonzero(scan[:-1] == 0xFF) + 1]
     after = after[(after != 0) & (after != 0xFF)]  # 0xFF fill bytes before a marker are allowed
     restarts = after.astype(np.int64) - 0xD0
     if ((restarts < 0) | (restarts > 7)).any():
