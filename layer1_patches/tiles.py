@@ -1,14 +1,14 @@
 """Regions of a JPEG-tiled TIFF page cut from tiles decoded once each (`reading.TileSource` plans the decodes).
 
 OpenSlide decodes such pages itself with libjpeg (openslide-decode-tiff.c): the tile's bytes after the page's
-shared JPEGTables, the JPEG colour space taken from the TIFF Photometric tag (RGB when 2, else YCbCr), libjpeg's
+shared JPEGTables, the JPEG colour space taken from the TIFF Photometric tag (RGB when 2, YCbCr when 6), libjpeg's
 default IDCT (ISLOW) and fancy upsampling. imagecodecs' libjpeg-turbo with the same colour-space rule gives the same
 bytes (tests/layer1/test_tiles.py compares every pixel with `Slide.read_rgb`). The tag, not the JFIF marker and not
 tifffile's own decoder, decides: Aperio SVS tiles are RGB without a JFIF marker, and libjpeg's guess (YCbCr) is off
 by up to 254 grey levels there.
 
 Pages this path does not serve (`servable` is False) stay on OpenSlide: other compressions (JPEG 2000, LZW),
-planar or non-8-bit pixels, strips instead of tiles.
+other Photometric values (OpenSlide hands those to libtiff), planar or non-8-bit pixels, strips instead of tiles.
 """
 
 from __future__ import annotations
