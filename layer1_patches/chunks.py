@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import h5py
 import numpy as np
@@ -17,20 +16,16 @@ def write_chunks(dataset: h5py.Dataset, first: int, patches: np.ndarray, checksu
     the same checksum (HDF5's H5_checksum_fletcher32) in 0.07 ms, stored little-endian after the data as the filter
     does; every read through h5py verifies it (tests/layer1/test_chunks.py).
     """
-    if checksum and not hasattr(_imagecodecs(), "h5checksum_fletcher32"):  # an imagecodecs older than 2023.1
+    import imagecodecs  # lazy: heavy, and only the writers of uncompressed stores need it
+
+    fletcher32 = getattr(imagecodecs, "h5checksum_fletcher32", None)
+    if checksum and fletcher32 is None:  # an imagecodecs without HDF5's checksums: HDF5's own filter computes it
         dataset[first:first + len(patches)] = patches
         return
     size = patches[0].nbytes
     chunk = np.empty(size + 4 * checksum, np.uint8)
     for i, patch in enumerate(patches):
         chunk[:size] = patch.reshape(-1)
-        if checksum:
-            chunk[size:] = np.frombuffer(struct.pack("<I", _imagecodecs().h5checksum_fletcher32(chunk[:size])),
-                                         np.uint8)
+        if fletcher32 is not None and checksum:
+            chunk[size:] = np.frombuffer(struct.pack("<I", fletcher32(chunk[:size])), np.uint8)
         dataset.id.write_direct_chunk((first + i, 0, 0, 0), chunk)
-
-
-def _imagecodecs() -> Any:
-    import imagecodecs  # lazy: heavy, and only the writers of uncompressed stores need it
-
-    return imagecodecs

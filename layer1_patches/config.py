@@ -151,9 +151,9 @@ class MetadataConfig:
 class ReaderConfig:
     threads: int = bounded(2, min=1, max=64, doc="threads reading and filtering the patches of one slide")
     batch_size: int = bounded(64, min=1, doc="patches written to the store at a time; up to 4x this are read ahead")
-    backend: Backend = bounded("auto", doc="auto: JPEG-tiled TIFF and SVS levels are cut from "
-                                                    "tiles decoded once (same pixels, faster), other slides read "
-                                                    "through OpenSlide; openslide: always OpenSlide")
+    backend: Backend = bounded("auto", doc="auto: JPEG-tiled TIFF and SVS levels are cut from tiles decoded once "
+                               "(same pixels, faster), other slides read through OpenSlide; openslide: always "
+                               "OpenSlide")
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,7 @@ def _extract(req: ExtractRequest, start: float) -> ExtractResult:
         try:
             with PatchWriter(out, cfg.patch_size, cfg.output.codec, cfg.output.gzip_level,
                              cfg.output.jpeg_quality) as writer:
-                source = open_source(slide, res, cfg.patch_size, filters_from_config(cfg.filters),
-                                     cfg.reader.backend)
+                source = open_source(slide, res, cfg.patch_size, filters_from_config(cfg.filters))
                 for stream in streams:
                     _run_stream(stream, source, writer, cfg, result)
                 result.seconds = time.monotonic() - start

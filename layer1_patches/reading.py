@@ -21,7 +21,6 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
-from layer1_patches.config import Backend
 from layer1_patches.filters import PatchFilter, first_reject
 from layer1_patches.slide import Slide, WorkingResolution
 from layer1_patches.tileplan import patch_tiles, plan_decodes
@@ -179,11 +178,11 @@ def tile_window(read_size: int, tile_width: int, tile_height: int) -> int:
     return max(1, min(TILE_WINDOW, TILE_BUDGET_BYTES // row_bytes))
 
 
-def open_source(slide: Slide, res: WorkingResolution, patch_size: int, filters: list[PatchFilter],
-                backend: Backend = "auto") -> PatchSource:
-    """The tile source where the slide's working level is a servable JPEG-tiled page, else OpenSlide."""
+def open_source(slide: Slide, res: WorkingResolution, patch_size: int, filters: list[PatchFilter]) -> PatchSource:
+    """The tile source where the slide's working level is a servable JPEG-tiled page, else OpenSlide (always, for
+    a slide opened with `tiles=False`: `reader.backend: openslide`)."""
     reader = PatchReader(slide, res, patch_size, filters)
-    layout = slide.tile_layout(res.level) if backend == "auto" else None
+    layout = slide.tile_layout(res.level)
     if layout is None:
         return OpenSlideSource(reader)
     return TileSource(str(slide.path), layout, reader)
