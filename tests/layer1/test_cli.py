@@ -87,6 +87,7 @@ def test_bad_annotations(tmp_path: Path, text: str, needles: list[str]) -> None:
     ("args", "needles"),
     [
         (["--set", "sampling.mode=grid"], ["sampling.mode", "'grid'"]),
+        (["--set", "reader.backend=tifffile"], ["reader.backend", "'tifffile'"]),
         (["--set", "patch_size=-3"], ["patch_size", "below the minimum"]),
         (["--set", "sampling.randm.per_class=3"], ["sampling.randm", "unknown key"]),
         (["--shard", "5/2"], ["--shard '5/2'"]),
