@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
 
-.PHONY: system venv horovod test lint demo bench clean
+.PHONY: system venv horovod test lint demo bench clean container container-test
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml containers/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
-	$(BIN)/pip install -q -e '.[cpu,ml,dev]'
+	$(BIN)/pip install -q -c containers/constraints.txt -e '.[cpu,ml,dev]'
 	@touch $@
 
 # Horovod compiles against the installed TensorFlow (about 150 s once; pip caches the wheel).
@@ -36,6 +36,18 @@ system:
 # With the local SLURM cluster when one can run here (root + slurm-wlm): slurm/local/with-cluster.sh.
 test: system $(STAMP) $(HVD) lint
 	bash slurm/local/with-cluster.sh $(BIN)/pytest -q
+
+# The CPU image (Docker) and its Apptainer SIF, from containers/Dockerfile (containers/README.md); as root it starts
+# a private dockerd and makes its Debian base images with mmdebstrap when no registry can be reached.
+container:
+	@bash .ci/system-packages docker.io mmdebstrap
+	bash containers/build.sh
+
+# The image's own tests (tests/container/): every layer through real `apptainer exec` as a non-root user, outputs
+# equal to the host's, and one experiment submitted to the local SLURM cluster with `container:` set.
+container-test: system $(STAMP) $(HVD)
+	@bash .ci/system-packages docker.io mmdebstrap
+	bash containers/test.sh
 
 # the whole chain on a synthetic cohort + the bundled slide: local SLURM cluster when one answers, else here
 demo: $(STAMP)

@@ -40,6 +40,10 @@ _camnet_build() {
       echo "camnet_run: error: CAMNET_SIF=$CAMNET_SIF is set but neither apptainer nor singularity is on PATH" >&2
       return 2
     fi
+    # Apptainer in user-namespace mode (the default without setuid) puts each task in its own user namespace, where
+    # OpenMPI's shared-memory transport cannot use CMA single copy: 2 ranks on one node then hang on the first large
+    # message (OpenMPI 4.1, measured in tests/container/). Copy-in/copy-out works everywhere.
+    export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_copy_mechanism:-none}"
     CAMNET_CMD=("$runner" exec)
     local gpu="${CAMNET_GPU:-}"
     if [ -z "$gpu" ]; then

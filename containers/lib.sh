@@ -1,0 +1,43 @@
+# Shared by the container scripts (sourced, not run): the cache folder and the Docker engine they talk to.
+#
+# CAMNET_CONTAINER_CACHE (default ~/.cache/camnet-container) keeps what a rebuild can reuse between runs on the
+# same machine: the private Docker engine's data root (image layers), the base-image tarballs, the image archive
+# and the SIF, Apptainer's cache.
+CACHE="${CAMNET_CONTAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/camnet-container}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$CACHE"
+
+say() { echo "container: $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# The Docker engine: DOCKER_HOST when it answers, else the system's, else a private dockerd (root only) with its
+# own socket, data root and exec root in the cache, on the host network (--bridge=none: no bridge, no iptables
+# rules on the host; every build and run then uses --network host).
+engine() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  local dir="$CACHE/docker"
+  export DOCKER_HOST="unix://$dir/docker.sock"
+  if docker info >/dev/null 2>&1; then return 0; fi
+  [ "$(id -u)" = 0 ] || die "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST}); start one, or run as root to start a private dockerd"
+  command -v dockerd >/dev/null || die "dockerd not found: install Debian's docker.io (apt-get install docker.io)"
+  mkdir -p "$dir/data" "$dir/exec"
+  say "starting a private dockerd (socket $dir/docker.sock, log $dir/dockerd.log)"
+  setsid dockerd -H "$DOCKER_HOST" --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    --bridge=none --iptables=false --ip6tables=false >>"$dir/dockerd.log" 2>&1 < /dev/null &
+  for _ in $(seq 1 100); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.3
+  done
+  die "the private dockerd did not answer within 30 s: see $dir/dockerd.log"
+}
+
+# Stops the private dockerd, if this cache's is running.
+engine_stop() {
+  local pidfile="$CACHE/docker/docker.pid"
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid="$(cat "$pidfile")"
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make container-test`: builds the image and SIF (containers/build.sh, cached), then runs tests/container/ with the
+# local SLURM cluster; a dockerd this run started is stopped at the end, whatever the outcome.
+set -euo pipefail
+# shellcheck source=containers/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+started=
+if ! docker info >/dev/null 2>&1 && ! DOCKER_HOST="unix://$CACHE/docker/docker.sock" docker info >/dev/null 2>&1; then
+  started=1
+fi
+trap '[ -z "$started" ] || engine_stop' EXIT
+engine
+bash containers/build.sh
+CAMNET_CONTAINER_TEST=1 bash slurm/local/with-cluster.sh .venv/bin/pytest -q tests/container "$@"
