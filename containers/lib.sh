@@ -37,7 +37,10 @@ engine_stop() {
   [ -f "$pidfile" ] || return 0
   local pid
   pid="$(cat "$pidfile")"
-  kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  # dockerd leaves its network namespace mounted, which would make the cache folder impossible to delete
+  if mountpoint -q "$CACHE/docker/exec/netns/default" 2>/dev/null; then umount "$CACHE/docker/exec/netns/default" || true; fi
 }
