@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
 
-.PHONY: system venv horovod test lint demo bench clean container container-test
+.PHONY: system venv horovod test lint demo bench clean container container-test container-packages
 
 venv: $(STAMP)
 
@@ -39,15 +39,18 @@ test: system $(STAMP) $(HVD) lint
 
 # The CPU image (Docker) and its Apptainer SIF, from containers/Dockerfile (containers/README.md); as root it starts
 # a private dockerd and makes its Debian base images with mmdebstrap when no registry can be reached.
-container:
-	@bash .ci/system-packages docker.io mmdebstrap
+container: container-packages
 	bash containers/build.sh
 
 # The image's own tests (tests/container/): every layer through real `apptainer exec` as a non-root user, outputs
 # equal to the host's, and one experiment submitted to the local SLURM cluster with `container:` set.
-container-test: system $(STAMP) $(HVD)
-	@bash .ci/system-packages docker.io mmdebstrap
+container-test: system container-packages $(STAMP) $(HVD)
 	bash containers/test.sh
+
+# Debian's docker.io only where no Docker engine answers and none is installed (it conflicts with Docker CE).
+container-packages:
+	@docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || bash .ci/system-packages docker.io
+	@command -v mmdebstrap >/dev/null || bash .ci/system-packages mmdebstrap
 
 # the whole chain on a synthetic cohort + the bundled slide: local SLURM cluster when one answers, else here
 demo: $(STAMP)

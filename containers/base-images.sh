@@ -4,6 +4,7 @@
 #   camnet-apptainer:sid     Debian sid + Apptainer (not packaged for Debian 12), with a non-root user `runner`
 #                            (uid 4321): builds the SIF, and runs it for the tests (tests/container/apptainer)
 # Each tarball is kept in the cache; an image already in the engine is not made again.
+#   bash containers/base-images.sh [bookworm] [apptainer]     (default: both)
 # Needs root, mmdebstrap, and the host's Debian mirror (read from apt; CAMNET_DEBIAN_MIRROR overrides it).
 set -euo pipefail
 # shellcheck source=containers/lib.sh
@@ -11,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 engine
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found (apt-get install mmdebstrap)"
 
-mirror="${CAMNET_DEBIAN_MIRROR:-$(apt-get indextargets --format '$(REPO_URI)' 2>/dev/null | grep -v -- '-security/*$' | head -n1)}"
+mirror="${CAMNET_DEBIAN_MIRROR:-$(apt-get indextargets --format '$(REPO_URI)' 2>/dev/null | grep -E '/debian/?$' | head -n1 || true)}"
 [ -n "$mirror" ] || die "no Debian mirror in the host's apt sources: set CAMNET_DEBIAN_MIRROR"
 security="${mirror%/debian/}"; security="${security%/debian}/debian-security"
 mkdir -p "$CACHE/base"
@@ -30,15 +31,23 @@ make_base() {  # image tag, tarball name, suite, packages, customize hook (or ''
   docker import --change 'CMD ["/bin/bash"]' "$tar" "$tag" >/dev/null
 }
 
-make_base camnet-base:bookworm bookworm.tar bookworm ca-certificates '' '' \
-  "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+want=("$@")
+[ "$#" -gt 0 ] || want=(bookworm apptainer)
+has() { local w; for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
+
+if has bookworm; then
+  make_base camnet-base:bookworm bookworm.tar bookworm ca-certificates '' '' \
+    "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+fi
 
 # sid's Release file is valid for a week only: a mirror that is a frozen snapshot or a slow cache serves an expired
 # one, which this test-only image accepts. /root is opened (0755) so that `runner` reaches host paths under /root
-# bound at the same place (a root-owned checkout or cache). Apptainer runs unprivileged (user namespaces + squashfuse) as `runner`: as root it needs loop devices that a
-# container does not have.
-make_base camnet-apptainer:sid sid-apptainer.tar sid \
-  apptainer,ca-certificates,squashfs-tools,e2fsprogs,squashfuse,fuse3,fuse2fs,uidmap,gocryptfs \
-  'chroot "$1" useradd --create-home --uid 4321 --shell /bin/bash runner && chmod 755 "$1/root"' \
-  'Acquire::Check-Valid-Until "false"' \
-  "deb $mirror sid main"
+# bound at the same place (a root-owned checkout or cache). Apptainer runs unprivileged (user namespaces +
+# squashfuse) as `runner`: as root it needs loop devices that a container does not have.
+if has apptainer; then
+  make_base camnet-apptainer:sid sid-apptainer.tar sid \
+    apptainer,ca-certificates,squashfs-tools,e2fsprogs,squashfuse,fuse3,fuse2fs,uidmap,gocryptfs \
+    'chroot "$1" useradd --create-home --uid 4321 --shell /bin/bash runner && chmod 755 "$1/root"' \
+    'Acquire::Check-Valid-Until "false"' \
+    "deb $mirror sid main"
+fi

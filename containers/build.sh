@@ -8,6 +8,7 @@
 #                           when this script starts its own dockerd, base images, the image archive, the SIF
 #   CAMNET_BASE_IMAGE       base of both stages (default: camnet-base:bookworm made by base-images.sh with
 #                           mmdebstrap when root, else debian:bookworm-slim from a registry)
+# Without an apptainer on the host, the SIF needs the camnet-apptainer:sid image (base-images.sh: root, mmdebstrap).
 #   CAMNET_EXTRA_CA         PEM files pip must trust, ':'-separated; `none` for none (default: the host's
 #                           /usr/local/share/ca-certificates/*.crt)
 #   CAMNET_IMAGE            tag (default camnet:cpu)
@@ -16,6 +17,10 @@ set -euo pipefail
 # shellcheck source=containers/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
+lock_cache
+started=
+if no_engine; then started=1; fi
+trap '[ -z "$started" ] || engine_stop' EXIT  # a dockerd this build started stops with it
 engine
 IMAGE="${CAMNET_IMAGE:-camnet:cpu}"
 SIF="$CACHE/camnet-cpu.sif"
@@ -29,9 +34,10 @@ if [ -z "$base" ]; then
     base=debian:bookworm-slim
   fi
 fi
-if [ "$base" = camnet-base:bookworm ] || ! command -v apptainer >/dev/null; then
-  bash "$REPO/containers/base-images.sh"
-fi
+need=()
+[ "$base" != camnet-base:bookworm ] || need+=(bookworm)
+command -v apptainer >/dev/null || need+=(apptainer)  # the SIF is then built by the sid image's Apptainer
+[ "${#need[@]}" -eq 0 ] || bash "$REPO/containers/base-images.sh" "${need[@]}"
 
 # Build inputs staged in containers/extra/ (see its README): extra CAs, and the host's Horovod wheel when it fits.
 extra="$REPO/containers/extra"
@@ -45,7 +51,7 @@ if [ "${CAMNET_EXTRA_CA:-}" != none ]; then
     cp "$ca" "$extra/$(basename "${ca%.*}").crt"
   done
 fi
-host_debian="$(. /etc/os-release 2>/dev/null && echo "${ID:-}${VERSION_ID:-}")"
+host_debian="$(. /etc/os-release 2>/dev/null && echo "${ID:-}${VERSION_ID:-}" || true)"
 case "$base" in camnet-base:bookworm|debian:bookworm*) base_debian=debian12 ;; *) base_debian= ;; esac
 if [ "$host_debian" = debian12 ] && [ "$host_debian" = "$base_debian" ] && [ -x "$REPO/.venv/bin/pip" ]; then
   wheel="$("$REPO/.venv/bin/pip" cache list horovod --format=abspath 2>/dev/null | grep 'horovod-0.28.1-cp311' | head -n1 || true)"
@@ -76,8 +82,9 @@ if [ -s "$SIF" ] && [ "$(cat "$SIF.image-id" 2>/dev/null)" = "$id" ]; then
   say "SIF up to date: $SIF"
 else
   start=$SECONDS
-  rm -f "$SIF" "$SIF.image-id"
-  docker save "$IMAGE" -o "$ARCHIVE.part" && mv "$ARCHIVE.part" "$ARCHIVE"
+  rm -f "$ARCHIVE"
+  docker save "$IMAGE" -o "$ARCHIVE.part" || die "docker save $IMAGE failed (disk full?): see the message above"
+  mv "$ARCHIVE.part" "$ARCHIVE"
   if command -v apptainer >/dev/null; then
     apptainer build --force --build-arg archive="$ARCHIVE" "$SIF.part" containers/camnet.def
   else
@@ -87,7 +94,8 @@ else
       -v "$CACHE:$CACHE" -v "$REPO/containers:/def:ro" -e APPTAINER_CACHEDIR="$CACHE/apptainer" \
       camnet-apptainer:sid apptainer --quiet build --notest --force --build-arg archive="$ARCHIVE" "$SIF.part" /def/camnet.def
   fi
-  mv "$SIF.part" "$SIF"
+  rm -f "$SIF.image-id"
+  mv "$SIF.part" "$SIF"  # atomic: a test run of the previous SIF keeps its open file
   echo "$id" > "$SIF.image-id"
   rm -f "$ARCHIVE"  # 2+ GB, and the engine keeps the image
   say "SIF built in $((SECONDS - start)) s: $(du -h "$SIF" | cut -f1)"

@@ -31,16 +31,35 @@ engine() {
   die "the private dockerd did not answer within 30 s: see $dir/dockerd.log"
 }
 
+# One build or test run per cache folder at a time (they share the engine, the image tag and the SIF); a script
+# called by one that holds the lock (CAMNET_CONTAINER_LOCKED=1) does not take it again.
+lock_cache() {
+  [ "${CAMNET_CONTAINER_LOCKED:-}" = 1 ] && return 0
+  exec 9>"$CACHE/lock"
+  if ! flock -n 9; then
+    say "waiting for another build or test run using $CACHE"
+    flock 9
+  fi
+  export CAMNET_CONTAINER_LOCKED=1
+}
+
+# True when no Docker engine answers yet (the caller would start the private one).
+no_engine() {
+  ! docker info >/dev/null 2>&1 && ! DOCKER_HOST="unix://$CACHE/docker/docker.sock" docker info >/dev/null 2>&1
+}
+
 # Stops the private dockerd, if this cache's is running.
 engine_stop() {
   local pidfile="$CACHE/docker/docker.pid"
   [ -f "$pidfile" ] || return 0
   local pid
   pid="$(cat "$pidfile")"
-  if kill "$pid" 2>/dev/null; then
+  # only a dockerd: a stale pidfile's number may belong to another process by now
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && kill "$pid" 2>/dev/null; then
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+  rm -f "$pidfile"
   # dockerd leaves its network namespace mounted, which would make the cache folder impossible to delete
   if mountpoint -q "$CACHE/docker/exec/netns/default" 2>/dev/null; then umount "$CACHE/docker/exec/netns/default" || true; fi
 }

@@ -5,10 +5,9 @@ set -euo pipefail
 # shellcheck source=containers/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
+lock_cache
 started=
-if ! docker info >/dev/null 2>&1 && ! DOCKER_HOST="unix://$CACHE/docker/docker.sock" docker info >/dev/null 2>&1; then
-  started=1
-fi
+if no_engine; then started=1; fi
 trap '[ -z "$started" ] || engine_stop' EXIT
 engine
 bash containers/build.sh

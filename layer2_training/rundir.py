@@ -122,5 +122,7 @@ def write_start(run_dir: Path, cfg: Layer2Config, size: int, extra: dict[str, An
     data = {"config_hash": config_hash(cfg), "config": to_dict(cfg)}
     with writing(run_dir / CONFIG):
         write_text_atomic(run_dir / CONFIG, yaml.safe_dump(data, sort_keys=False))
+    # camnet_source: the code that ran (a container's /opt/camnet/... or a checkout that shadowed it)
     write_json(run_dir / "environment.json", {"versions": versions(), "git_commit": git_commit(),
+                                              "camnet_source": str(Path(__file__).resolve().parent.parent),
                                               "seed": cfg.seed, "horovod_size": size, **extra})

@@ -4,7 +4,7 @@
 #   camnet_run python -m layer1_patches extract --config cfg.yaml        # one process
 #   camnet_srun --mpi=pmix -n "$SLURM_NTASKS" -- python -m layer2_training train --config cfg.yaml
 #
-# With CAMNET_SIF=/path/camnet.sif the command runs as `apptainer exec [--nv] --bind ... IMAGE CMD...`
+# With CAMNET_SIF=/path/camnet.sif the command runs as `apptainer exec --env PYTHONSAFEPATH=1 [--nv] --bind ... IMAGE CMD...`
 # (singularity when apptainer is missing); without it, on the host, where a leading `python`/`python3`
 # becomes CAMNET_PYTHON (default: the repo's .venv/bin/python if present, else python3).
 #   CAMNET_SIF     container image; missing file or no apptainer/singularity -> one error line, status 2
@@ -44,7 +44,9 @@ _camnet_build() {
     # OpenMPI's shared-memory transport cannot use CMA single copy: 2 ranks on one node then hang on the first large
     # message (OpenMPI 4.1, measured in tests/container/). Copy-in/copy-out works everywhere.
     export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_copy_mechanism:-none}"
-    CAMNET_CMD=("$runner" exec)
+    # PYTHONSAFEPATH: `python -m` would put the working directory first on the path, and jobs run from the checkout
+    # (CAMNET_ROOT), whose sources would then shadow the image's CamNet (Python >= 3.11 honours it)
+    CAMNET_CMD=("$runner" exec --env PYTHONSAFEPATH=1)
     local gpu="${CAMNET_GPU:-}"
     if [ -z "$gpu" ]; then
       if [ -n "${SLURM_JOB_GPUS:-}" ] \

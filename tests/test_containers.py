@@ -45,7 +45,7 @@ def test_apptainer_def_bootstraps_from_the_archive_that_build_sh_saves() -> None
     assert bootstrap and bootstrap.group(1) == "docker-archive"
     assert source and source.group(1).strip() == "{{ archive }}"
     build = (REPO / "containers" / "build.sh").read_text()
-    saved = re.search(r'docker save "\$IMAGE" -o "\$ARCHIVE\.part" && mv "\$ARCHIVE\.part" "\$ARCHIVE"', build)
+    saved = re.search(r'docker save "\$IMAGE" -o "\$ARCHIVE\.part" \|\| die .*\n\s*mv "\$ARCHIVE\.part" "\$ARCHIVE"', build)
     assert saved and build.count('--build-arg archive="$ARCHIVE"') == 2  # host apptainer, or the sid image's
 
 
@@ -143,9 +143,9 @@ def test_camnet_run_with_image_builds_apptainer_exec(
 
     assert proc.returncode == 0, proc.stderr
     argv = proc.stdout.split("\n")[:-1]
-    assert argv[:2] == ["apptainer", "exec"]
+    assert argv[:4] == ["apptainer", "exec", "--env", "PYTHONSAFEPATH=1"]
     assert ("--nv" in argv) == expect_nv
-    options = argv[2 : argv.index(str(image))]
+    options = argv[4 : argv.index(str(image))]
     binds = ["--bind", str(REPO), "--bind", "/data,/scratch:/scratch"]
     assert options == (["--nv"] if expect_nv else []) + binds
     assert argv[argv.index(str(image)) + 1 :] == args
@@ -160,7 +160,7 @@ def test_camnet_run_falls_back_to_singularity(tmp_path: Path) -> None:
                       PATH=str(tmp_path / "bin"))
 
     assert proc.returncode == 0, proc.stderr
-    expected = ["singularity", "exec", "--bind", str(REPO), str(image), "python", "-V"]
+    expected = ["singularity", "exec", "--env", "PYTHONSAFEPATH=1", "--bind", str(REPO), str(image), "python", "-V"]
     assert proc.stdout.split("\n")[:-1] == expected
 
 
@@ -174,7 +174,8 @@ def test_camnet_srun_launches_the_container_command(tmp_path: Path) -> None:
     proc = run_common(["--mpi=pmix", "-n", "2", "--", *args], tmp_path, function="camnet_srun", **env)
 
     assert proc.returncode == 0, proc.stderr
-    expected = ["srun", "--mpi=pmix", "-n", "2", "apptainer", "exec", "--bind", str(REPO), str(image), *args]
+    expected = ["srun", "--mpi=pmix", "-n", "2", "apptainer", "exec", "--env", "PYTHONSAFEPATH=1", "--bind", str(REPO),
+                str(image), *args]
     assert proc.stdout.split("\n")[:-1] == expected
 
 

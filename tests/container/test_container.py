@@ -36,13 +36,14 @@ def host(args: list[str], cwd: Path) -> str:
                              text=True, timeout=900, check=False))
 
 
-@pytest.fixture(scope="module")
-def cohort(work: Path) -> Path:
-    """Four synthetic slides (two patients) with annotations, and copies of the configs the steps use: a checkout
-    under a folder the container's user cannot enter must not matter."""
-    from layer1_patches.synth import write_cohort
+SYNTH = ["layer1_patches", "synth", "--n-slides", "4", "--size", "2048", "--seed", "11", "--tumour-fraction", "0.3"]
 
-    write_cohort(work / "slides", 4, 2048, seed=11, tumour_fraction=0.3)
+
+@pytest.fixture(scope="module")
+def cohort(container: Container, work: Path) -> Path:
+    """Four synthetic slides (two patients) with annotations made inside the image, and copies of the configs the
+    steps use: a checkout under a folder the container's user cannot enter must not matter."""
+    ok(container.exec(["python", "-m", *SYNTH, "--out", str(work / "slides")], work))
     for name in CONFIGS:
         (work / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "configs" / name, work / "configs" / name)
@@ -59,8 +60,10 @@ def test_every_layer_answers_inside_the_image_as_a_non_root_user(container: Cont
 
 
 def test_the_image_has_no_build_tools_and_names_its_commit(container: Container, work: Path) -> None:
-    found = container.exec(["sh", "-c", "command -v gcc g++ cc cmake make"], work)
-    assert found.returncode != 0 and not found.stdout.strip(), found.stdout
+    # one name per `command -v`: dash (Debian's sh) looks up only the first of several
+    found = ok(container.exec(["sh", "-c", "for t in gcc g++ cc c++ cmake make; do command -v $t; done; echo checked"],
+                              work))
+    assert found == "checked\n", found
     labels = json.loads(ok(subprocess.run(["apptainer", "inspect", "--json", "--labels", str(container.sif)],
                                           cwd=work, env=container.env, capture_output=True, text=True,
                                           timeout=120, check=False)))
@@ -81,6 +84,14 @@ def stores(container: Container, cohort: Path) -> Path:
     ok(container.exec(["python", "-m", "layer1_patches", "index", "--inputs", str(cohort / "stores"), "--out",
                        str(cohort / "index.json"), "--fractions", "train=0.5,val=0.5"], cohort))
     return cohort / "stores"
+
+
+def test_synth_inside_equals_the_hosts_byte_for_byte(cohort: Path) -> None:
+    host([*SYNTH, "--out", str(cohort / "host_slides")], cohort)
+    inside = sorted(p.name for p in (cohort / "slides").iterdir())
+    assert len(inside) == 8 and inside == sorted(p.name for p in (cohort / "host_slides").iterdir())
+    for name in inside:
+        assert (cohort / "slides" / name).read_bytes() == (cohort / "host_slides" / name).read_bytes(), name
 
 
 def test_layer1_stores_made_inside_equal_the_hosts_byte_for_byte(stores: Path, cohort: Path) -> None:
@@ -117,9 +128,10 @@ def trained(container: Container, stores: Path, cohort: Path) -> Path:
     return run
 
 
+@pytest.mark.timeout(1800)  # its fixtures extract, index and train inside the image (setup.cfg's limit is 900 s)
 def test_horovod_trains_on_two_ranks_inside_the_image(trained: Path) -> None:
     env = json.loads((trained / "environment.json").read_text())
-    assert env["horovod_size"] == 2
+    assert env["horovod_size"] == 2 and env["camnet_source"].startswith("/opt/camnet/")
     assert (trained / "model.json").is_file()
 
 
@@ -148,6 +160,7 @@ def test_heatmap_and_evaluate_inside_match_the_host(container: Container, traine
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)
 def test_pipeline_submit_runs_every_stage_through_apptainer(container: Container, slurm_cluster: SlurmCluster,
                                                             work: Path) -> None:
     from layer1_patches.synth import write_cohort
@@ -168,16 +181,20 @@ def test_pipeline_submit_runs_every_stage_through_apptainer(container: Container
         | {"layer2": {"cpus": 1, "ranks": 2}})  # two Horovod ranks: srun --mpi=pmix starts two containers
     env = {**slurm_cluster.env(), **{k: v for k, v in container.env.items() if k.startswith(("CAMNET_", "PATH"))},
            "CAMNET_LAUNCHER_BINDS": str(work),  # paths inside the stages' YAML files, which no argument names
-           "CAMNET_LAUNCHER_ROOT": "1"}  # the jobs run as root, and PMIx wants the job's uid in the container
+           "CAMNET_LAUNCHER_ROOT": "1",  # the jobs run as root, and PMIx wants the job's uid in the container
+           "PYTHONPATH": ""}  # as a user has it: nothing points Python at the checkout
     proc = run_pipeline(["submit", "--config", str(cfg)], env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = json.loads((exp_dir / "out" / "pipeline" / "jobs.json").read_text())["jobs"]
-    assert slurm_cluster.wait(jobs["report"], timeout=1500) == "COMPLETED", run_pipeline(
+    assert slurm_cluster.wait(jobs["report"], timeout=1700) == "COMPLETED", run_pipeline(
         ["status", "--config", str(cfg)], env=env).stdout
     for stage, job in jobs.items():
         assert slurm_cluster.job_state(job) == "COMPLETED", stage
     if shutil.which("apptainer") is None:  # the launcher ran Apptainer: every stage's job went through it
         calls = container.launcher_log.read_text()
         assert calls.count(f"exec --bind {REPO} {container.sif} ") >= len(jobs), calls
-    assert json.loads((exp_dir / "out" / "run" / "environment.json").read_text())["horovod_size"] == 2
+    run_env = json.loads((exp_dir / "out" / "run" / "environment.json").read_text())
+    assert run_env["horovod_size"] == 2
+    # the jobs run from the checkout (CAMNET_ROOT): still the image's CamNet trained, not the checkout's sources
+    assert run_env["camnet_source"].startswith("/opt/camnet/"), run_env["camnet_source"]
     assert (exp_dir / "out" / "report" / "index.html").is_file()
