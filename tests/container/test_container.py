@@ -192,7 +192,7 @@ def test_pipeline_submit_runs_every_stage_through_apptainer(container: Container
         assert slurm_cluster.job_state(job) == "COMPLETED", stage
     if shutil.which("apptainer") is None:  # the launcher ran Apptainer: every stage's job went through it
         calls = container.launcher_log.read_text()
-        assert calls.count(f"exec --bind {REPO} {container.sif} ") >= len(jobs), calls
+        assert calls.count(f"exec --env PYTHONSAFEPATH=1 --bind {REPO} {container.sif} ") >= len(jobs), calls
     run_env = json.loads((exp_dir / "out" / "run" / "environment.json").read_text())
     assert run_env["horovod_size"] == 2
     # the jobs run from the checkout (CAMNET_ROOT): still the image's CamNet trained, not the checkout's sources
