@@ -45,7 +45,8 @@ def test_apptainer_def_bootstraps_from_the_archive_that_build_sh_saves() -> None
     assert bootstrap and bootstrap.group(1) == "docker-archive"
     assert source and source.group(1).strip() == "{{ archive }}"
     build = (REPO / "containers" / "build.sh").read_text()
-    saved = re.search(r'docker save "\$IMAGE" -o "\$ARCHIVE\.part" \|\| die .*\n\s*mv "\$ARCHIVE\.part" "\$ARCHIVE"', build)
+    saved = re.search(r'docker save "\$IMAGE" -o "\$ARCHIVE\.part" \|\| die .*\n'
+                      r'\s*mv "\$ARCHIVE\.part" "\$ARCHIVE"', build)
     assert saved and build.count('--build-arg archive="$ARCHIVE"') == 2  # host apptainer, or the sid image's
 
 
