@@ -17,11 +17,7 @@ set -euo pipefail
 # shellcheck source=containers/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
-lock_cache
-started=
-if no_engine; then started=1; fi
-trap '[ -z "$started" ] || engine_stop' EXIT  # a dockerd this build started stops with it
-engine
+engine_for_run
 IMAGE="${CAMNET_IMAGE:-camnet:cpu}"
 SIF="$CACHE/camnet-cpu.sif"
 ARCHIVE="$CACHE/camnet-cpu.tar"

@@ -48,6 +48,16 @@ no_engine() {
   ! docker info >/dev/null 2>&1 && ! DOCKER_HOST="unix://$CACHE/docker/docker.sock" docker info >/dev/null 2>&1
 }
 
+# For a script that builds or tests: the cache's lock, then an engine; a dockerd started here stops when the
+# script exits, whatever the outcome (scripts it calls find the engine running and leave it).
+engine_for_run() {
+  lock_cache
+  CAMNET_ENGINE_STARTED=
+  if no_engine; then CAMNET_ENGINE_STARTED=1; fi
+  trap '[ -z "$CAMNET_ENGINE_STARTED" ] || engine_stop' EXIT
+  engine
+}
+
 # Stops the private dockerd, if this cache's is running.
 engine_stop() {
   local pidfile="$CACHE/docker/docker.pid"

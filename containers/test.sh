@@ -5,10 +5,6 @@ set -euo pipefail
 # shellcheck source=containers/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
-lock_cache
-started=
-if no_engine; then started=1; fi
-trap '[ -z "$started" ] || engine_stop' EXIT
-engine
+engine_for_run
 bash containers/build.sh
 CAMNET_CONTAINER_TEST=1 bash slurm/local/with-cluster.sh .venv/bin/pytest -q tests/container "$@"
