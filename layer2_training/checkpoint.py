@@ -12,6 +12,9 @@ Preemption (SIGTERM, or SIGUSR1 from SLURM's `--signal=B:USR1@300`): all ranks a
 boundary, rank 0 saves the exact position (epoch, step) and the run exits with status 0 after writing
 `preempted.json`; `slurm/layer2_train.sbatch` requeues the job, and the same command resumes mid-epoch
 from that position (the epoch plan is a pure function of the epoch, so no sample is lost or repeated).
+Mid-epoch, the ranks' BatchNorm moving statistics differ (each follows its own shard until the epoch's
+average): rank 0 also saves every rank's (`ckpt-N.ranks.npz`) and each rank takes back its own on resume, so a
+preempted run ends with the weights of an uninterrupted one, bit for bit (tests/slurm/test_multinode.py).
 The marker stays while the run is unfinished and is removed once a rerun has trained all epochs. A signal seen
 after an epoch's last batch stops the run once that epoch is finished (validated, saved at the next epoch's
 start): a position at the end of an epoch would leave a resumed `fit` zero steps, which Keras refuses.
@@ -37,12 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from layer1_patches.shared.atomic import atomic_path, remove_inside
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer2_training import rundir
-from layer2_training.distributed import Dist, any_rank, average_variables, on_chief, updated_state
+from layer2_training.distributed import (
+    Dist,
+    any_rank,
+    average_variables,
+    gather_arrays,
+    on_chief,
+    statistics,
+    updated_state,
+)
 
 log = logging.getLogger(__name__)
 PREEMPTED = "preempted.json"
@@ -176,6 +188,45 @@ def save(manager: tf.train.CheckpointManager) -> str:
         raise
 
 
+def rank_state_path(checkpoint: str) -> Path:
+    return Path(f"{checkpoint}.ranks.npz")
+
+
+def save_rank_state(checkpoint: str, per_rank: list[list[np.ndarray]]) -> None:
+    """Rank 0: every rank's statistics variables, beside the (mid-epoch) checkpoint they belong to; the files
+    of older checkpoints go."""
+    path = rank_state_path(checkpoint)
+    arrays = {f"r{r}_{i}": a for r, values in enumerate(per_rank) for i, a in enumerate(values)}
+    try:
+        with rundir.writing(path), atomic_path(path) as staged, staged.open("wb") as f:
+            np.savez(f, ranks=np.int64(len(per_rank)), **arrays)
+    except OSError as err:
+        raise CamnetError(f"output {path}: cannot write ({os_reason(err)})") from None
+    for old in path.parent.glob("*.ranks.npz"):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def restore_rank_state(checkpoint: str | None, dist: Dist, model: tf.keras.Model) -> bool:
+    """After the broadcast of rank 0's state: this rank's own statistics variables, when the checkpoint has them
+    for this many ranks (a resume on another number of ranks keeps rank 0's)."""
+    if checkpoint is None or dist.size == 1 or not rank_state_path(checkpoint).is_file():
+        return False
+    variables = statistics(model)
+    path = rank_state_path(checkpoint)
+    with np.load(path) as saved:
+        if int(saved["ranks"]) != dist.size:
+            log.warning("%s: saved by %d ranks, resumed on %d: every rank starts from rank 0's BatchNorm statistics",
+                        path, int(saved["ranks"]), dist.size)
+            return False
+        if len(saved.files) - 1 != dist.size * len(variables):
+            raise CamnetError(f"{path}: {len(saved.files) - 1} arrays for {dist.size} ranks of a model with "
+                              f"{len(variables)} statistics variables: not this run's")
+        for i, var in enumerate(variables):
+            var.assign(saved[f"r{dist.rank}_{i}"])
+    return True
+
+
 def discard_unreferenced(folder: Path, before: set[str]) -> None:
     """Remove what a failed save added to `folder` (a `ckpt-N_temp` folder, `ckpt-N` files, the pointer's
     temporary file), except a checkpoint the `checkpoint` pointer names: TF renames the pointer into place
@@ -259,10 +310,14 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             return
         offset = self.start[1] if self.epoch == self.start[0] else 0
         epoch, step = self.epoch, offset + batch + 1
-        on_chief(self.dist, lambda: self._mark_preempted(epoch, step, self.state.save_last(epoch, step)))
+        per_rank = gather_arrays(self.dist, [v.numpy() for v in statistics(self.model)])
+        on_chief(self.dist, lambda: self._save_preempted(epoch, step, per_rank))
         raise Preempted(f"epoch {epoch} step {step}")
 
-    def _mark_preempted(self, epoch: int, step: int, checkpoint: str) -> None:
+    def _save_preempted(self, epoch: int, step: int, per_rank: list[list[np.ndarray]]) -> None:
+        checkpoint = self.state.save_last(epoch, step)
+        if len(per_rank) > 1:
+            save_rank_state(checkpoint, per_rank)
         marker = {"epoch": epoch, "step": step, "signal": self.flag.signum, "checkpoint": checkpoint}
         rundir.write_json(self.run_dir / PREEMPTED, marker)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
+
+from layer1_patches.shared.launch import check_world_size
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,8 @@ class Dist:
     size: int = 1
     local_rank: int = 0
     hvd: Any = None  # horovod.tensorflow.keras when size > 1
+    # every rank's host and local rank, in rank order (environment.json records where the ranks ran)
+    placement: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_chief(self) -> bool:
@@ -34,17 +39,25 @@ def pin_gpu(local_rank: int) -> None:
 
 
 def init() -> Dist:
+    """Horovod's world, or one process; an error when the launcher started several ranks and Horovod sees
+    another number (gloo under srun without a rendezvous: every rank alone, each training on all the data)."""
     try:
         import horovod.tensorflow.keras as hvd
     except ImportError:
+        check_world_size("this process (Horovod is not importable)", 1)
         log.info("horovod not importable: single process")
         pin_gpu(0)
-        return Dist()
+        return Dist(placement=((socket.gethostname(), 0),))
     hvd.init()
+    check_world_size("Horovod", hvd.size())
     pin_gpu(hvd.local_rank())
     if hvd.size() == 1:
-        return Dist()
-    return Dist(hvd.rank(), hvd.size(), hvd.local_rank(), hvd)
+        return Dist(placement=((socket.gethostname(), 0),))
+    import horovod.tensorflow as hvd_tf
+
+    here = (socket.gethostname(), hvd.local_rank())
+    placement = tuple(tuple(p) for p in hvd_tf.allgather_object(here, name="camnet_placement"))
+    return Dist(hvd.rank(), hvd.size(), hvd.local_rank(), hvd, placement)
 
 
 def wrap_optimizer(dist: Dist, optimizer: Any) -> Any:
@@ -105,6 +118,21 @@ def average_variables(dist: Dist, variables: list[Any]) -> None:
 
     for i, var in enumerate(variables):
         var.assign(hvd_tf.allreduce(var, op=hvd_tf.Average, name=f"camnet_avg_{i}"))
+
+
+def statistics(model: tf.keras.Model) -> list[Any]:
+    """The variables no optimiser trains (BatchNorm moving statistics), by how they were created: unlike
+    `model.non_trainable_variables` the list does not change with the phase's frozen layers."""
+    return [v for v in model.weights if not v.trainable]
+
+
+def gather_arrays(dist: Dist, arrays: list[Any]) -> list[list[Any]]:
+    """Every rank's `arrays` (numpy), in rank order, on every rank."""
+    if dist.hvd is None:
+        return [arrays]
+    import horovod.tensorflow as hvd_tf
+
+    return list(hvd_tf.allgather_object(arrays, name="camnet_rank_state"))
 
 
 class ChiefFailed(Exception):

@@ -29,7 +29,14 @@ from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.typedconfig import config_hash
 from layer2_training import data, metrics, progress, rundir
 from layer2_training.augment import make_transform
-from layer2_training.checkpoint import PREEMPTED, CheckpointCallback, Preempted, SignalFlag, TrainState
+from layer2_training.checkpoint import (
+    PREEMPTED,
+    CheckpointCallback,
+    Preempted,
+    SignalFlag,
+    TrainState,
+    restore_rank_state,
+)
 from layer2_training.config import DataConfig, Layer2Config
 from layer2_training.distributed import Dist, broadcast_variables, on_chief, wrap_optimizer
 from layer2_training.health import HealthWarning, classifier_warnings
@@ -244,13 +251,20 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     check_phases(model, cfg.phases.fine_tune_from)
     schedule = make_schedule(cfg.schedule, dist.size, steps, cfg.epochs, cfg.phases.head_epochs,
                              cfg.phases.fine_tune_lr_factor)
-    optimizer = make_optimizer(cfg, schedule)
+    # Wrapped once, before the checkpoint tracks it: Horovod's DistributedOptimizer is a new optimiser built from
+    # the config (iterations 0, no slots), so wrapping at every `compile` restarted the LR schedule and Adam's
+    # moments at each phase change and after a resumed partial epoch, and the checkpoint kept an unused copy
+    optimizer = wrap_optimizer(dist, make_optimizer(cfg, schedule))
     _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
     state = TrainState(p.run_dir, model, optimizer, cfg.output.monitor)
     start = state.restore() if resumed else (0, 0)
+    placement = [{"rank": r, "host": host, "local_rank": local} for r, (host, local) in enumerate(dist.placement)]
     on_chief(dist, lambda: rundir.write_start(p.run_dir, cfg, dist.size, {
-        "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train)}))
+        "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train),
+        "placement": placement}))
     broadcast_variables(dist, model.variables)
+    if start[1]:  # resumed mid-epoch: each rank's own BatchNorm statistics, as they were
+        restore_rank_state(state.last.latest_checkpoint, dist, model)
     flag = SignalFlag()
     flag.install()
     loss = make_loss(cfg.loss, p.train.n_tumour, len(p.train) - p.train.n_tumour)
@@ -263,7 +277,7 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     try:
         for first, end, step0, head in segments(start, cfg.phases.head_epochs, cfg.epochs):
             set_phase(model, head, cfg.phases.fine_tune_from)
-            model.compile(optimizer=wrap_optimizer(dist, optimizer), loss=loss,
+            model.compile(optimizer=optimizer, loss=loss,
                           metrics=[tf.keras.metrics.AUC(name="auc"),
                                    tf.keras.metrics.BinaryAccuracy(name="accuracy")])
             ds = data.make_dataset(reader, (first, step0), end, steps, transform, cfg.data)

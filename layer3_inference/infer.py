@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import queue
 import sys
 import threading
@@ -31,6 +30,7 @@ from layer1_patches.mpp import read_mpp_table
 from layer1_patches.reading import PatchSource, open_source
 from layer1_patches.shared.cohort import check_same_slide, slide_label
 from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.launch import check_world_size, launched_size
 from layer1_patches.shared.locks import OutputBusy, output_lock
 from layer1_patches.shared.typedconfig import data_hash, to_dict
 from layer1_patches.slide import Slide
@@ -44,7 +44,6 @@ ModelFn = Callable[[np.ndarray], np.ndarray]
 # Colour statistics read a regular lattice of at least COLOUR_SIDE x COLOUR_SIDE pixels per patch: every pixel of
 # a 256-px batch cost ~1.1 CPU s per 1,000 patches, the lattice 0.12 s, and 4,096 pixels per patch are plenty
 COLOUR_SIDE = 64
-SIZE_VARS = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,11 @@ class Ranks:
         return [obj] if self.gather is None else list(self.gather(obj))
 
 
-def launched_size() -> int:
-    """Ranks started by horovodrun, mpirun or srun; 1 when run as a plain process."""
-    for var in SIZE_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 1:
-            return int(value)
-    return 1
-
-
 def init_ranks() -> Ranks:
-    """Horovod (gloo or MPI) when launched with several ranks, mpi4py without Horovod, else one rank."""
+    """Horovod (gloo or MPI) when launched with several ranks, mpi4py without Horovod, else one rank.
+
+    Several ranks launched but a runtime that sees one (e.g. Horovod's gloo under srun without a rendezvous)
+    is an error: every rank would compute and write the whole heatmap."""
     if launched_size() == 1:
         return Ranks()
     try:
@@ -78,10 +71,12 @@ def init_ranks() -> Ranks:
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
+        check_world_size("MPI (mpi4py)", comm.Get_size())
         return Ranks(comm.Get_rank(), comm.Get_size(), comm.allgather)
     from layer2_training.distributed import pin_gpu
 
     hvd.init()
+    check_world_size("Horovod", hvd.size())
     pin_gpu(hvd.local_rank())
     return Ranks(hvd.rank(), hvd.size(), lambda obj: hvd.allgather_object(obj, name="camnet_layer3"))
 

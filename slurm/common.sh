@@ -77,6 +77,20 @@ _camnet_build() {
   esac
 }
 
+# camnet_check_ranks: refuse, with one error line, a launch whose ranks could not find each other. Horovod's gloo
+# controller finds the other ranks through a rendezvous server that horovodrun starts and srun does not: under srun
+# every rank would come up alone (size 1) and train or infer on all the data, N times over. Under srun, Horovod
+# runs over MPI (srun --mpi=pmix), which these scripts use. (The Python side checks the world size too.)
+camnet_check_ranks() {
+  if [ "${HOROVOD_CONTROLLER:-}" = gloo ] && [ -z "${HOROVOD_GLOO_RENDEZVOUS_ADDR:-}" ] \
+      && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+    echo "error: HOROVOD_CONTROLLER=gloo with SLURM_NTASKS=$SLURM_NTASKS: srun starts no gloo rendezvous, so each" \
+         "rank would run alone; unset HOROVOD_CONTROLLER (these scripts run Horovod over MPI: srun --mpi=pmix)" \
+         "or start the ranks yourself with horovodrun --gloo" >&2
+    return 2
+  fi
+}
+
 # camnet_run CMD...: run CMD in the container (CAMNET_SIF) or on the host; returns CMD's status.
 camnet_run() {
   _camnet_build "$@" || return
@@ -95,6 +109,7 @@ camnet_srun() {
     return 2
   fi
   shift
+  camnet_check_ranks || return
   _camnet_build "$@" || return
   srun "${srun_opts[@]}" "${CAMNET_CMD[@]}"
 }

@@ -1,9 +1,15 @@
-"""Repo-wide test setup: the `slurm` marker and the `slurm_cluster` fixture; `trained_layer2`, a model trained
-by Layer 2 on a synthetic cohort, shared by the Layer 3 acceptance tests and the SLURM explain test.
+"""Repo-wide test setup: the `slurm` marker and the `slurm_cluster` fixture; `multinode_cluster`, the
+multi-node test cluster; `trained_layer2`, a model trained by Layer 2 on a synthetic cohort, shared by the
+Layer 3 acceptance tests and the SLURM explain tests.
 
 A test marked `slurm` (or using `slurm_cluster`) is skipped when no SLURM cluster answers, and fails instead
 when CAMNET_REQUIRE_SLURM=1 (CI). The cluster is found through SLURM_CONF, else through the env.sh that
 slurm/local/start.sh writes into its default state dir, else /etc/slurm/slurm.conf.
+
+`multinode_cluster` (tests marked `multinode`) uses the cluster of `slurm/local/start.sh --nodes N` in
+CAMNET_MULTINODE_STATE_DIR (default ${TMPDIR:-/tmp}/camnet-slurm-nodes) when it answers, else starts one with
+MULTINODE_NODES nodes for the session (root only) and stops it afterwards; without one it skips with the
+reason, or fails when CAMNET_REQUIRE_MULTINODE=1 (slurm/local/with-cluster.sh sets it as root).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +157,61 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     return _require_cluster()
+
+
+# --- the multi-node test cluster (slurm/local/start.sh --nodes N) ---------------------------------------------
+
+MULTINODE_NODES = 3
+
+
+def multinode_state_dir() -> Path:
+    explicit = os.environ.get("CAMNET_MULTINODE_STATE_DIR")
+    return Path(explicit) if explicit else Path(os.environ.get("TMPDIR") or "/tmp") / "camnet-slurm-nodes"
+
+
+def node_names(cluster: SlurmCluster) -> list[str]:
+    """The cluster's nodes that are up, [] when it does not answer."""
+    if not cluster.conf.is_file():
+        return []
+    try:
+        out = cluster.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=15)
+    except (AssertionError, OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted({line.split()[0] for line in out.splitlines() if line.split()[1:2] in (["idle"], ["mixed"],
+                                                                                         ["allocated"])})
+
+
+def _why_no_multinode() -> str | None:
+    if os.geteuid() != 0:
+        return "the multi-node test cluster needs root (network namespaces, slurmd)"
+    missing = [cmd for cmd in ("slurmctld", "slurmd", "munged", "ip", "nsenter", "unshare") if not shutil.which(cmd)]
+    if missing:
+        return f"the multi-node test cluster needs {', '.join(missing)} (apt-get install slurm-wlm munge iproute2)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster() -> Iterator[SlurmCluster]:
+    state = multinode_state_dir()
+    cluster = SlurmCluster(state / "slurm.conf")
+    if len(node_names(cluster)) >= 2:
+        yield cluster  # somebody else's: left running
+        return
+    reason = _why_no_multinode()
+    if reason is not None:
+        if os.environ.get("CAMNET_REQUIRE_MULTINODE") == "1":
+            pytest.fail(f"{reason} (CAMNET_REQUIRE_MULTINODE=1)", pytrace=False)
+        pytest.skip(reason)
+    local = REPO / "slurm" / "local"
+    proc = subprocess.run(["bash", str(local / "start.sh"), "--nodes", str(MULTINODE_NODES), str(state)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"slurm/local/start.sh --nodes {MULTINODE_NODES} failed:\n{proc.stderr}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        subprocess.run(["bash", str(local / "stop.sh"), "--nodes", str(state)], capture_output=True, timeout=120,
+                       check=False)
 
 
 # --- a MobileNetV2 trained by `python -m layer2_training train` on synthetic slides, built once per session ---

@@ -1,22 +1,48 @@
 #!/usr/bin/env bash
-# Start a one-node SLURM test cluster on this machine (root only; Debian's slurm-wlm + munge).
+# Start a SLURM test cluster on this machine (root only; Debian's slurm-wlm + munge): one node, or N nodes in
+# network namespaces (slurm/local/netns.sh).
 #
-#   slurm/local/start.sh [STATE_DIR]          # default: ${TMPDIR:-/tmp}/camnet-slurm
-#   eval "$(slurm/local/start.sh)"            # start and export SLURM_CONF in this shell
-#   . "${TMPDIR:-/tmp}/camnet-slurm/env.sh"   # later shells: export SLURM_CONF
+#   slurm/local/start.sh [STATE_DIR]            # one node `localhost`; default: ${TMPDIR:-/tmp}/camnet-slurm
+#   slurm/local/start.sh --nodes 3 [STATE_DIR]  # nodes n1-n3; default: ${TMPDIR:-/tmp}/camnet-slurm-nodes
+#   eval "$(slurm/local/start.sh)"              # start and export SLURM_CONF in this shell
+#   . "${TMPDIR:-/tmp}/camnet-slurm/env.sh"     # later shells: export SLURM_CONF
 #
 # Writes STATE_DIR/slurm.conf (+ state, spool, pid and log dirs), starts munged if no munge daemon answers,
-# then slurmctld and slurmd, and waits until the node `localhost` is idle. Progress goes to stderr, the
-# `export SLURM_CONF=...` line to stdout. If /etc/slurm/slurm.conf does not exist it becomes a symlink to
-# STATE_DIR/slurm.conf so that plain `sbatch`/`squeue` work without SLURM_CONF (stop.sh removes it).
+# then slurmctld and the slurmd(s), and waits until every node is idle. Progress goes to stderr, the
+# `export SLURM_CONF=...` line to stdout. One-node mode: if /etc/slurm/slurm.conf does not exist it becomes a
+# symlink to STATE_DIR/slurm.conf so that plain `sbatch`/`squeue` work without SLURM_CONF (stop.sh removes it).
+# The two modes run side by side: their own state dirs and ports (one node: 6817/6818; N nodes: 6827/6828);
+# the multi-node mode needs SLURM_CONF in every client's environment. One multi-node cluster per machine.
 # Idempotent: when this state dir's daemons already run, it says so and exits 0.
 # Env: CAMNET_SLURM_START_TIMEOUT (seconds, default 60). Stop with slurm/local/stop.sh [STATE_DIR].
 set -euo pipefail
 
+nodes=1
+if [ "${1:-}" = --nodes ]; then
+  nodes="${2:-}"
+  shift 2 || true
+  case "$nodes" in
+    [1-9] | [1-9][0-9]) ;;
+    *) echo "start.sh: error: --nodes: expected a number of nodes from 1 to 99, got '$nodes'" >&2; exit 2 ;;
+  esac
+fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ "$nodes" -gt 1 ] && [ -z "${1:-}" ] && [ -z "${CAMNET_SLURM_STATE_DIR:-}" ]; then
+  set -- "${TMPDIR:-/tmp}/camnet-slurm-nodes"
+fi
 # shellcheck source=slurm/local/env.sh
 . "$here/env.sh" "${1:-}"
+# shellcheck source=slurm/local/netns.sh
+. "$here/netns.sh"
 S="$CAMNET_SLURM_STATE_DIR"
+if [ "$nodes" = 1 ]; then
+  node_names=(localhost)
+  ctld_port=6817
+else
+  node_names=()
+  for k in $(seq "$nodes"); do node_names+=("n$k"); done
+  ctld_port=6827
+fi
 timeout_s="${CAMNET_SLURM_START_TIMEOUT:-60}"
 t0=$SECONDS
 t0_us="${EPOCHREALTIME/./}"
@@ -31,7 +57,18 @@ alive() {
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
 
-node_state() { timeout 5 sinfo -h -n localhost -o %T 2>/dev/null | head -n 1; }
+slurmd_pid_file() { echo "${CAMNET_SLURMD_PID//%n/$1}"; }
+slurmd_log_file() { echo "${CAMNET_SLURMD_LOG//%n/$1}"; }
+
+all_alive() {
+  local node
+  alive "$CAMNET_SLURM_CTLD_PID" slurmctld || return 1
+  for node in "${node_names[@]}"; do alive "$(slurmd_pid_file "$node")" slurmd || return 1; done
+}
+
+# node_states: one line per node, "NAME STATE", from this cluster's slurmctld
+node_states() { timeout 5 sinfo -h -N -o "%N %T" 2>/dev/null | sort -u; }
+usable() { case "$1" in idle | mixed | allocated | completing) return 0 ;; esac; return 1; }
 
 print_export() {
   echo "export SLURM_CONF=$CAMNET_SLURM_CONF"
@@ -40,8 +77,8 @@ print_export() {
 fail_with_logs() {
   echo "start.sh: error: $*" >&2
   timeout 5 sinfo -R 2>/dev/null >&2 || true
-  local f
-  for f in "$CAMNET_SLURM_CTLD_LOG" "$CAMNET_SLURMD_LOG"; do
+  local f node
+  for f in "$CAMNET_SLURM_CTLD_LOG" $(for node in "${node_names[@]}"; do slurmd_log_file "$node"; done); do
     if [ -f "$f" ]; then
       echo "---- last lines of $f" >&2
       tail -n 10 "$f" >&2
@@ -51,26 +88,35 @@ fail_with_logs() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root (the test cluster runs slurmctld/slurmd with SlurmUser=root)"
-for cmd in slurmctld slurmd sinfo munged munge unmunge; do
-  command -v "$cmd" >/dev/null || die "'$cmd' not found: apt-get install slurm-wlm munge"
+needed=(slurmctld slurmd sinfo munged munge unmunge)
+[ "$nodes" -gt 1 ] && needed+=(ip nsenter unshare)
+for cmd in "${needed[@]}"; do
+  command -v "$cmd" >/dev/null || die "'$cmd' not found: apt-get install slurm-wlm munge iproute2 util-linux"
 done
+if [ -f "$CAMNET_SLURM_NODES_FILE" ] && [ "$(head -n 1 "$CAMNET_SLURM_NODES_FILE")" != "${node_names[*]}" ]; then
+  alive "$CAMNET_SLURM_CTLD_PID" slurmctld \
+    && die "$S runs a cluster of nodes '$(head -n 1 "$CAMNET_SLURM_NODES_FILE")', not '${node_names[*]}': stop it first (slurm/local/stop.sh $S)"
+fi
 
-if alive "$CAMNET_SLURM_CTLD_PID" slurmctld && alive "$CAMNET_SLURMD_PID" slurmd \
-    && [ -n "$(node_state)" ]; then
-  say "already running (state dir $S, node $(node_state))"
+if all_alive && [ -n "$(node_states)" ]; then
+  say "already running (state dir $S, nodes: $(node_states | tr '\n' ' '))"
   print_export
   exit 0
 fi
 
-# Another cluster on this host would own the ports 6817/6818.
-for daemon in slurmctld slurmd; do
-  pidfile="$CAMNET_SLURM_CTLD_PID"
-  [ "$daemon" = slurmd ] && pidfile="$CAMNET_SLURMD_PID"
-  ours="$(cat "$pidfile" 2>/dev/null || true)"
-  for pid in $(pgrep -x "$daemon" || true); do
-    [ "$pid" = "$ours" ] || die "another $daemon (pid $pid) runs on this host, not from $S; stop it first"
-  done
-done
+# listening HOST PORT: something accepts TCP connections there
+listening() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+# Another cluster (or an older one from this state dir whose PID file is gone) would own our ports.
+if ! alive "$CAMNET_SLURM_CTLD_PID" slurmctld && listening 127.0.0.1 "$ctld_port"; then
+  die "port $ctld_port is in use (another slurmctld, not from $S?): stop it first"
+fi
+if [ "$nodes" = 1 ] && ! alive "$(slurmd_pid_file localhost)" slurmd && listening 127.0.0.1 6818; then
+  die "port 6818 is in use (another slurmd, not from $S?): stop it first"
+fi
+if [ "$nodes" -gt 1 ] && ip link show "$CAMNET_NETNS_BRIDGE" >/dev/null 2>&1 \
+    && [ "$(tail -n 1 "$CAMNET_SLURM_NODES_FILE" 2>/dev/null)" != "$nodes" ]; then
+  die "the bridge $CAMNET_NETNS_BRIDGE exists but $S did not make it: another multi-node cluster runs (stop it first)"
+fi
 
 # --- munge --------------------------------------------------------------------------------------
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
@@ -95,38 +141,70 @@ if ! munge_ok; then
   munge_ok || die "munged started but 'munge -n | unmunge' fails (see /var/log/munge/munged.log)"
 fi
 
+# --- network namespaces (N nodes) -----------------------------------------------------------------
+mkdir -p "$S/state" "$S/run" "$S/log"
+for node in "${node_names[@]}"; do mkdir -p "$S/spool/$node" "$S/tmp/$node"; done
+if [ "$nodes" -gt 1 ]; then
+  if ! ip link show "$CAMNET_NETNS_BRIDGE" >/dev/null 2>&1; then
+    netns_down "$nodes"   # leftovers of a cluster whose bridge is gone
+    say "network namespaces for ${node_names[*]} (bridge $CAMNET_NETNS_BRIDGE, $CAMNET_NETNS_NET.0/24)"
+    netns_up "$nodes" "$S/hosts" "$(hostname -s)" || { netns_down "$nodes"; die "could not create the network namespaces"; }
+  fi
+  printf '%s\n%s\n' "${node_names[*]}" "$nodes" >"$CAMNET_SLURM_NODES_FILE"
+else
+  printf '%s\n%s\n' localhost 0 >"$CAMNET_SLURM_NODES_FILE"
+fi
+
 # --- slurm.conf ---------------------------------------------------------------------------------
-mkdir -p "$S/state" "$S/spool" "$S/run" "$S/log"
-# The node line as slurmd detects it (CPUs, sockets, cores, threads, RealMemory), renamed to localhost.
+# The node line as slurmd detects it (CPUs, sockets, cores, threads, RealMemory), renamed to each node.
 hw="$(slurmd -C 2>/dev/null | head -n 1)" || true
 case "$hw" in
   NodeName=*) hw="${hw#NodeName=* }" ;;
   *) hw="CPUs=$(nproc) RealMemory=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024))" ;;
 esac
+if [ "$nodes" = 1 ]; then
+  ctld_host=localhost
+  node_lines="NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN"
+  partition_nodes=localhost
+  # Bind each task to the CPUs it was given, as production clusters do (task/affinity or task/cgroup): with
+  # task/none a 1-CPU task also used the second core whenever it ran alone.
+  task_plugin=task/affinity
+else
+  # slurmctld only starts where SlurmctldHost names this host; the nodes reach it on the bridge
+  ctld_host="$(hostname -s)($CAMNET_NETNS_HOST_ADDR)"
+  node_lines=""
+  for k in $(seq "$nodes"); do
+    node_lines+="NodeName=n$k NodeAddr=$(netns_node_addr "$k") $hw State=UNKNOWN"$'\n'
+  done
+  partition_nodes="n[1-$nodes]"
+  # Every node believes it owns all of this machine's CPUs: task/affinity would pin the first task of each node
+  # to the same CPU 0, so ranks on different "nodes" would share one core while the other idles.
+  task_plugin=task/none
+fi
 
 # Rewritten on every start; slurmctld keeps job state in $S/state across restarts.
 cat >"$CAMNET_SLURM_CONF".tmp <<EOF
-# Generated by slurm/local/start.sh: one-node test cluster, state in $S. Do not edit; re-run start.sh.
+# Generated by slurm/local/start.sh: test cluster of ${node_names[*]}, state in $S. Do not edit; re-run start.sh.
 ClusterName=camnet
-SlurmctldHost=localhost
+SlurmctldHost=$ctld_host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$ctld_port
+SlurmdPort=$((ctld_port + 1))
 StateSaveLocation=$S/state
-SlurmdSpoolDir=$S/spool
+SlurmdSpoolDir=$S/spool/%n
 SlurmctldPidFile=$CAMNET_SLURM_CTLD_PID
 SlurmdPidFile=$CAMNET_SLURMD_PID
 SlurmctldLogFile=$CAMNET_SLURM_CTLD_LOG
 SlurmdLogFile=$CAMNET_SLURMD_LOG
+# Per node, as on separate hosts: without it, PMIx on the second node fails ("Cannot create directory .../spmix_appdir")
+TmpFS=$S/tmp/%n
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
-# Bind each task to the CPUs it was given, as production clusters do (task/affinity or task/cgroup): with
-# task/none a 1-CPU task also used the second core whenever it ran alone.
-TaskPlugin=task/affinity
+TaskPlugin=$task_plugin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
@@ -146,9 +224,9 @@ SlurmdTimeout=300
 InactiveLimit=0
 KillWait=5
 Waittime=0
-NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN
+$node_lines
 # OverSubscribe=FORCE:2: each core may hold two jobs, so tests can run alongside another 2-task job.
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+PartitionName=debug Nodes=$partition_nodes Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
 EOF
 mv "$CAMNET_SLURM_CONF".tmp "$CAMNET_SLURM_CONF"
 # cgroup.conf is read by slurmd even without cgroup plugins (proctrack/linuxproc, task/affinity); keep it
@@ -163,7 +241,7 @@ EOF
 echo "export SLURM_CONF=$CAMNET_SLURM_CONF" >"$S/env.sh"
 
 etc_conf=/etc/slurm/slurm.conf
-if [ ! -e "$etc_conf" ]; then   # also true for a dangling symlink left by an old state dir
+if [ "$nodes" = 1 ] && [ ! -e "$etc_conf" ]; then   # also true for a dangling symlink left by an old state dir
   mkdir -p /etc/slurm
   ln -sfn "$CAMNET_SLURM_CONF" "$etc_conf"
   say "linked $etc_conf -> $CAMNET_SLURM_CONF (plain sbatch works without SLURM_CONF)"
@@ -176,30 +254,41 @@ if ! alive "$CAMNET_SLURM_CTLD_PID" slurmctld; then
 else
   scontrol reconfigure >/dev/null 2>&1 || true
 fi
-if ! alive "$CAMNET_SLURMD_PID" slurmd; then
-  say "starting slurmd"
-  slurmd -f "$CAMNET_SLURM_CONF" -N localhost || fail_with_logs "slurmd did not start"
-fi
-
-state=""
-while [ $((SECONDS - t0)) -lt "$timeout_s" ]; do
-  state="$(node_state)"
-  case "$state" in
-    idle | mixed | allocated | completing) break ;;
-    drained* | draining* | down | fail*)
-      # A previous run may have left the node down/drained; the fresh slurmd is healthy, resume it.
-      scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
-  esac
-  sleep 0.5
+k=0
+for node in "${node_names[@]}"; do
+  k=$((k + 1))
+  alive "$(slurmd_pid_file "$node")" slurmd && continue
+  say "starting slurmd $node"
+  if [ "$nodes" = 1 ]; then
+    slurmd -f "$CAMNET_SLURM_CONF" -N localhost || fail_with_logs "slurmd did not start"
+  else
+    netns_exec "$k" "$S/hosts" slurmd -f "$CAMNET_SLURM_CONF" -N "$node" || fail_with_logs "slurmd $node did not start"
+  fi
 done
-case "$state" in
-  idle | mixed | allocated | completing) ;;
-  *) fail_with_logs "node localhost not idle after ${timeout_s}s (state: '${state:-no answer}')" ;;
-esac
-alive "$CAMNET_SLURM_CTLD_PID" slurmctld || fail_with_logs "slurmctld exited"
-alive "$CAMNET_SLURMD_PID" slurmd || fail_with_logs "slurmd exited"
+
+states=""
+while [ $((SECONDS - t0)) -lt "$timeout_s" ]; do
+  states="$(node_states)"
+  ready=0
+  while read -r node state; do
+    [ -n "$node" ] || continue
+    if usable "$state"; then
+      ready=$((ready + 1))
+    else
+      case "$state" in
+        # A previous run may have left the node down/drained; the fresh slurmd is healthy, resume it.
+        drained* | draining* | down* | fail*) scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
+      esac
+    fi
+  done <<<"$states"
+  [ "$ready" = "$nodes" ] && break
+  sleep 0.25
+done
+[ "${ready:-0}" = "$nodes" ] \
+  || fail_with_logs "not every node idle after ${timeout_s}s: $(echo "${states:-no answer}" | tr '\n' ' ')"
+all_alive || fail_with_logs "a daemon exited"
 
 elapsed_ms=$(((${EPOCHREALTIME/./} - t0_us) / 1000))
-say "cluster up in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)))s: node localhost $state, state dir $S"
+say "cluster up in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)))s: $(echo "$states" | tr '\n' ' ')state dir $S"
 say "clients need SLURM_CONF: eval the line below or '. $S/env.sh'"
 print_export

@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# Stop the one-node SLURM test cluster started by slurm/local/start.sh.
+# Stop a SLURM test cluster started by slurm/local/start.sh.
 #
 #   slurm/local/stop.sh [--munge] [STATE_DIR]     # default: ${TMPDIR:-/tmp}/camnet-slurm
+#   slurm/local/stop.sh --nodes [STATE_DIR]       # default: ${TMPDIR:-/tmp}/camnet-slurm-nodes (start.sh --nodes N)
 #
-# Cancels the cluster's jobs, stops slurmd and slurmctld by the PID files in STATE_DIR (TERM, then KILL
-# after 15 s) and removes /etc/slurm/slurm.conf if it is start.sh's symlink to this state dir.
+# Cancels the cluster's jobs, stops the slurmds and slurmctld by the PID files in STATE_DIR (TERM, then KILL
+# after 15 s), deletes the network namespaces and the bridge of a multi-node cluster, and removes
+# /etc/slurm/slurm.conf if it is start.sh's symlink to this state dir. Another cluster's daemons are not touched.
 # munged keeps running unless --munge is given. Job state and logs stay in STATE_DIR. Idempotent.
 set -euo pipefail
 
 stop_munge=0
-if [ "${1:-}" = --munge ]; then
-  stop_munge=1
+multi=0
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --munge) stop_munge=1 ;;
+    --nodes) multi=1; case "${2:-}" in [0-9]*) shift ;; esac ;;   # `--nodes 3` as for start.sh: N is not needed
+    *) break ;;
+  esac
   shift
-fi
+done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ "$multi" = 1 ] && [ -z "${1:-}" ] && [ -z "${CAMNET_SLURM_STATE_DIR:-}" ]; then
+  set -- "${TMPDIR:-/tmp}/camnet-slurm-nodes"
+fi
 # shellcheck source=slurm/local/env.sh
 . "$here/env.sh" "${1:-}"
+# shellcheck source=slurm/local/netns.sh
+. "$here/netns.sh"
+nodes_line="$(head -n 1 "$CAMNET_SLURM_NODES_FILE" 2>/dev/null || echo localhost)"
+netns_count="$(tail -n 1 "$CAMNET_SLURM_NODES_FILE" 2>/dev/null || echo 0)"
+read -r -a node_names <<<"$nodes_line"
 
 say() { echo "stop.sh: $*" >&2; }
 
@@ -54,13 +69,22 @@ else
   ctld=""
 fi
 
-if slurmd_pid="$(pid_of "$CAMNET_SLURMD_PID" slurmd)"; then
-  stop_pid "$slurmd_pid" slurmd
-fi
+stopped=0
+for node in "${node_names[@]}"; do
+  if slurmd_pid="$(pid_of "${CAMNET_SLURMD_PID//%n/$node}" slurmd)"; then
+    stop_pid "$slurmd_pid" "slurmd $node"
+    stopped=1
+  fi
+done
 if [ -n "$ctld" ]; then
   stop_pid "$ctld" slurmctld
 fi
-[ -z "$ctld" ] && [ -z "${slurmd_pid:-}" ] && say "not running (state dir $CAMNET_SLURM_STATE_DIR)"
+[ -z "$ctld" ] && [ "$stopped" = 0 ] && say "not running (state dir $CAMNET_SLURM_STATE_DIR)"
+if [ "$netns_count" -gt 0 ] 2>/dev/null; then
+  netns_down "$netns_count"
+  printf '%s\n%s\n' "$nodes_line" 0 >"$CAMNET_SLURM_NODES_FILE"
+  say "deleted the network namespaces of ${node_names[*]}"
+fi
 
 if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$CAMNET_SLURM_CONF" ]; then
   rm -f /etc/slurm/slurm.conf

@@ -4,6 +4,8 @@
 #   - else, as root with slurm-wlm installed: start the local one-node cluster (start.sh), and stop it afterwards;
 #   - else: run the command as is; the tests marked `slurm` are then skipped with a reason.
 # With a cluster, CAMNET_REQUIRE_SLURM=1 (unless set), so a SLURM test that cannot reach it fails, not skips.
+# As root with slurm-wlm and iproute2, CAMNET_REQUIRE_MULTINODE=1 (unless set): the tests marked `multinode` start
+# the multi-node test cluster themselves (tests/conftest.py) and fail, not skip, when it cannot start.
 #   slurm/local/with-cluster.sh CMD...
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,5 +20,8 @@ elif [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then
 else
   echo "with-cluster.sh: no SLURM cluster answers and none can be started here (needs root and slurm-wlm):" \
        "the tests marked slurm will be skipped" >&2
+fi
+if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null && command -v ip >/dev/null; then
+  export CAMNET_REQUIRE_MULTINODE="${CAMNET_REQUIRE_MULTINODE:-1}"
 fi
 "$@"
