@@ -310,14 +310,17 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             return
         offset = self.start[1] if self.epoch == self.start[0] else 0
         epoch, step = self.epoch, offset + batch + 1
-        per_rank = gather_arrays(self.dist, [v.numpy() for v in statistics(self.model)])
+        per_rank = gather_arrays(self.dist, [v.numpy() for v in statistics(self.model)]) if self.dist.size > 1 else []
         on_chief(self.dist, lambda: self._save_preempted(epoch, step, per_rank))
         raise Preempted(f"epoch {epoch} step {step}")
 
     def _save_preempted(self, epoch: int, step: int, per_rank: list[list[np.ndarray]]) -> None:
         checkpoint = self.state.save_last(epoch, step)
-        if len(per_rank) > 1:
+        if per_rank:
             save_rank_state(checkpoint, per_rank)
+        self._mark_preempted(epoch, step, checkpoint)
+
+    def _mark_preempted(self, epoch: int, step: int, checkpoint: str) -> None:
         marker = {"epoch": epoch, "step": step, "signal": self.flag.signum, "checkpoint": checkpoint}
         rundir.write_json(self.run_dir / PREEMPTED, marker)
 
