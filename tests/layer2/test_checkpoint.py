@@ -322,3 +322,34 @@ def test_checkpoint_save_on_a_full_or_read_only_disk_was_a_traceback_and_left_a_
     assert state_for(disk.path, other).restore() == (1, 0)
     for x, y in zip(other.get_weights(), first, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def bn_model() -> tf.keras.Model:
+    inputs = tf.keras.Input((4,))
+    return tf.keras.Model(inputs, tf.keras.layers.Dense(1)(tf.keras.layers.BatchNormalization()(inputs)))
+
+
+def test_each_rank_takes_back_its_own_batchnorm_statistics_saved_mid_epoch(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Mid-epoch the ranks' moving statistics differ; a resume that gave every rank rank 0's ended with other
+    weights than an uninterrupted run (tests/slurm/test_multinode.py)."""
+    model = bn_model()
+    stats = checkpoint.statistics(model)
+    assert [v.name.split("/")[-1] for v in stats] == ["moving_mean:0", "moving_variance:0"]
+    per_rank = [[np.full(4, r + 1.0, np.float32), np.full(4, r + 10.0, np.float32)] for r in range(3)]
+    ckpt = str(tmp_path / "ckpt-7")
+    (tmp_path / "ckpt-6.ranks.npz").write_bytes(b"older")
+    checkpoint.save_rank_state(ckpt, per_rank)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-7.ranks.npz"]  # the older checkpoint's file went
+
+    assert checkpoint.restore_rank_state(ckpt, Dist(rank=1, size=3), model)
+    assert [v.numpy().tolist() for v in stats] == [[2.0] * 4, [11.0] * 4]
+    assert not checkpoint.restore_rank_state(ckpt, Dist(), model)  # one process: nothing to take back
+    assert not checkpoint.restore_rank_state(str(tmp_path / "ckpt-8"), Dist(rank=0, size=3), model)  # no file
+    with caplog.at_level("WARNING"):
+        assert not checkpoint.restore_rank_state(ckpt, Dist(rank=0, size=2), model)
+    assert "saved by 3 ranks, resumed on 2" in caplog.text
+    assert [v.numpy().tolist() for v in stats] == [[2.0] * 4, [11.0] * 4]  # untouched
+    other = tf.keras.Model(model.input, tf.keras.layers.BatchNormalization()(model.layers[-1].output))
+    with pytest.raises(CamnetError, match=r"ckpt-7.ranks.npz: 6 arrays for 3 ranks of a model with 4 statistics"):
+        checkpoint.restore_rank_state(ckpt, Dist(rank=0, size=3), other)

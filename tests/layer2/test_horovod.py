@@ -14,7 +14,7 @@ import pytest
 
 from layer2_training import data
 from layer2_training.config import DataConfig
-from tests.layer2.conftest import REPO, base_config, cli_env, write_config
+from tests.layer2.conftest import REPO, base_config, cli_env, read_history, write_config
 
 pytestmark = pytest.mark.horovod
 
@@ -57,6 +57,22 @@ def test_horovodrun_two_ranks(tmp_path: Path, tiny_index: Path) -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_two_rank_run(run, tiny_index)
+
+
+def test_the_optimiser_state_carries_over_a_phase_change_on_two_ranks(tmp_path: Path, tiny_index: Path) -> None:
+    """Regression: Horovod's DistributedOptimizer is a new optimiser (iterations 0, no Adam moments); wrapped at
+    every `compile`, the head -> fine-tune phase change (and a resumed partial epoch) restarted the learning-rate
+    schedule on several ranks, never on one."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run, epochs=2, batch_size=4,
+                                                        **{"phases.head_epochs": 1}))
+    command = [horovodrun(), "-np", "2", "--gloo", sys.executable, "-m", "layer2_training", "train",
+               "--config", str(cfg)]
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(HOROVOD_CYCLE_TIME="5"), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads((run / "environment.json").read_text())["steps_per_epoch"]
+    assert [int(r["iterations"]) for r in read_history(run)] == [steps, 2 * steps]
 
 
 @pytest.mark.slurm

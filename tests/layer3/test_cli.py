@@ -121,3 +121,17 @@ def test_two_ranks_equal_one_rank(tmp_path: Path, tiny_run: Path, synth_slides: 
         assert np.array_equal(a["prob"][()], b["prob"][()])  # bit for bit
         assert np.array_equal(a["map"][()], b["map"][()], equal_nan=True)
     assert json.loads((tmp_path / "two" / stem / "summary.json").read_text())["ranks"] == 2
+
+
+@pytest.mark.horovod
+def test_ranks_that_cannot_find_each_other_stop_before_writing(tmp_path: Path, tiny_run: Path,
+                                                               synth_slides: list[Path]) -> None:
+    """Regression (issue 19): a rank started as one of 2 (here srun's variable, set by hand) whose Horovod sees a
+    world of 1 (gloo under srun without a rendezvous) computed and wrote the whole heatmap by itself."""
+    cfg = str(heatmap_config(tmp_path / "c.yaml"))
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "layer3_inference", "heatmap", "--config", cfg,
+                           "--model", str(tiny_run), "--slide", str(synth_slides[1]), "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=cli_env(SLURM_STEP_NUM_TASKS="2"), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert_one_error(proc, "the launcher started 2 ranks (SLURM_STEP_NUM_TASKS=2", "reports a world of size 1")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
