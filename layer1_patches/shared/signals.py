@@ -53,9 +53,12 @@ def stop_on_signals() -> dict[int, object]:
 
 
 def restore(previous: dict[int, object]) -> None:
+    """End of the command: the handlers it replaced, and the record of its signals cleared (a signal it handled
+    must not stop the next in-process writer's `check()`)."""
     for sig, handler in previous.items():
         signal.signal(sig, handler)  # type: ignore[arg-type]
     sys.unraisablehook = sys.__unraisablehook__
+    _received.clear()
 
 
 def received() -> int | None:
