@@ -109,7 +109,6 @@ camnet_srun() {
     return 2
   fi
   shift
-  camnet_check_ranks || return
   _camnet_build "$@" || return
   srun "${srun_opts[@]}" "${CAMNET_CMD[@]}"
 }

@@ -177,8 +177,8 @@ def node_names(cluster: SlurmCluster) -> list[str]:
         out = cluster.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=15)
     except (AssertionError, OSError, subprocess.TimeoutExpired):
         return []
-    return sorted({line.split()[0] for line in out.splitlines() if line.split()[1:2] in (["idle"], ["mixed"],
-                                                                                         ["allocated"])})
+    up = ("idle", "mixed", "allocated", "completing")
+    return sorted({line.split()[0] for line in out.splitlines() if line.split()[1:2] and line.split()[1] in up})
 
 
 def _why_no_multinode() -> str | None:
@@ -206,7 +206,12 @@ def multinode_cluster() -> Iterator[SlurmCluster]:
     proc = subprocess.run(["bash", str(local / "start.sh"), "--nodes", str(MULTINODE_NODES), str(state)],
                           capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"slurm/local/start.sh --nodes {MULTINODE_NODES} failed:\n{proc.stderr}", pytrace=False)
+        subprocess.run(["bash", str(local / "stop.sh"), "--nodes", str(state)], capture_output=True, timeout=120,
+                       check=False)  # what it had started (daemons, namespaces)
+        message = f"slurm/local/start.sh --nodes {MULTINODE_NODES} failed:\n{proc.stderr}"
+        if os.environ.get("CAMNET_REQUIRE_MULTINODE") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     try:
         yield cluster
     finally:

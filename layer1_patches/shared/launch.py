@@ -22,11 +22,12 @@ RUNTIME_VARS = ("HOROVOD_CONTROLLER", "HOROVOD_GLOO_RENDEZVOUS_ADDR", "SLURM_MPI
 
 
 def launched_size(environ: Mapping[str, str] | None = None) -> int:
-    """Ranks started by horovodrun, mpirun or srun; 1 when run as a plain process."""
+    """Ranks started by horovodrun, mpirun or srun; 1 when run as a plain process. The innermost launcher's
+    variable decides (`mpirun -np 1` inside a 4-task srun step is one rank)."""
     env = os.environ if environ is None else environ
     for var in SIZE_VARS:
         value = env.get(var, "")
-        if value.isdigit() and int(value) > 1:
+        if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
 

@@ -27,7 +27,8 @@ if [ "${1:-}" = --nodes ]; then
   esac
 fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ "$nodes" -gt 1 ] && [ -z "${1:-}" ] && [ -z "${CAMNET_SLURM_STATE_DIR:-}" ]; then
+if [ "$nodes" -gt 1 ] && [ -z "${1:-}" ]; then
+  # not CAMNET_SLURM_STATE_DIR: env.sh exports the one-node cluster's
   set -- "${TMPDIR:-/tmp}/camnet-slurm-nodes"
 fi
 # shellcheck source=slurm/local/env.sh

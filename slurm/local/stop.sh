@@ -21,7 +21,8 @@ while [ "$#" -gt 0 ]; do
   shift
 done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ "$multi" = 1 ] && [ -z "${1:-}" ] && [ -z "${CAMNET_SLURM_STATE_DIR:-}" ]; then
+if [ "$multi" = 1 ] && [ -z "${1:-}" ]; then
+  # not CAMNET_SLURM_STATE_DIR: env.sh exports the one-node cluster's
   set -- "${TMPDIR:-/tmp}/camnet-slurm-nodes"
 fi
 # shellcheck source=slurm/local/env.sh
@@ -70,6 +71,11 @@ else
 fi
 
 stopped=0
+# a slurmd started by an older start.sh wrote run/slurmd.pid
+if slurmd_pid="$(pid_of "$CAMNET_SLURM_STATE_DIR/run/slurmd.pid" slurmd)"; then
+  stop_pid "$slurmd_pid" slurmd
+  stopped=1
+fi
 for node in "${node_names[@]}"; do
   if slurmd_pid="$(pid_of "${CAMNET_SLURMD_PID//%n/$node}" slurmd)"; then
     stop_pid "$slurmd_pid" "slurmd $node"

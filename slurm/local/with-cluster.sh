@@ -21,7 +21,8 @@ else
   echo "with-cluster.sh: no SLURM cluster answers and none can be started here (needs root and slurm-wlm):" \
        "the tests marked slurm will be skipped" >&2
 fi
-if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null && command -v ip >/dev/null; then
+if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null \
+    && command -v unshare >/dev/null; then
   export CAMNET_REQUIRE_MULTINODE="${CAMNET_REQUIRE_MULTINODE:-1}"
 fi
 "$@"

@@ -11,6 +11,9 @@ from layer1_patches.shared.launch import check_world_size, launched_size
 def test_a_plain_process_and_a_one_task_step_are_one_rank() -> None:
     assert launched_size({}) == 1
     assert launched_size({"SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "4"}) == 1
+    # the innermost launcher decides: `mpirun -np 1` (or horovodrun) inside a step of 4 tasks is one rank
+    assert launched_size({"OMPI_COMM_WORLD_SIZE": "1", "SLURM_STEP_NUM_TASKS": "4"}) == 1
+    assert launched_size({"HOROVOD_SIZE": "1", "SLURM_STEP_NUM_TASKS": "4"}) == 1
     check_world_size("Horovod", 1, {"SLURM_NTASKS": "4"})  # a batch script, no srun: not started as ranks
 
 
