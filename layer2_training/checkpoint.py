@@ -210,10 +210,10 @@ def save_rank_state(checkpoint: str, per_rank: list[list[np.ndarray]]) -> None:
 def restore_rank_state(checkpoint: str | None, dist: Dist, model: tf.keras.Model) -> bool:
     """After the broadcast of rank 0's state: this rank's own statistics variables, when the checkpoint has them
     for this many ranks (a resume on another number of ranks keeps rank 0's)."""
-    if checkpoint is None or dist.size == 1 or not rank_state_path(checkpoint).is_file():
+    path = rank_state_path(checkpoint) if checkpoint is not None else None
+    if path is None or dist.size == 1 or not path.is_file():
         return False
     variables = statistics(model)
-    path = rank_state_path(checkpoint)
     with np.load(path) as saved:
         if int(saved["ranks"]) != dist.size:
             log.warning("%s: saved by %d ranks, resumed on %d: every rank starts from rank 0's BatchNorm statistics",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
@@ -46,18 +47,17 @@ def init() -> Dist:
     except ImportError:
         check_world_size("this process (Horovod is not importable)", 1)
         log.info("horovod not importable: single process")
-        pin_gpu(0)
-        return Dist(placement=((socket.gethostname(), 0),))
-    hvd.init()
-    check_world_size("Horovod", hvd.size())
-    pin_gpu(hvd.local_rank())
-    if hvd.size() == 1:
-        return Dist(placement=((socket.gethostname(), 0),))
-    import horovod.tensorflow as hvd_tf
-
-    here = (socket.gethostname(), hvd.local_rank())
-    placement = tuple(tuple(p) for p in hvd_tf.allgather_object(here, name="camnet_placement"))
-    return Dist(hvd.rank(), hvd.size(), hvd.local_rank(), hvd, placement)
+        hvd = None
+    else:
+        hvd.init()
+        check_world_size("Horovod", hvd.size())
+    local_rank = hvd.local_rank() if hvd is not None else 0
+    pin_gpu(local_rank)
+    if hvd is None or hvd.size() == 1:
+        return Dist(placement=((socket.gethostname(), local_rank),))
+    dist = Dist(hvd.rank(), hvd.size(), local_rank, hvd)
+    placement = tuple(tuple(p) for p in gather_arrays(dist, [socket.gethostname(), local_rank], "camnet_placement"))
+    return dataclasses.replace(dist, placement=placement)
 
 
 def wrap_optimizer(dist: Dist, optimizer: Any) -> Any:
@@ -126,13 +126,13 @@ def statistics(model: tf.keras.Model) -> list[Any]:
     return [v for v in model.weights if not v.trainable]
 
 
-def gather_arrays(dist: Dist, arrays: list[Any]) -> list[list[Any]]:
-    """Every rank's `arrays` (numpy), in rank order, on every rank."""
+def gather_arrays(dist: Dist, arrays: list[Any], name: str = "camnet_rank_state") -> list[list[Any]]:
+    """Every rank's `arrays` (numpy arrays or plain values), in rank order, on every rank."""
     if dist.hvd is None:
         return [arrays]
     import horovod.tensorflow as hvd_tf
 
-    return list(hvd_tf.allgather_object(arrays, name="camnet_rank_state"))
+    return list(hvd_tf.allgather_object(arrays, name=name))
 
 
 class ChiefFailed(Exception):
