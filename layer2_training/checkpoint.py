@@ -51,7 +51,8 @@ from layer2_training.distributed import (
     any_rank,
     average_variables,
     gather_arrays,
-    on_chief,
+    local_values,
+    on_writers,
     statistics,
     updated_state,
 )
@@ -94,8 +95,13 @@ def _worst(metric: str) -> float:
 
 
 class TrainState:
-    def __init__(self, run_dir: Path, model: tf.keras.Model, optimizer: Any, monitor: str) -> None:
+    """The checkpointed state; restored from `run_dir`, saved into `write_dir` (the same, except on the other
+    ranks of an engine whose saves are collective: their scratch folder, see `distributed.on_writers`)."""
+
+    def __init__(self, run_dir: Path, model: tf.keras.Model, optimizer: Any, monitor: str,
+                 write_dir: Path | None = None) -> None:
         self.run_dir = run_dir
+        self.write_dir = write_dir or run_dir
         self.monitor = Monitor(monitor)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -112,6 +118,12 @@ class TrainState:
                                                max_to_keep=2)
         self.best_manager = tf.train.CheckpointManager(self.ckpt, str(run_dir / "checkpoints" / "best"),
                                                        max_to_keep=1)
+        self.last_out, self.best_out = self.last, self.best_manager
+        if self.write_dir != run_dir:
+            self.last_out = tf.train.CheckpointManager(self.ckpt, str(self.write_dir / "checkpoints" / "last"),
+                                                       max_to_keep=2)
+            self.best_out = tf.train.CheckpointManager(self.ckpt, str(self.write_dir / "checkpoints" / "best"),
+                                                       max_to_keep=1)
 
     def restore(self) -> tuple[int, int]:
         """(epoch, step) to continue from; (0, 0) for a fresh run."""
@@ -126,7 +138,7 @@ class TrainState:
     def save_last(self, epoch: int, step: int) -> str:
         self.epoch.assign(epoch)
         self.step.assign(step)
-        return save(self.last)
+        return save(self.last_out)
 
     def improved(self, value: float, second: float = float("nan")) -> str | None:
         """Why (monitored value, tie-break value) would replace the best checkpoint (`Monitor.replaces`)."""
@@ -141,7 +153,7 @@ class TrainState:
         self.best_by_tie.assign(int(reason == self.monitor.tie_break))
 
     def save_best(self) -> str:
-        return save(self.best_manager)
+        return save(self.best_out)
 
     def selected(self) -> dict[str, Any]:
         """metrics.json's `selected`: the epoch whose weights were exported and why (nulls: no best was kept,
@@ -152,7 +164,10 @@ class TrainState:
                 "tie_break": self.monitor.tie_break if int(self.best_by_tie.numpy()) else None}
 
     def restore_best(self) -> bool:
-        path = self.best_manager.latest_checkpoint or self.last.latest_checkpoint
+        # read from the pointer files: on a rank that saves elsewhere, the managers still know the run dir's
+        # checkpoints as they were when it started, which rank 0 has since replaced
+        path = (tf.train.latest_checkpoint(self.best_manager.directory)
+                or tf.train.latest_checkpoint(self.last.directory))
         if path is None:
             return False
         self.ckpt.restore(path).expect_partial()
@@ -287,7 +302,8 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     def __init__(self, dist: Dist, state: TrainState, flag: SignalFlag, monitor: str, start: tuple[int, int],
                  lr_of_step: Any) -> None:
         super().__init__()
-        self.dist, self.state, self.run_dir, self.flag, self.monitor = dist, state, state.run_dir, flag, monitor
+        # the run dir on rank 0, a scratch folder on ranks that save only to take part (`TrainState.write_dir`)
+        self.dist, self.state, self.run_dir, self.flag, self.monitor = dist, state, state.write_dir, flag, monitor
         self.start, self.lr_of_step = start, lr_of_step
         self.epoch = start[0]
         self.t0, self.train_seconds = time.perf_counter(), 0.0
@@ -310,8 +326,9 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             return
         offset = self.start[1] if self.epoch == self.start[0] else 0
         epoch, step = self.epoch, offset + batch + 1
-        per_rank = gather_arrays(self.dist, [v.numpy() for v in statistics(self.model)]) if self.dist.size > 1 else []
-        on_chief(self.dist, lambda: self._save_preempted(epoch, step, per_rank))
+        per_rank = (gather_arrays(self.dist, local_values(self.dist, statistics(self.model)))
+                    if self.dist.size > 1 else [])
+        on_writers(self.dist, lambda: self._save_preempted(epoch, step, per_rank))
         raise Preempted(f"epoch {epoch} step {step}")
 
     def _save_preempted(self, epoch: int, step: int, per_rank: list[list[np.ndarray]]) -> None:
@@ -327,12 +344,12 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         average_variables(self.dist, updated_state(self.model))
-        on_chief(self.dist, lambda: self._save_epoch(epoch, logs))
+        on_writers(self.dist, lambda: self._save_epoch(epoch, logs))
         if self.stop_after_epoch:
             raise Preempted(f"epoch {epoch + 1} step 0")
 
     def _save_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
-        """Rank 0: the epoch's history row, best and last checkpoints."""
+        """Rank 0 (and the ranks of `on_writers`): the epoch's history row, best and last checkpoints."""
         value = logs.get(self.monitor)
         second = logs.get(self.state.monitor.tie_break, float("nan"))
         reason = None

@@ -91,7 +91,7 @@ class OptimizerConfig:
 class ScheduleConfig:
     lr: float = bounded(0.01, min_exclusive=0, doc="learning rate of one rank; the peak is lr x ranks with "
                         "scale_by_ranks")
-    scale_by_ranks: bool = bounded(True, doc="multiply lr by the number of Horovod ranks (Goyal et al. 2017)")
+    scale_by_ranks: bool = bounded(True, doc="multiply lr by the number of ranks (Goyal et al. 2017)")
     warmup_epochs: float = bounded(0.0, min=0, doc="epochs ramping linearly from lr to the peak; 0: none")
     kind: Literal["constant", "step", "cosine"] = bounded(
         "constant", doc="after warm-up: constant, step (x step_gamma at each of step_epochs) or cosine decay")
@@ -137,6 +137,16 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    engine: Literal["horovod", "tf_distribute"] | None = bounded(
+        None, doc="horovod (TF 2.15, the default when importable) or tf_distribute (TensorFlow's "
+                  "MultiWorkerMirroredStrategy; also TF 2.21 + tf_keras); null: horovod when importable, else "
+                  "tf_distribute. One process trains alone with either")
+    port: int | None = bounded(None, min=1024, max=65000, doc="tf_distribute under srun: first gRPC port of a "
+                               "node's ranks (rank i on a node uses port + i); null: 20000 + 40 x (job id % 1000)")
+
+
+@dataclass(frozen=True)
 class Layer2Config:
     data: DataConfig = bounded(DataConfig(), doc="training data: the dataset index and how it is read")
     model: ModelConfig = bounded(ModelConfig(), doc="the network: backbone, weights, input size, head")
@@ -148,6 +158,8 @@ class Layer2Config:
     augment: AugmentConfig = bounded(AugmentConfig(), doc="random changes to training batches (per patch, seeded)")
     stain: StainConfig = bounded(StainConfig(), doc="stain normalisation to a reference patch")
     output: OutputConfig = bounded(OutputConfig(), doc="run directory and evaluation")
+    distributed: DistributedConfig = bounded(DistributedConfig(), doc="how ranks train together (launch them "
+                                             "with srun, or horovodrun for Horovod)")
     batch_size: int = bounded(32, min=1, doc="patches per batch and rank (replica)")
     epochs: int = bounded(10, min=1, doc="training epochs, head phase included")
     steps_per_epoch: int | None = bounded(None, min=1, doc="cap on steps per epoch; null: the whole training split")

@@ -1,19 +1,57 @@
-"""Horovod when launched under horovodrun/mpirun/srun, a plain single process otherwise."""
+"""Ranks that train together through an engine (Horovod or tf.distribute), or one plain process.
+
+The training loop sees one interface, `Dist`, whatever the engine: which rank this is, the collectives it needs
+outside Keras' own steps (stop together, rank 0's answer, averages, gathers, broadcasts), where the model and
+optimiser are built (`scope`), how a rank's dataset is handed to `fit` (`distribute`), and who writes
+checkpoints. The engines (`horovod_engine`, `tf_distribute_engine`) give the same guarantees, tested on both:
+disjoint shards that cover the split, identical weights on every rank, BatchNorm statistics averaged at each
+epoch's end, rank 0 writing the run directory, a preempted run resuming to the weights of an uninterrupted one.
+
+Engine choice (`distributed.engine`): Horovod when importable (TF 2.15, the default), else tf.distribute's
+MultiWorkerMirroredStrategy (any TF from 2.15; the only one on TF >= 2.19). One process trains alone with
+either, exactly as without an engine.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import importlib.util
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import tensorflow as tf
 
-from layer1_patches.shared.launch import check_world_size
+from layer1_patches.shared.errors import CamnetError
+
+if TYPE_CHECKING:
+    from layer2_training.config import DistributedConfig
 
 log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What an engine does for `Dist`; every collective is called by all ranks in the same order."""
+
+    name: str
+    # tf.distribute reads BatchNorm statistics (sync-on-read variables) through a collective, so a checkpoint
+    # save is collective: every rank saves, the others into a scratch folder. Horovod: rank 0 alone.
+    saves_on_every_rank: bool
+
+    def scope(self) -> AbstractContextManager[Any]: ...
+    def distribute(self, make: Callable[[], tf.data.Dataset]) -> Any: ...
+    def wrap_optimizer(self, optimizer: Any) -> Any: ...
+    def fit_callbacks(self) -> list[Any]: ...
+    def any_rank(self, flag: bool) -> bool: ...
+    def chief_flag(self, flag: bool) -> bool: ...
+    def broadcast_variables(self, variables: list[Any]) -> None: ...
+    def average_variables(self, variables: list[Any]) -> None: ...
+    def allgather_object(self, obj: Any, name: str) -> list[Any]: ...
+    def local_value(self, variable: Any) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -21,13 +59,21 @@ class Dist:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    hvd: Any = None  # horovod.tensorflow.keras when size > 1
+    engine: Engine | None = None  # None: one process
     # every rank's host and local rank, in rank order (environment.json records where the ranks ran)
     placement: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name if self.engine is not None else "none"
+
+    @property
+    def saves_on_every_rank(self) -> bool:
+        return self.engine is not None and self.engine.saves_on_every_rank
 
 
 def pin_gpu(local_rank: int) -> None:
@@ -39,49 +85,72 @@ def pin_gpu(local_rank: int) -> None:
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
 
 
-def init() -> Dist:
-    """Horovod's world, or one process; an error when the launcher started several ranks and Horovod sees
-    another number (gloo under srun without a rendezvous: every rank alone, each training on all the data)."""
-    try:
-        import horovod.tensorflow.keras as hvd
-    except ImportError:
-        check_world_size("this process (Horovod is not importable)", 1)
-        log.info("horovod not importable: single process")
-        hvd = None
+def horovod_importable() -> bool:
+    return importlib.util.find_spec("horovod") is not None
+
+
+def init(cfg: DistributedConfig | None = None) -> Dist:
+    """The configured engine's world (`distributed.engine`; null: Horovod when importable, else tf.distribute).
+
+    An error when the launcher started several ranks and the engine sees another number (gloo under srun without
+    a rendezvous: every rank alone, each training on all the data)."""
+    engine = cfg.engine if cfg is not None else None
+    port = cfg.port if cfg is not None else None
+    if engine is None:
+        engine = "horovod" if horovod_importable() else "tf_distribute"
+    if engine == "horovod":
+        if not horovod_importable():
+            raise CamnetError("config key 'distributed.engine': horovod is not installed in this environment "
+                              "(it builds against TF <= 2.18: `make horovod`); set distributed.engine: tf_distribute")
+        from layer2_training import horovod_engine
+
+        dist = horovod_engine.init()
     else:
-        hvd.init()
-        check_world_size("Horovod", hvd.size())
-    local_rank = hvd.local_rank() if hvd is not None else 0
-    pin_gpu(local_rank)
-    if hvd is None or hvd.size() == 1:
-        return Dist(placement=((socket.gethostname(), local_rank),))
-    dist = Dist(hvd.rank(), hvd.size(), local_rank, hvd)
-    placement = tuple(tuple(p) for p in gather_arrays(dist, [socket.gethostname(), local_rank], "camnet_placement"))
-    return dataclasses.replace(dist, placement=placement)
+        from layer2_training import tf_distribute_engine
+
+        dist = tf_distribute_engine.init(port)
+    if dist.engine is None:
+        return Dist(placement=((socket.gethostname(), 0),))
+    placement = tuple(tuple(p) for p in gather_arrays(dist, [socket.gethostname(), dist.local_rank],
+                                                      "camnet_placement"))
+    return Dist(dist.rank, dist.size, dist.local_rank, dist.engine, placement)
+
+
+def scope(dist: Dist) -> AbstractContextManager[Any]:
+    """Where the model, its optimiser and metrics are built (tf.distribute mirrors what is created there)."""
+    return dist.engine.scope() if dist.engine is not None else contextlib.nullcontext()
+
+
+def distribute(dist: Dist, make: Callable[[], tf.data.Dataset]) -> Any:
+    """This rank's dataset (`make()`, already this rank's shard) as `fit` takes it under the engine."""
+    return dist.engine.distribute(make) if dist.engine is not None else make()
+
+
+def fit_callbacks(dist: Dist) -> list[Any]:
+    return dist.engine.fit_callbacks() if dist.engine is not None else []
 
 
 def wrap_optimizer(dist: Dist, optimizer: Any) -> Any:
-    if dist.hvd is None:
-        return optimizer
-    return dist.hvd.DistributedOptimizer(optimizer)
+    return dist.engine.wrap_optimizer(optimizer) if dist.engine is not None else optimizer
 
 
 def any_rank(dist: Dist, flag: bool) -> bool:
     """True on every rank when any rank saw `flag`: all ranks must stop at the same step."""
-    if dist.hvd is None:
-        return flag
-    import horovod.tensorflow as hvd_tf
-
-    total = hvd_tf.allreduce(tf.constant(1.0 if flag else 0.0), op=hvd_tf.Sum, name="camnet_stop")
-    return bool(float(total) > 0)
+    return dist.engine.any_rank(flag) if dist.engine is not None else flag
 
 
 def broadcast_variables(dist: Dist, variables: list[Any]) -> None:
     """Rank 0's initial (or restored) state everywhere, before the first step."""
-    if dist.hvd is not None:
-        import horovod.tensorflow as hvd_tf
+    if dist.engine is not None:
+        dist.engine.broadcast_variables(variables)
 
-        hvd_tf.broadcast_variables(variables, root_rank=0)
+
+def local_values(dist: Dist, variables: list[Any]) -> list[np.ndarray]:
+    """This rank's own values: under tf.distribute, reading a BatchNorm statistic otherwise averages it over
+    the ranks (a collective)."""
+    if dist.engine is None:
+        return [np.asarray(v.numpy()) for v in variables]
+    return [dist.engine.local_value(v) for v in variables]
 
 
 def updated_state(model: tf.keras.Model) -> list[Any]:
@@ -112,12 +181,8 @@ def average_variables(dist: Dist, variables: list[Any]) -> None:
     Each rank updates moving statistics from its own shard; averaging them once per epoch keeps the ranks
     identical and makes rank 0's checkpoint reflect all the data.
     """
-    if dist.hvd is None or not variables:
-        return
-    import horovod.tensorflow as hvd_tf
-
-    for i, var in enumerate(variables):
-        var.assign(hvd_tf.allreduce(var, op=hvd_tf.Average, name=f"camnet_avg_{i}"))
+    if dist.engine is not None and variables:
+        dist.engine.average_variables(variables)
 
 
 def statistics(model: tf.keras.Model) -> list[Any]:
@@ -128,25 +193,19 @@ def statistics(model: tf.keras.Model) -> list[Any]:
 
 def gather_arrays(dist: Dist, arrays: list[Any], name: str = "camnet_rank_state") -> list[list[Any]]:
     """Every rank's `arrays` (numpy arrays or plain values), in rank order, on every rank."""
-    if dist.hvd is None:
+    if dist.engine is None:
         return [arrays]
-    import horovod.tensorflow as hvd_tf
-
-    return list(hvd_tf.allgather_object(arrays, name=name))
+    return list(dist.engine.allgather_object(arrays, name))
 
 
 class ChiefFailed(Exception):
-    """Raised on the other ranks when rank 0 failed (its error line says why), so that every rank stops."""
+    """Raised on the other ranks when rank 0 (or a rank writing with it) failed (its error line says why), so
+    that every rank stops."""
 
 
 def chief_ok(dist: Dist, ok: bool) -> bool:
     """Rank 0's `ok` on every rank; the other ranks' values are ignored."""
-    if dist.hvd is None:
-        return ok
-    import horovod.tensorflow as hvd_tf
-
-    value = hvd_tf.broadcast(tf.constant(1 if ok else 0, dtype=tf.int32), root_rank=0, name="camnet_chief_ok")
-    return bool(int(value))
+    return dist.engine.chief_flag(ok) if dist.engine is not None else ok
 
 
 def on_chief(dist: Dist, action: Callable[[], object]) -> None:
@@ -163,3 +222,43 @@ def on_chief(dist: Dist, action: Callable[[], object]) -> None:
         raise
     if not chief_ok(dist, True):
         raise ChiefFailed(f"rank {dist.rank}: stopped because rank 0 failed (its error line says why)")
+
+
+def on_writers(dist: Dist, action: Callable[[], object]) -> None:
+    """Run a checkpoint save on rank 0, or on every rank when the engine's saves are collective (the others
+    write into their scratch folders); if any rank fails, every rank stops (as `on_chief`)."""
+    if not dist.saves_on_every_rank:
+        on_chief(dist, action)
+        return
+    try:
+        action()
+    except BaseException:
+        any_rank(dist, True)
+        raise
+    if any_rank(dist, False):
+        raise ChiefFailed(f"rank {dist.rank}: stopped because another rank failed to save (its error line says why)")
+
+
+@contextlib.contextmanager
+def exported(dist: Dist, model: tf.keras.Model, rebuild: Callable[[], tf.keras.Model]) -> Iterator[Any]:
+    """The trained model as rank 0 exports and evaluates it (None on the other ranks): the model itself, or
+    under tf.distribute a plain copy (`rebuild()` outside the strategy, same phase) holding its weights, read
+    on every rank (a collective), since predicting or saving the mirrored model on rank 0 alone would hang."""
+    if not dist.saves_on_every_rank:
+        yield model if dist.is_chief else None
+        return
+    weights = model.get_weights()
+    if not dist.is_chief:
+        yield None
+        return
+    plain = rebuild()
+    plain.set_weights(weights)
+    yield plain
+
+
+def one_replica_per_rank(dist: Dist, replicas: int) -> None:
+    """Each rank is one replica (one GPU, or the CPU), as Horovod's ranks: the batch size and the sharding
+    are per rank."""
+    if replicas != dist.size:
+        raise CamnetError(f"{dist.engine_name}: {replicas} replicas on {dist.size} ranks; run one rank per GPU "
+                          "(srun --ntasks-per-node = GPUs per node)")

@@ -20,6 +20,7 @@ import yaml
 
 from layer1_patches.shared.atomic import remove_inside, write_text_atomic
 from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.kerasflavour import flavour
 from layer1_patches.shared.locks import output_lock
 from layer1_patches.shared.typedconfig import config_hash, read_yaml, to_dict
 from layer2_training.config import Layer2Config
@@ -75,7 +76,7 @@ def versions() -> dict[str, str]:
     import tensorflow as tf
 
     out = {"python": platform.python_version(), "tensorflow": tf.__version__, "numpy": np.__version__,
-           "h5py": h5py.__version__, "platform": platform.platform()}
+           "h5py": h5py.__version__, "platform": platform.platform(), "keras": flavour()["keras"]}
     try:
         from importlib.metadata import version
 
@@ -125,4 +126,4 @@ def write_start(run_dir: Path, cfg: Layer2Config, size: int, extra: dict[str, An
     # camnet_source: the code that ran (a container's /opt/camnet/... or a checkout that shadowed it)
     write_json(run_dir / "environment.json", {"versions": versions(), "git_commit": git_commit(),
                                               "camnet_source": str(Path(__file__).resolve().parent.parent),
-                                              "seed": cfg.seed, "horovod_size": size, **extra})
+                                              "seed": cfg.seed, "ranks": size, **extra})

@@ -31,6 +31,17 @@ class StainSidecar:
 
 
 @dataclass(frozen=True)
+class FrameworkSidecar:
+    """The software that saved the model: saved models do not cross Keras versions (Keras 3 reads no Keras 2 file
+    and the reverse; tf_keras 2.21 reads TF 2.15's)."""
+
+    tensorflow: str = bounded("unknown", doc="TensorFlow version")
+    keras: str = bounded("unknown", doc="Keras package and version, e.g. `keras 2.15.0` (TF 2.15's own) or "
+                                        "`tf_keras 2.21.0`")
+    python: str = bounded("unknown", doc="Python version")
+
+
+@dataclass(frozen=True)
 class ModelSidecar:
     """What a trained CamNet model needs from its caller, and what it returns."""
 
@@ -56,6 +67,8 @@ class ModelSidecar:
     steps_per_epoch: int | None = bounded(None, min=1, doc="training steps per epoch (informative)")
     colour: ColourStats | None = bounded(None, doc="optical-density statistics of the training patches' stained "
                                          "pixels: a heatmap warns on tissue far outside them (null: not recorded)")
+    framework: FrameworkSidecar | None = bounded(None, doc="TensorFlow, Keras and Python that saved the model "
+                                                 "(null: not recorded)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -14,8 +14,10 @@ import hashlib
 import logging
 import math
 import sys
+import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +28,7 @@ from layer1_patches.colour import ColourAccumulator, ColourStats
 from layer1_patches.index import DatasetIndex
 from layer1_patches.shared.atomic import atomic_path, write_text_atomic
 from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.kerasflavour import flavour
 from layer1_patches.shared.typedconfig import config_hash
 from layer2_training import data, metrics, progress, rundir
 from layer2_training.augment import make_transform
@@ -38,12 +41,22 @@ from layer2_training.checkpoint import (
     restore_rank_state,
 )
 from layer2_training.config import DataConfig, Layer2Config
-from layer2_training.distributed import Dist, broadcast_variables, on_chief, wrap_optimizer
+from layer2_training.distributed import (
+    Dist,
+    broadcast_variables,
+    distribute,
+    exported,
+    fit_callbacks,
+    local_values,
+    on_chief,
+    scope,
+    wrap_optimizer,
+)
 from layer2_training.health import HealthWarning, classifier_warnings
 from layer2_training.losses import make_loss
 from layer2_training.model import build_model, check_phases, set_phase
 from layer2_training.schedule import make_schedule
-from layer2_training.sidecar import SIDECAR, ModelSidecar, StainSidecar
+from layer2_training.sidecar import SIDECAR, FrameworkSidecar, ModelSidecar, StainSidecar
 from layer2_training.stain import fit_reference, read_reference
 from layer2_training.weights import resolve_weights, spec
 
@@ -132,7 +145,8 @@ def sidecar(p: Prepared, steps: int, colour: ColourStats | None = None) -> Model
         input="RGB 0-255 (uint8 or float), shape (n, patch_size, patch_size, 3); all preprocessing is "
               "inside the model",
         output="sigmoid probability of class 1", preprocessing=spec(p.cfg.model.backbone).preprocessing,
-        stain=stain, config_hash=config_hash(p.cfg), steps_per_epoch=steps, colour=colour)
+        stain=stain, config_hash=config_hash(p.cfg), steps_per_epoch=steps, colour=colour,
+        framework=FrameworkSidecar(**flavour()))
 
 
 COLOUR_SEED = 13  # with cfg.seed: the colour sample's own stream, apart from subsampling and epoch order
@@ -191,9 +205,8 @@ def evaluation(curves: dict[str, tuple[np.ndarray, np.ndarray]], selected: dict[
 
 
 def finish(model: tf.keras.Model, state: TrainState, p: Prepared, steps: int) -> dict[str, Any]:
-    """Rank 0: best weights -> export, metrics with health warnings, ROC plot, and the sidecar last (its presence
-    means training finished)."""
-    state.restore_best()
+    """Rank 0, `model` holding the best weights: export, metrics with health warnings, ROC plot, and the sidecar
+    last (its presence means training finished)."""
     export = p.run_dir / "export" / "model.keras"
     with rundir.writing(export):
         export.parent.mkdir(exist_ok=True)
@@ -217,10 +230,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return [head] + [f"warning: {w['message']} [{w['code']}]" for w in results["warnings"]]
 
 
-def write_weights_digest(model: tf.keras.Model, path: Path) -> None:
-    """Diagnostics: ranks of one run must end with bit-identical weights."""
+def write_weights_digest(dist: Dist, model: tf.keras.Model, path: Path) -> None:
+    """Diagnostics: ranks of one run must end with bit-identical weights (each rank's own values: BatchNorm
+    statistics read plainly under tf.distribute would be the ranks' average)."""
     digest = hashlib.sha256()
-    for w in model.get_weights():
+    for w in local_values(dist, model.weights):
         digest.update(np.ascontiguousarray(w).tobytes())
     with rundir.writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,11 +247,15 @@ def run(cfg: Layer2Config, dist: Dist) -> int:
         # one training per run dir: rank 0 locks it until the run ends (a preemption or an error line
         # included); the other ranks learn whether it could, and stop too if not
         on_chief(dist, lambda: stack.enter_context(rundir.claim(p.run_dir)))
-        return train_locked(p, dist)
+        scratch = None
+        if dist.saves_on_every_rank and not dist.is_chief:  # its saves only take part in the collectives
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"camnet-rank{dist.rank}-")))
+        return train_locked(p, dist, scratch)
 
 
-def train_locked(p: Prepared, dist: Dist) -> int:
-    """The run itself, once rank 0 holds the run dir."""
+def train_locked(p: Prepared, dist: Dist, scratch: Path | None = None) -> int:
+    """The run itself, once rank 0 holds the run dir; `scratch`: where a rank other than 0 saves when every
+    rank must (`distributed.on_writers`)."""
     cfg = p.cfg
     resumed = rundir.prepare(p.run_dir, cfg)
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -247,20 +265,22 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     reader = data.BatchReader(p.train, cfg.batch_size, cfg.data, (dist.rank, dist.size), cfg.seed, record)
     steps = min(reader.steps, cfg.steps_per_epoch or reader.steps)
     val_reader = data.BatchReader(p.val, cfg.batch_size, cfg.data, (dist.rank, dist.size), None)
-    model = build_model(cfg.model, p.patch_size, p.input_size, p.weights, p.stain)
-    check_phases(model, cfg.phases.fine_tune_from)
     schedule = make_schedule(cfg.schedule, dist.size, steps, cfg.epochs, cfg.phases.head_epochs,
                              cfg.phases.fine_tune_lr_factor)
-    # Wrapped once, before the checkpoint tracks it: Horovod's DistributedOptimizer is a new optimiser built from
-    # the config (iterations 0, no slots), so wrapping at every `compile` restarted the LR schedule and Adam's
-    # moments at each phase change and after a resumed partial epoch, and the checkpoint kept an unused copy
-    optimizer = wrap_optimizer(dist, make_optimizer(cfg, schedule))
-    _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
-    state = TrainState(p.run_dir, model, optimizer, cfg.output.monitor)
+    with scope(dist):  # tf.distribute mirrors the variables created here
+        model = build_model(cfg.model, p.patch_size, p.input_size, p.weights, p.stain)
+        # Wrapped once, before the checkpoint tracks it: Horovod's DistributedOptimizer is a new optimiser built
+        # from the config (iterations 0, no slots), so wrapping at every `compile` restarted the LR schedule and
+        # Adam's moments at each phase change and after a resumed partial epoch, and the checkpoint kept an unused
+        # copy
+        optimizer = wrap_optimizer(dist, make_optimizer(cfg, schedule))
+        _ = optimizer.iterations  # created now so a checkpoint restores into it, not lazily later
+    check_phases(model, cfg.phases.fine_tune_from)
+    state = TrainState(p.run_dir, model, optimizer, cfg.output.monitor, scratch)
     start = state.restore() if resumed else (0, 0)
     placement = [{"rank": r, "host": host, "local_rank": local} for r, (host, local) in enumerate(dist.placement)]
     on_chief(dist, lambda: rundir.write_start(p.run_dir, cfg, dist.size, {
-        "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train),
+        "engine": dist.engine_name, "resumed_at": list(start), "steps_per_epoch": steps, "train_samples": len(p.train),
         "placement": placement}))
     broadcast_variables(dist, model.variables)
     if start[1]:  # resumed mid-epoch: each rank's own BatchNorm statistics, as they were
@@ -269,7 +289,10 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     flag.install()
     loss = make_loss(cfg.loss, p.train.n_tumour, len(p.train) - p.train.n_tumour)
     transform = make_transform(cfg.augment, cfg.seed, dist.rank)
-    val_ds = data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data)
+    val_ds = distribute(dist, lambda: data.make_dataset(val_reader, (0, 0), 1, val_reader.steps, None, cfg.data))
+    # a distributed dataset has no length Keras can see; a plain one is read to its end (given a count whose
+    # dataset has no known cardinality, Keras would keep one iterator and find it empty after the first epoch)
+    val_steps = None if isinstance(val_ds, tf.data.Dataset) else val_reader.steps
     log.info("rank %d/%d: %d train samples, %d steps/epoch, start at %s", dist.rank, dist.size, len(p.train),
              steps, start)
     # one for all fits of the run, so its mean epoch time (the ETA) carries over a phase change
@@ -277,24 +300,22 @@ def train_locked(p: Prepared, dist: Dist) -> int:
     try:
         for first, end, step0, head in segments(start, cfg.phases.head_epochs, cfg.epochs):
             set_phase(model, head, cfg.phases.fine_tune_from)
-            model.compile(optimizer=optimizer, loss=loss,
-                          metrics=[tf.keras.metrics.AUC(name="auc"),
-                                   tf.keras.metrics.BinaryAccuracy(name="accuracy")])
-            ds = data.make_dataset(reader, (first, step0), end, steps, transform, cfg.data)
-            callbacks: list[Any] = []
-            if dist.hvd is not None:
-                # validation metrics are computed on each rank's shard; averaging them is exact for loss
-                # and accuracy, an approximation for AUC (the final metrics.json AUC is exact)
-                callbacks.append(dist.hvd.callbacks.MetricAverageCallback())
+            with scope(dist):
+                model.compile(optimizer=optimizer, loss=loss,
+                              metrics=[tf.keras.metrics.AUC(name="auc"),
+                                       tf.keras.metrics.BinaryAccuracy(name="accuracy")])
+            ds = distribute(dist, partial(data.make_dataset, reader, (first, step0), end, steps, transform, cfg.data))
+            callbacks: list[Any] = fit_callbacks(dist)  # Horovod: averages each rank's validation metrics
             callbacks.append(CheckpointCallback(dist, state, flag, cfg.output.monitor,
                                                 (first, step0), schedule))
-            if epoch_lines is not None:  # after MetricAverageCallback: it shows the averaged metrics
+            if epoch_lines is not None:  # after the engine's callbacks: it shows the averaged metrics
                 callbacks.append(epoch_lines)
             if dist.is_chief and cfg.output.tensorboard:
                 callbacks.append(tf.keras.callbacks.TensorBoard(str(p.run_dir / "tensorboard"),
                                                                 write_graph=False, profile_batch=0))
             model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=steps - step0,
-                      validation_data=val_ds, callbacks=callbacks, verbose=0)  # `epoch_lines` reports
+                      validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
+                      verbose=0)  # `epoch_lines` reports
     except Preempted as stop:
         print(f"preempted at {stop}: state saved in {p.run_dir}; rerun the same command to resume")
         return 0
@@ -307,13 +328,23 @@ def train_locked(p: Prepared, dist: Dist) -> int:
         reader.close()
         val_reader.close()
     if record is not None:
-        write_weights_digest(model, record / f"weights_rank{dist.rank}.txt")
-    if dist.is_chief:
-        # training is complete: a marker of an earlier preemption would now misreport the run as pending
-        with rundir.writing(p.run_dir / PREEMPTED):
-            (p.run_dir / PREEMPTED).unlink(missing_ok=True)
-        result, *warnings = summary_lines(finish(model, state, p, steps))
-        print(f"run dir {p.run_dir}: {result}")
-        for line in warnings:
-            print(line, file=sys.stderr)
+        write_weights_digest(dist, model, record / f"weights_rank{dist.rank}.txt")
+    if dist.is_chief or dist.saves_on_every_rank:
+        state.restore_best()
+    set_phase(model, False, cfg.phases.fine_tune_from)  # the weights' order in the copy `exported` may make
+
+    def rebuild() -> tf.keras.Model:
+        copy = build_model(cfg.model, p.patch_size, p.input_size, None, p.stain)
+        set_phase(copy, False, cfg.phases.fine_tune_from)
+        return copy
+
+    with exported(dist, model, rebuild) as best:
+        if best is not None:
+            # training is complete: a marker of an earlier preemption would now misreport the run as pending
+            with rundir.writing(p.run_dir / PREEMPTED):
+                (p.run_dir / PREEMPTED).unlink(missing_ok=True)
+            result, *warnings = summary_lines(finish(best, state, p, steps))
+            print(f"run dir {p.run_dir}: {result}")
+            for line in warnings:
+                print(line, file=sys.stderr)
     return 0

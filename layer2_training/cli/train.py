@@ -1,4 +1,5 @@
-"""`train`: one process, or one Horovod rank under horovodrun / mpirun / srun --mpi=pmix."""
+"""`train`: one process, or one rank of the configured engine: Horovod under horovodrun / mpirun / srun
+--mpi=pmix, tf.distribute under srun or with TF_CONFIG."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from layer2_training import distributed, train
 
     try:
-        return train.run(cfg, distributed.init())
+        return train.run(cfg, distributed.init(cfg.distributed))
     except distributed.ChiefFailed as stop:
         # rank 0 prints the one error line; a second one per rank would bury it in a many-rank job's log
         print(stop, file=sys.stderr)

@@ -131,7 +131,7 @@ def trained(container: Container, stores: Path, cohort: Path) -> Path:
 @pytest.mark.timeout(1800)  # its fixtures extract, index and train inside the image (setup.cfg's limit is 900 s)
 def test_horovod_trains_on_two_ranks_inside_the_image(trained: Path) -> None:
     env = json.loads((trained / "environment.json").read_text())
-    assert env["horovod_size"] == 2 and env["camnet_source"].startswith("/opt/camnet/")
+    assert env["ranks"] == 2 and env["camnet_source"].startswith("/opt/camnet/")
     assert (trained / "model.json").is_file()
 
 
@@ -194,7 +194,7 @@ def test_pipeline_submit_runs_every_stage_through_apptainer(container: Container
         calls = container.launcher_log.read_text()
         assert calls.count(f"exec --env PYTHONSAFEPATH=1 --bind {REPO} {container.sif} ") >= len(jobs), calls
     run_env = json.loads((exp_dir / "out" / "run" / "environment.json").read_text())
-    assert run_env["horovod_size"] == 2
+    assert run_env["ranks"] == 2
     # the jobs run from the checkout (CAMNET_ROOT): still the image's CamNet trained, not the checkout's sources
     assert run_env["camnet_source"].startswith("/opt/camnet/"), run_env["camnet_source"]
     assert (exp_dir / "out" / "report" / "index.html").is_file()

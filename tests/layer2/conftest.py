@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,23 @@ def leftovers(root: Path) -> list[Path]:
 
     pattern = re.compile(r"\.partial|_temp$|\.tmp[0-9a-f]{32}$")
     return [p for p in root.rglob("*") if pattern.search(p.name)]
+
+
+def check_two_rank_run(run: Path, index: Path, engine: str, epochs: int = 2) -> None:
+    """What every engine guarantees a 2-rank run with `data.record_sample_ids`: both ranks end with the same weights
+    (their digests cover each rank's own BatchNorm statistics), and each epoch's shares are disjoint and cover the
+    training split."""
+    from layer2_training import data
+    from layer2_training.config import DataConfig
+
+    digests = {(run / "sample_ids" / f"weights_rank{r}.txt").read_text() for r in range(2)}
+    assert len(digests) == 1, "ranks ended with different weights or BatchNorm statistics"
+    env = json.loads((run / "environment.json").read_text())
+    assert env["ranks"] == 2 and env["engine"] == engine, env
+    split = data.load_split(data.load_index(index), "train", DataConfig(index=str(index)), 1, balance=False)
+    for epoch in range(epochs):
+        ids = [np.loadtxt(run / "sample_ids" / f"train_rank{r}_epoch{epoch}.txt", dtype=np.int64)
+               for r in range(2)]
+        assert not set(ids[0].tolist()) & set(ids[1].tolist()), f"epoch {epoch}: ranks overlap"
+        assert len(ids[0]) + len(ids[1]) == len(split)
+        assert set(np.concatenate(ids).tolist()) == set(split.sample_id.tolist()), f"epoch {epoch}"

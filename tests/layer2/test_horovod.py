@@ -9,12 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from layer2_training import data
-from layer2_training.config import DataConfig
-from tests.layer2.conftest import REPO, base_config, cli_env, read_history, write_config
+from tests.layer2.conftest import REPO, base_config, check_two_rank_run, cli_env, read_history, write_config
 
 pytestmark = pytest.mark.horovod
 
@@ -33,20 +30,6 @@ def tiny_distributed_config(tmp_path: Path, index: Path, run: Path) -> Path:
     return write_config(tmp_path / "c.yaml", cfg)
 
 
-def check_two_rank_run(run: Path, index: Path) -> None:
-    digests = {(run / "sample_ids" / f"weights_rank{r}.txt").read_text() for r in range(2)}
-    assert len(digests) == 1, "ranks ended with different weights"
-    env = json.loads((run / "environment.json").read_text())
-    assert env["horovod_size"] == 2
-    split = data.load_split(data.load_index(index), "train", DataConfig(index=str(index)), 1, balance=False)
-    for epoch in range(2):
-        ids = [np.loadtxt(run / "sample_ids" / f"train_rank{r}_epoch{epoch}.txt", dtype=np.int64)
-               for r in range(2)]
-        assert not set(ids[0].tolist()) & set(ids[1].tolist()), f"epoch {epoch}: ranks overlap"
-        assert len(ids[0]) + len(ids[1]) == len(split)
-        assert set(np.concatenate(ids).tolist()) == set(split.sample_id.tolist()), f"epoch {epoch}"
-
-
 def test_horovodrun_two_ranks(tmp_path: Path, tiny_index: Path) -> None:
     run = tmp_path / "run"
     cfg = tiny_distributed_config(tmp_path, tiny_index, run)
@@ -56,7 +39,7 @@ def test_horovodrun_two_ranks(tmp_path: Path, tiny_index: Path) -> None:
     proc = subprocess.run(command, cwd=REPO, env=cli_env(HOROVOD_CYCLE_TIME="5"), capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    check_two_rank_run(run, tiny_index)
+    check_two_rank_run(run, tiny_index, "horovod")
 
 
 def test_the_optimiser_state_carries_over_a_phase_change_on_two_ranks(tmp_path: Path, tiny_index: Path) -> None:
@@ -92,7 +75,7 @@ def test_srun_two_ranks(tmp_path: Path, tiny_index: Path, slurm_cluster) -> None
     text = log.read_text() if log.exists() else ""
     assert state == "COMPLETED", text[-3000:]
     assert "CPU-only allocation" in text and "training step exited with status 0" in text, text[-3000:]
-    check_two_rank_run(run, tiny_index)
+    check_two_rank_run(run, tiny_index, "horovod")
 
 
 @pytest.mark.slurm

@@ -55,7 +55,7 @@ def test_learns_tumour_vs_normal_on_layer1_cohort(tmp_path: Path, synth_index: P
     sidecar = json.loads((run / "model.json").read_text())
     assert sidecar["patch_size"] == 64 and sidecar["preprocessing"] == "tf" and sidecar["working_mpp"] == 0.5
     env = json.loads((run / "environment.json").read_text())
-    assert env["horovod_size"] == 1 and env["seed"] == 1 and "tensorflow" in env["versions"]
+    assert env["ranks"] == 1 and env["seed"] == 1 and "tensorflow" in env["versions"]
     for name in ("config.yaml", "roc.png", "export/model.keras", "checkpoints/best/checkpoint",
                  "checkpoints/last/checkpoint"):
         assert (run / name).exists(), name

@@ -143,7 +143,7 @@ def test_layer2_on_two_nodes_over_mpi_and_a_preempted_run_resumes_to_the_same_we
     assert re.search(r"preempted at epoch \d+ step [1-9]", text), text[-3000:]
 
     env = json.loads((ref_run / "environment.json").read_text())
-    assert env["horovod_size"] == 2
+    assert env["ranks"] == 2
     hosts = [p["host"] for p in env["placement"]]
     assert len(set(hosts)) == 2 and set(hosts) <= {f"n{k}" for k in range(1, MULTINODE_NODES + 1)}, env
     assert [p["local_rank"] for p in env["placement"]] == [0, 0] and [p["rank"] for p in env["placement"]] == [0, 1]
