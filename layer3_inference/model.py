@@ -18,7 +18,7 @@ from layer1_patches.colour import ColourStats
 from layer1_patches.config import ResolutionConfig
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
-from layer2_training.sidecar import SIDECAR, ModelSidecar
+from layer2_training.sidecar import SIDECAR, FrameworkSidecar, ModelSidecar
 from layer3_inference.config import MatchConfig
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class ModelSpec:
     config_hash: str
     # not part of `identity()`: the model file's hash identifies the model, and old heatmaps keep their run hash
     colour: ColourStats | None = None  # training tissue's optical density (model.json `colour`)
+    framework: FrameworkSidecar | None = None  # what saved the model (model.json `framework`)
 
     @cached_property
     def model_sha256(self) -> str:
@@ -67,7 +68,7 @@ def sidecar_from_layer2(run_dir: Path, data: Any) -> ModelSpec:
     car = ModelSidecar.from_mapping(data, f"run dir {run_dir}: {run_dir / SIDECAR}")
     return ModelSpec(run_dir=run_dir, model_file=run_dir / car.model_file, patch_size=car.patch_size,
                      working_mpp=car.working_mpp, level=car.level, threshold=car.threshold, backbone=car.backbone,
-                     config_hash=car.config_hash, colour=car.colour)
+                     config_hash=car.config_hash, colour=car.colour, framework=car.framework)
 
 
 def read_spec(run_dir: Path) -> ModelSpec:
@@ -95,13 +96,31 @@ def load_model(spec: ModelSpec) -> tf.keras.Model:
     try:
         model = load_inference_model(spec.model_file)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for a truncated or foreign file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CamnetError(f"model {spec.model_file}: cannot load ({first})") from None
+        raise CamnetError(load_error(spec, err)) from None
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[1:3] != (spec.patch_size, spec.patch_size) or shape[3] != 3:
         raise CamnetError(f"model {spec.model_file}: input shape {shape[1:]} does not match patch_size "
                           f"{spec.patch_size} of {spec.run_dir / SIDECAR}")
     return model
+
+
+def load_error(spec: ModelSpec, err: Exception) -> str:
+    """The one line for a model Keras could not load: when another TensorFlow or Keras saved it (saved models do
+    not cross Keras versions), which environment made it and which one this is; else Keras' own first line."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    first = first if len(first) <= 200 else first[:200] + "..."  # Keras may put the whole model config in it
+    made = spec.framework
+    if made is not None:
+        from layer1_patches.shared.kerasflavour import flavour
+
+        here = flavour()
+        if (made.tensorflow, made.keras) != (here["tensorflow"], here["keras"]):
+            return (f"model {spec.model_file}: saved by TensorFlow {made.tensorflow} with {made.keras} (Python "
+                    f"{made.python}; model.json `framework`), which this environment (TensorFlow "
+                    f"{here['tensorflow']} with {here['keras']}) cannot load: run Layer 3 in the environment that "
+                    f"trained it (e.g. CAMNET_PYTHON=.venv-modern/bin/python, README \"Training engines\") ({first})")
+    return f"model {spec.model_file}: cannot load ({first})"
 
 
 def working_resolution(slide: Slide, spec: ModelSpec, cfg: MatchConfig) -> WorkingResolution:

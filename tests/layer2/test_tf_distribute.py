@@ -112,3 +112,24 @@ def test_a_preempted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
     digests = {(run / "sample_ids" / f"weights_rank{r}.txt").read_text() for run in (ref_run, pre_run) for r in (0, 1)}
     assert len(digests) == 1, "the preempted run, or one rank, ended with different weights"
     assert not (pre_run / "preempted.json").exists()
+
+
+@pytest.mark.slurm
+def test_srun_two_workers_through_the_sbatch_script(tmp_path: Path, tiny_index: Path, slurm_cluster) -> None:
+    """The real slurm/layer2_train.sbatch: the ranks find each other through SlurmClusterResolver, which builds no
+    cluster on CPU-only nodes unless given GPU counts (gpus_per_node=0 crashed it)."""
+    cfg, run = distributed_config(tmp_path, tiny_index, "srun")
+    log = tmp_path / "job.out"
+    env = (f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},CAMNET_PYTHON={sys.executable},TF_CPP_MIN_LOG_LEVEL=2,"
+           "TF_CONFIG=")  # TF_CONFIG empty: under srun, SLURM says where the workers are
+    job = slurm_cluster.submit(["--job-name=camnet-l2-tfd", "--nodes=1", "--ntasks-per-node=2",
+                                "--cpus-per-task=1", "--gres=none", "--time=30", f"--output={log}",
+                                f"--export={env}", str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)],
+                               cwd=tmp_path)
+    state = slurm_cluster.wait(job, timeout=400)
+    text = log.read_text() if log.exists() else ""
+    assert state == "COMPLETED", text[-3000:]
+    assert "training step exited with status 0" in text, text[-3000:]
+    check_two_rank_run(run, tiny_index, "tf_distribute")
+    placement = json.loads((run / "environment.json").read_text())["placement"]
+    assert [(p["rank"], p["local_rank"]) for p in placement] == [(0, 0), (1, 1)], placement

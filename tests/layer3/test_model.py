@@ -105,3 +105,44 @@ def test_resolution_is_found_by_mpp(synth_slides: list[Path], tmp_path: Path) ->
     with Slide(synth_slides[0]) as slide:
         res = working_resolution(slide, coarse, MatchConfig())
     assert (res.level, res.downsample, res.footprint(32)) == (1, 2.0, 64)
+
+
+TF_KERAS_RUN = Path(__file__).resolve().parents[1] / "data" / "models" / "tf_keras_2.21"
+
+
+def test_a_model_another_keras_saved_is_refused_naming_both_environments(tmp_path: Path) -> None:
+    """Regression: a model trained on TF 2.21 + tf_keras failed to load under TF 2.15 with Keras' whole model
+    config as its "first line" (tens of kilobytes) and no word of the cause. Where it loads (tf_keras), it must
+    load."""
+    from layer1_patches.shared.kerasflavour import flavour
+
+    run = tmp_path / "run"
+    shutil.copytree(TF_KERAS_RUN, run)
+    spec = read_spec(run)
+    assert spec.framework is not None and spec.framework.keras == "tf_keras 2.21.0"
+    if flavour()["keras"].startswith("tf_keras"):
+        assert load_model(spec).input_shape == (None, 32, 32, 3)
+        return
+    with pytest.raises(CamnetError) as err:
+        load_model(spec)
+    message = str(err.value)
+    assert message.startswith(f"model {run / 'export' / 'model.keras'}: saved by TensorFlow 2.21.0 with tf_keras "
+                              f"2.21.0 (Python 3.11.7; model.json `framework`), which this environment (TensorFlow "
+                              f"{flavour()['tensorflow']} with {flavour()['keras']}) cannot load: run Layer 3 in the "
+                              "environment that trained it"), message
+    assert len(message) < 800 and "\n" not in message, message
+
+
+def test_a_model_without_framework_record_keeps_keras_own_reason(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(TF_KERAS_RUN, run)
+    sidecar = json.loads((run / "model.json").read_text())
+    del sidecar["framework"]
+    (run / "model.json").write_text(json.dumps(sidecar))
+    from layer1_patches.shared.kerasflavour import flavour
+
+    if flavour()["keras"].startswith("tf_keras"):  # it loads: nothing to report
+        assert load_model(read_spec(run)).input_shape == (None, 32, 32, 3)
+        return
+    with pytest.raises(CamnetError, match=r"^model .*model.keras: cannot load \(.{1,200}(\.\.\.)?\)$"):
+        load_model(read_spec(run))
