@@ -3,6 +3,7 @@ starting any: the cluster runs are in test_tf_distribute.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -44,7 +45,7 @@ def test_a_rank_not_where_the_block_order_puts_it_is_refused(monkeypatch: pytest
 
 def test_jobs_sharing_a_node_get_ports_apart() -> None:
     ports = {slurm_port({"SLURM_JOB_ID": str(job)}) for job in range(5000, 5010)}
-    assert len(ports) == 10 and min(b - a for a, b in zip(sorted(ports), sorted(ports)[1:])) == 40
+    assert len(ports) == 10 and min(b - a for a, b in itertools.pairwise(sorted(ports))) == 40
     assert slurm_port({}) == 20000
 
 
