@@ -4,8 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.camnet-installed
 HVD    := $(VENV)/.horovod-installed
+# the second environment: current TensorFlow + tf_keras, the tf_distribute engine, no Horovod (setup.cfg `modern`)
+MODERN := .venv-modern
+MSTAMP := $(MODERN)/.camnet-installed
 
-.PHONY: system venv horovod test lint demo bench clean container container-test container-packages
+.PHONY: system venv venv-modern horovod test lint demo bench clean container container-test container-packages
 
 venv: $(STAMP)
 
@@ -13,6 +16,14 @@ $(STAMP): setup.cfg pyproject.toml containers/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
 	$(BIN)/pip install -q -c containers/constraints.txt -e '.[cpu,ml,dev]'
+	@touch $@
+
+venv-modern: $(MSTAMP)
+
+$(MSTAMP): setup.cfg pyproject.toml containers/constraints-modern.txt
+	@test -x $(MODERN)/bin/python || $(PYTHON) -m venv $(MODERN)
+	$(MODERN)/bin/pip install -q --upgrade pip wheel setuptools
+	$(MODERN)/bin/pip install -q -c containers/constraints-modern.txt -e '.[modern,ml,dev]'
 	@touch $@
 
 # Horovod compiles against the installed TensorFlow (about 150 s once; pip caches the wheel).
@@ -24,6 +35,9 @@ $(HVD): $(STAMP)
 	HOROVOD_WITHOUT_MXNET=1 $(BIN)/pip install -q --no-build-isolation horovod==0.28.1
 	@touch $@
 
+# what .venv-modern runs: Layer 2 and 3 without the Horovod tests, and the tf_distribute ones elsewhere (SLURM)
+MODERN_TESTS := tests/layer2 tests/layer3 tests/slurm/test_multinode.py -m 'not horovod and (tf_distribute or not multinode)'
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy layer1_patches layer2_training layer3_inference bench
@@ -33,9 +47,11 @@ lint: $(STAMP)
 system:
 	@bash .ci/system-packages
 
-# With the local SLURM cluster when one can run here (root + slurm-wlm): slurm/local/with-cluster.sh.
-test: system $(STAMP) $(HVD) lint
+# With the local SLURM cluster when one can run here (root + slurm-wlm): slurm/local/with-cluster.sh. Then the
+# Layer 2 and Layer 3 suites again in .venv-modern (TF 2.21 + tf_keras), where Horovod is not installed.
+test: system $(STAMP) $(HVD) $(MSTAMP) lint
 	bash slurm/local/with-cluster.sh $(BIN)/pytest -q
+	bash slurm/local/with-cluster.sh $(MODERN)/bin/pytest -q $(MODERN_TESTS)
 
 # The CPU image (Docker) and its Apptainer SIF, from containers/Dockerfile (containers/README.md); as root it starts
 # a private dockerd and makes its Debian base images with mmdebstrap when no registry can be reached.

@@ -89,6 +89,7 @@ def resolve_input_size(cfg: Layer2Config, patch_size: int) -> int:
 
 def prepare(cfg: Layer2Config) -> Prepared:
     """All checks that can fail on user input, in the order a user would fix them."""
+    flavour()  # tf.keras must be Keras 2: an error line now, not a traceback from deep inside Keras 3
     index = data.load_index(Path(cfg.data.index))
     patch_size = data.index_patch_size(index)
     input_size = resolve_input_size(cfg, patch_size)

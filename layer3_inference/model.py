@@ -91,8 +91,10 @@ def read_spec(run_dir: Path) -> ModelSpec:
 
 def load_model(spec: ModelSpec) -> tf.keras.Model:
     """The exported model, whose input side must be the sidecar's patch size."""
+    from layer1_patches.shared.kerasflavour import flavour
     from layer2_training.model import load_inference_model
 
+    flavour()  # tf.keras must be Keras 2 (an error line naming the fix)
     try:
         model = load_inference_model(spec.model_file)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for a truncated or foreign file

@@ -29,6 +29,12 @@ from typing import Any
 
 import pytest
 
+from layer1_patches.shared.kerasflavour import prefer_tf_keras
+
+# before any test module imports TensorFlow: tf.keras must be tf_keras where it is installed (.venv-modern), as the
+# CLIs make it
+prefer_tf_keras()
+
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 NO_CLUSTER = "no SLURM cluster answers: start one with slurm/local/start.sh"
 FINAL_STATES = frozenset(

@@ -18,7 +18,7 @@ import pytest
 
 from layer1_patches.store import PatchStore
 from tests.conftest import MULTINODE_NODES, REPO, SlurmCluster, node_names, subprocess_env
-from tests.layer2.conftest import base_config, make_cohort, write_config
+from tests.layer2.conftest import base_config, check_two_rank_run, make_cohort, write_config
 
 pytestmark = pytest.mark.multinode
 CMU = REPO / "tests" / "data" / "CMU-1-Small-Region.svs"
@@ -151,6 +151,24 @@ def test_layer2_on_two_nodes_over_mpi_and_a_preempted_run_resumes_to_the_same_we
     digests = {(run / "sample_ids" / f"weights_rank{r}.txt").read_text() for run in (ref_run, pre_run) for r in (0, 1)}
     assert len(digests) == 1, "the preempted run, or one rank, ended with different weights"
     assert not (pre_run / "preempted.json").exists()
+
+
+@pytest.mark.tf_distribute
+def test_layer2_tf_distribute_on_two_nodes(multinode_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The tf_distribute engine's workers on two hosts: SlurmClusterResolver's node names are the hosts the gRPC
+    servers listen on; the same guarantees as Horovod's (tests/layer2/conftest.py: check_two_rank_run)."""
+    index = make_cohort(tmp_path / "cohort")
+    run = tmp_path / "tfd" / "run"
+    (tmp_path / "tfd").mkdir()
+    cfg = write_config(tmp_path / "tfd" / "c.yaml", base_config(index, run, epochs=2, batch_size=4, **{
+        "data.record_sample_ids": True, "distributed.engine": "tf_distribute"}))
+    log = tmp_path / "tfd" / "job.out"
+    # this test's Python (the suite may run in .venv-modern); TF_CONFIG empty: SLURM says where the workers are
+    job = submit_training(multinode_cluster, cfg, log, f"--export={ENV},CAMNET_PYTHON={sys.executable},TF_CONFIG=")
+    assert multinode_cluster.wait(job, timeout=400) == "COMPLETED", log_of(log)[-3000:]
+    check_two_rank_run(run, index, "tf_distribute")
+    hosts = [p["host"] for p in json.loads((run / "environment.json").read_text())["placement"]]
+    assert len(set(hosts)) == 2 and set(hosts) <= {f"n{k}" for k in range(1, MULTINODE_NODES + 1)}, hosts
 
 
 def test_gloo_under_srun_is_refused_by_the_script_and_by_the_ranks(multinode_cluster: SlurmCluster,
