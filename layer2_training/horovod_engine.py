@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from layer1_patches.shared.launch import check_world_size
-from layer2_training.distributed import Dist, pin_gpu
+from layer2_training.ranks import Dist, pin_gpu
 
 
 class HorovodEngine:

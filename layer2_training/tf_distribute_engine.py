@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from layer1_patches.shared.errors import CamnetError
 from layer1_patches.shared.launch import check_world_size, launched_size
-from layer2_training.distributed import Dist, one_replica_per_rank, pin_gpu
+from layer2_training.ranks import Dist, one_replica_per_rank, pin_gpu
 
 PORT_BASE, PORT_STRIDE, PORT_JOBS = 20000, 40, 1000  # ports 20000-59999; up to 40 ranks per node
 

@@ -221,8 +221,8 @@ def versions() -> dict[str, str]:
     from layer1_patches import __version__
 
     out = {"camnet": __version__, "python": platform.python_version()}
-    for name in ("tensorflow-cpu", "tensorflow", "horovod", "numpy", "h5py", "openslide-python", "scikit-image",
-                 "scikit-learn", "tf-keras-vis", "lime"):
+    for name in ("tensorflow-cpu", "tensorflow", "tf-keras", "horovod", "numpy", "h5py", "openslide-python",
+                 "scikit-image", "scikit-learn", "tf-keras-vis", "lime"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
