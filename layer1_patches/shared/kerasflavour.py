@@ -39,9 +39,11 @@ def flavour() -> dict[str, str]:
     error when `tf.keras` is Keras 3, which CamNet's training and explanations do not support."""
     import tensorflow as tf
 
-    module = getattr(tf.keras, "__name__", "")
-    keras = f"tf_keras {_version('tf-keras')}" if module.startswith("tf_keras") else f"keras {_version('keras')}"
-    if module.startswith("keras._tf_keras") or keras.startswith("keras 3"):
+    # by the package its Model class comes from: `tf.keras.__name__` becomes "tensorflow.keras" once anything
+    # imports `tensorflow.keras.backend` (tf-keras-vis does), whichever Keras it is
+    package = tf.keras.Model.__module__.split(".")[0]
+    keras = f"tf_keras {_version('tf-keras')}" if package == "tf_keras" else f"keras {_version('keras')}"
+    if keras.startswith("keras 3"):
         raise CamnetError(f"tf.keras is Keras 3 ({keras}, TensorFlow {tf.__version__}); CamNet needs Keras 2: "
                           "install tf-keras of the same minor version as TensorFlow (pip install 'camnet[modern]') "
                           "and set TF_USE_LEGACY_KERAS=1 before TensorFlow loads")
