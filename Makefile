@@ -8,7 +8,7 @@ HVD    := $(VENV)/.horovod-installed
 MODERN := .venv-modern
 MSTAMP := $(MODERN)/.camnet-installed
 
-.PHONY: system venv venv-modern horovod test lint demo bench clean container container-test container-packages
+.PHONY: system venv venv-modern horovod test lint demo bench clean container container-modern container-test container-packages
 
 venv: $(STAMP)
 
@@ -41,7 +41,7 @@ MODERN_TESTS := tests/layer2 tests/layer3 tests/slurm/test_multinode.py -m 'not 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy layer1_patches layer2_training layer3_inference bench
-	$(BIN)/hadolint containers/Dockerfile
+	$(BIN)/hadolint containers/Dockerfile containers/Dockerfile.modern
 
 # As root on Debian/Ubuntu, installs the system packages the full suite needs (SLURM, munge, OpenMPI, cmake, g++).
 system:
@@ -58,8 +58,13 @@ test: system $(STAMP) $(HVD) $(MSTAMP) lint
 container: container-packages
 	bash containers/build.sh
 
+# The modern variant (containers/Dockerfile.modern): Debian 13, Python 3.13, TF 2.21 + tf_keras, no Horovod.
+container-modern: container-packages
+	bash containers/build-modern.sh
+
 # The image's own tests (tests/container/): every layer through real `apptainer exec` as a non-root user, outputs
-# equal to the host's, and one experiment submitted to the local SLURM cluster with `container:` set.
+# equal to the host's, and one experiment submitted to the local SLURM cluster with `container:` set; then the
+# modern variant's smoke test (tests/container/test_modern.py).
 container-test: system container-packages $(STAMP) $(HVD)
 	bash containers/test.sh
 

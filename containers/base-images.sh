@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Base images made without an image registry, from Debian's packages alone, imported into the Docker engine:
 #   camnet-base:bookworm     Debian 12 minbase + CA certificates: the CPU image's build and runtime base
+#   camnet-base:trixie       Debian 13 minbase + CA certificates: the modern variant's base (Python 3.13)
 #   camnet-apptainer:sid     Debian sid + Apptainer (not packaged for Debian 12), with a non-root user `runner`
 #                            (uid 4321): builds the SIF, and runs it for the tests (tests/container/apptainer)
 # Each tarball is kept in the cache; an image already in the engine is not made again.
-#   bash containers/base-images.sh [bookworm] [apptainer]     (default: both)
+#   bash containers/base-images.sh [bookworm] [trixie] [apptainer]     (default: bookworm and apptainer)
 # Needs root, mmdebstrap, and the host's Debian mirror (read from apt; CAMNET_DEBIAN_MIRROR overrides it).
 set -euo pipefail
 # shellcheck source=containers/lib.sh
@@ -38,6 +39,11 @@ has() { local w; for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done; re
 if has bookworm; then
   make_base camnet-base:bookworm bookworm.tar bookworm ca-certificates '' '' \
     "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+fi
+
+if has trixie; then
+  make_base camnet-base:trixie trixie.tar trixie ca-certificates '' '' \
+    "deb $mirror trixie main" "deb $mirror trixie-updates main" "deb $security trixie-security main"
 fi
 
 # sid's Release file is valid for a week only: a mirror that is a frozen snapshot or a slow cache serves an expired

@@ -37,16 +37,8 @@ command -v apptainer >/dev/null || need+=(apptainer)  # the SIF is then built by
 
 # Build inputs staged in containers/extra/ (see its README): extra CAs, and the host's Horovod wheel when it fits.
 extra="$REPO/containers/extra"
-find "$extra" -mindepth 1 ! -name README.md -exec rm -rf {} +
+stage_extra_cas
 mkdir -p "$extra/wheels"
-if [ "${CAMNET_EXTRA_CA:-}" != none ]; then
-  IFS=: read -r -a cas <<< "${CAMNET_EXTRA_CA:-$(find /usr/local/share/ca-certificates -name '*.crt' 2>/dev/null | paste -sd:)}"
-  for ca in "${cas[@]}"; do
-    [ -n "$ca" ] || continue
-    [ -f "$ca" ] || die "CAMNET_EXTRA_CA: $ca: no such file"
-    cp "$ca" "$extra/$(basename "${ca%.*}").crt"
-  done
-fi
 host_debian="$(. /etc/os-release 2>/dev/null && echo "${ID:-}${VERSION_ID:-}" || true)"
 case "$base" in camnet-base:bookworm|debian:bookworm*) base_debian=debian12 ;; *) base_debian= ;; esac
 if [ "$host_debian" = debian12 ] && [ "$host_debian" = "$base_debian" ] && [ -x "$REPO/.venv/bin/pip" ]; then

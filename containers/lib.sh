@@ -73,3 +73,17 @@ engine_stop() {
   # dockerd leaves its network namespace mounted, which would make the cache folder impossible to delete
   if mountpoint -q "$CACHE/docker/exec/netns/default" 2>/dev/null; then umount "$CACHE/docker/exec/netns/default" || true; fi
 }
+
+# containers/extra/ emptied (but for its README), then the CAs pip must trust copied in: CAMNET_EXTRA_CA
+# (':'-separated PEM files; `none`: none), by default the host's /usr/local/share/ca-certificates/*.crt.
+stage_extra_cas() {
+  local extra="$REPO/containers/extra" ca cas
+  find "$extra" -mindepth 1 ! -name README.md -exec rm -rf {} +
+  [ "${CAMNET_EXTRA_CA:-}" != none ] || return 0
+  IFS=: read -r -a cas <<< "${CAMNET_EXTRA_CA:-$(find /usr/local/share/ca-certificates -name '*.crt' 2>/dev/null | paste -sd:)}"
+  for ca in "${cas[@]}"; do
+    [ -n "$ca" ] || continue
+    [ -f "$ca" ] || die "CAMNET_EXTRA_CA: $ca: no such file"
+    cp "$ca" "$extra/$(basename "${ca%.*}").crt"
+  done
+}
