@@ -52,14 +52,15 @@ def test_every_layer_runs_on_python_3_13_with_two_tf_distribute_workers(work: Pa
     out = docker(work, f"""
 python -c 'import sys; print("python", sys.version.split()[0])'
 python -m layer1_patches synth --n-slides 4 --size 2048 --seed 11 --tumour-fraction 0.3 --out slides
-python -m layer1_patches extract --config configs/layer1/random.yaml --slides slides --annotations slides --out stores \\
-    --set patch_size=32 --set sampling.random.per_class=60 --set sampling.random.grid_step=16 --set reader.threads=1
+python -m layer1_patches extract --config configs/layer1/random.yaml --slides slides --annotations slides \\
+    --out stores --set patch_size=32 --set sampling.random.per_class=60 --set sampling.random.grid_step=16 \\
+    --set reader.threads=1
 python -m layer1_patches index --inputs stores --out index.json --fractions train=0.5,val=0.5
 TF_CONFIG='{workers[1]}' {TRAIN} > worker1.log 2>&1 &
 TF_CONFIG='{workers[0]}' {TRAIN}
 wait $!
-python -m layer3_inference heatmap --config configs/layer3/heatmap.yaml --model run --slide "$(ls slides/*.tif | head -n1)" \\
-    --out heatmaps
+python -m layer3_inference heatmap --config configs/layer3/heatmap.yaml --model run \\
+    --slide "$(ls slides/*.tif | head -n1)" --out heatmaps
 """)
     assert "python 3.13." in out, out
     env = json.loads((work / "run" / "environment.json").read_text())
