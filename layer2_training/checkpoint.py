@@ -51,6 +51,7 @@ from layer2_training.distributed import (
     any_rank,
     average_variables,
     gather_arrays,
+    in_step,
     local_values,
     on_writers,
     statistics,
@@ -120,8 +121,9 @@ class TrainState:
                                                        max_to_keep=1)
         self.last_out, self.best_out = self.last, self.best_manager
         if self.write_dir != run_dir:
+            # only to take part in the collective save: one is enough (a checkpoint can be 1 GB: ResNet50 + Adam)
             self.last_out = tf.train.CheckpointManager(self.ckpt, str(self.write_dir / "checkpoints" / "last"),
-                                                       max_to_keep=2)
+                                                       max_to_keep=1)
             self.best_out = tf.train.CheckpointManager(self.ckpt, str(self.write_dir / "checkpoints" / "best"),
                                                        max_to_keep=1)
 
@@ -370,9 +372,9 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         # the row is written first, so that a full disk fails before any checkpoint, and renamed into place last:
         # a row in the history means its epoch is saved
         with rundir.writing(history), atomic_path(history) as staged:
-            staged.write_text(history_text(history, row))
-            if reason:
-                self.state.save_best()
-            path = self.state.save_last(epoch + 1, 0)
+            in_step(self.dist, lambda: staged.write_text(history_text(history, row)))
+            if reason:  # the same on every rank: the logs are (tf.distribute: metrics are over all ranks)
+                in_step(self.dist, self.state.save_best)
+            path = in_step(self.dist, lambda: self.state.save_last(epoch + 1, 0))
         if self.stop_after_epoch:
             self._mark_preempted(epoch + 1, 0, path)

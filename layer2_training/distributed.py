@@ -20,7 +20,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from layer2_training.config import DistributedConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def horovod_importable() -> bool:
@@ -57,7 +58,13 @@ def init(cfg: DistributedConfig | None = None) -> Dist:
                               "(it builds against TF <= 2.18: `make horovod`); set distributed.engine: tf_distribute")
         from layer2_training import horovod_engine
 
-        dist = horovod_engine.init()
+        try:
+            dist = horovod_engine.init()
+        except ImportError as err:  # installed, but built against another TensorFlow (or its MPI is missing)
+            raise CamnetError(f"config key 'distributed.engine': horovod is installed but cannot be imported "
+                              f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+                              "rebuild it against this TensorFlow (`make horovod`) or set distributed.engine: "
+                              "tf_distribute") from None
     else:
         from layer2_training import tf_distribute_engine
 
@@ -179,7 +186,8 @@ def on_chief(dist: Dist, action: Callable[[], object]) -> None:
 
 def on_writers(dist: Dist, action: Callable[[], object]) -> None:
     """Run a checkpoint save on rank 0, or on every rank when the engine's saves are collective (the others
-    write into their scratch folders); if any rank fails, every rank stops (as `on_chief`)."""
+    write into their scratch folders); if any rank fails, every rank stops (as `on_chief`). Under tf.distribute an
+    action whose first failure could come before a collective save runs its steps through `in_step`."""
     if not dist.saves_on_every_rank:
         on_chief(dist, action)
         return
@@ -192,18 +200,44 @@ def on_writers(dist: Dist, action: Callable[[], object]) -> None:
         raise ChiefFailed(f"rank {dist.rank}: stopped because another rank failed to save (its error line says why)")
 
 
+def in_step(dist: Dist, action: Callable[[], T]) -> T:
+    """One step of an `on_writers` action: where every rank saves, all ranks learn that every rank's step succeeded
+    before any goes on to the next collective. A rank whose history write failed (full disk) would otherwise skip
+    the checkpoint save whose BatchNorm reads the others wait in, and the ranks' collectives would pair up wrongly:
+    a hang, or a stop without the error line."""
+    if not dist.saves_on_every_rank:
+        return action()
+    try:
+        out = action()
+    except BaseException:
+        any_rank(dist, True)
+        raise
+    if any_rank(dist, False):
+        raise ChiefFailed(f"rank {dist.rank}: stopped because another rank failed to save (its error line says why)")
+    return out
+
+
 @contextlib.contextmanager
 def exported(dist: Dist, model: tf.keras.Model, rebuild: Callable[[], tf.keras.Model]) -> Iterator[Any]:
     """The trained model as rank 0 exports and evaluates it (None on the other ranks): the model itself, or
     under tf.distribute a plain copy (`rebuild()` outside the strategy, same phase) holding its weights, read
-    on every rank (a collective), since predicting or saving the mirrored model on rank 0 alone would hang."""
+    on every rank (a collective), since predicting or saving the mirrored model on rank 0 alone would hang.
+    Under tf.distribute the other ranks then wait for rank 0's export and evaluation, and stop with it if it
+    fails: a worker leaving early is reported to the chief as a failed task by TensorFlow's coordination service."""
     if not dist.saves_on_every_rank:
         yield model if dist.is_chief else None
         return
     weights = model.get_weights()
     if not dist.is_chief:
         yield None
+        if not chief_ok(dist, True):
+            raise ChiefFailed(f"rank {dist.rank}: stopped because rank 0 failed (its error line says why)")
         return
     plain = rebuild()
     plain.set_weights(weights)
-    yield plain
+    try:
+        yield plain
+    except BaseException:
+        chief_ok(dist, False)
+        raise
+    chief_ok(dist, True)

@@ -163,6 +163,8 @@ def init(port: int | None, environ: Mapping[str, str] | None = None) -> Dist:
         pin_gpu(0)
         return Dist()
     size = spec.num_tasks("worker")
+    # before anything waits for workers: a TF_CONFIG inherited into a 2-task srun step, say, names another world
+    check_world_size("tf.distribute (TF_CONFIG)" if env.get("TF_CONFIG") else "tf.distribute", size, env)
     pin_gpu(local)
     if size == 1:
         return Dist()
@@ -174,7 +176,6 @@ def init(port: int | None, environ: Mapping[str, str] | None = None) -> Dist:
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     # it logs every collective at INFO ("Collective all_reduce tensors: ..."): thousands of lines per epoch
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    check_world_size("tf.distribute", strategy.cluster_resolver.cluster_spec().num_tasks("worker"), env)
     dist = Dist(rank, size, local, TfDistributeEngine(strategy, rank, size))
     one_replica_per_rank(dist, strategy.num_replicas_in_sync)
     return dist

@@ -332,7 +332,10 @@ def train_locked(p: Prepared, dist: Dist, scratch: Path | None = None) -> int:
         write_weights_digest(dist, model, record / f"weights_rank{dist.rank}.txt")
     if dist.is_chief or dist.saves_on_every_rank:
         state.restore_best()
-    set_phase(model, False, cfg.phases.fine_tune_from)  # the weights' order in the copy `exported` may make
+    if dist.saves_on_every_rank:  # rank 0's restore everywhere: `exported` reads (averages) every rank's values
+        broadcast_variables(dist, model.variables)
+    # the phase decides the order of the weights, which `exported` may copy into a model rebuilt in this phase
+    set_phase(model, False, cfg.phases.fine_tune_from)
 
     def rebuild() -> tf.keras.Model:
         copy = build_model(cfg.model, p.patch_size, p.input_size, None, p.stain)

@@ -117,12 +117,19 @@ def load_error(spec: ModelSpec, err: Exception) -> str:
         from layer1_patches.shared.kerasflavour import flavour
 
         here = flavour()
-        if (made.tensorflow, made.keras) != (here["tensorflow"], here["keras"]):
+        # another Keras package, or another minor version of it: a patch release reads its own files
+        if keras_line(made.keras) != keras_line(here["keras"]):
             return (f"model {spec.model_file}: saved by TensorFlow {made.tensorflow} with {made.keras} (Python "
                     f"{made.python}; model.json `framework`), which this environment (TensorFlow "
-                    f"{here['tensorflow']} with {here['keras']}) cannot load: run Layer 3 in the environment that "
-                    f"trained it (e.g. CAMNET_PYTHON=.venv-modern/bin/python, README \"Training engines\") ({first})")
+                    f"{here['tensorflow']} with {here['keras']}) cannot load: run Layer 3 in an environment with "
+                    f"{made.keras.split()[0]} {keras_line(made.keras)[1]} (README \"Training engines\") ({first})")
     return f"model {spec.model_file}: cannot load ({first})"
+
+
+def keras_line(keras: str) -> tuple[str, str]:
+    """("tf_keras", "2.21") of "tf_keras 2.21.0": the package and its minor version."""
+    package, _, version = keras.partition(" ")
+    return package, ".".join(version.split(".")[:2])
 
 
 def working_resolution(slide: Slide, spec: ModelSpec, cfg: MatchConfig) -> WorkingResolution:

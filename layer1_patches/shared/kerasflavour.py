@@ -41,9 +41,12 @@ def flavour() -> dict[str, str]:
 
     # by the package its Model class comes from: `tf.keras.__name__` becomes "tensorflow.keras" once anything
     # imports `tensorflow.keras.backend` (tf-keras-vis does), whichever Keras it is
-    package = tf.keras.Model.__module__.split(".")[0]
+    module = tf.keras.Model.__module__
+    package = module.split(".")[0]
     keras = f"tf_keras {_version('tf-keras')}" if package == "tf_keras" else f"keras {_version('keras')}"
-    if keras.startswith("keras 3"):
+    # Keras 3 keeps Model in keras.src.models (Keras 2.x in keras.src.engine or keras.engine), whatever the
+    # distribution is called (keras-nightly)
+    if module.startswith("keras.src.models") or keras.startswith("keras 3"):
         raise CamnetError(f"tf.keras is Keras 3 ({keras}, TensorFlow {tf.__version__}); CamNet needs Keras 2: "
                           "install tf-keras of the same minor version as TensorFlow (pip install 'camnet[modern]') "
                           "and set TF_USE_LEGACY_KERAS=1 before TensorFlow loads")

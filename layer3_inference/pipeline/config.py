@@ -90,7 +90,7 @@ class StageSlurm:
     time: str | None = bounded(None, doc="sbatch --time, e.g. \"04:00:00\"; null: the sbatch script's default")
     cpus: int | None = bounded(None, min=1, doc="CPUs per task (rank); null: the script's default")
     gpus: int = bounded(0, min=0, doc="GPUs per node (--gres=gpu:N); 0: none")
-    ranks: int = bounded(1, min=1, doc="tasks per job (Horovod / MPI ranks) on one node")
+    ranks: int = bounded(1, min=1, doc="tasks per job (Horovod, tf.distribute or MPI ranks) on one node")
     max_parallel: int | None = bounded(None, min=1, doc="array stages (layer1, heatmap): tasks running at once "
                                        "(%M); null: no limit")
     account: str | None = bounded(None, doc="sbatch --account; null: your default account")

@@ -79,3 +79,70 @@ def test_single_process_helpers_leave_everything_as_it_is() -> None:
     broadcast_variables(dist, [var])
     average_variables(dist, [var])
     np.testing.assert_array_equal(var.numpy(), [1.0, 2.0])
+
+
+class LockstepEngine:
+    """Two ranks as two threads, whose collectives must come in the same order and kind on both (as TF's collective
+    ops pair up by order): a mismatch or a rank that never arrives fails the test instead of hanging it."""
+
+    name = "lockstep"
+    saves_on_every_rank = True
+
+    def __init__(self, rank: int, shared: dict) -> None:
+        self.rank, self.shared = rank, shared
+
+    def _call(self, kind: str, value: object) -> list[object]:
+        slots, barrier = self.shared["slots"], self.shared["barrier"]
+        slots[self.rank] = (kind, value)
+        barrier.wait()
+        seen = list(slots)
+        barrier.wait()
+        if len({k for k, _ in seen}) > 1:
+            raise AssertionError(f"mismatched collectives: {seen}")
+        return [v for _, v in seen]
+
+    def any_rank(self, flag: bool) -> bool:
+        return any(self._call("any", flag))
+
+    def chief_flag(self, flag: bool) -> bool:
+        return bool(self._call("chief", flag)[0])
+
+    def collective_save(self) -> None:  # a checkpoint save's read of the BatchNorm statistics
+        self._call("save", None)
+
+
+def test_a_save_failing_on_one_rank_before_the_collective_part_stops_every_rank_without_a_hang() -> None:
+    """Regression: under tf.distribute a rank whose history write failed (full disk) went straight to its failure
+    vote while the others were in the checkpoint save's collective read: the collectives paired up wrongly."""
+    import threading
+
+    from layer2_training.distributed import ChiefFailed, in_step, on_writers
+
+    shared = {"slots": [None, None], "barrier": threading.Barrier(2, timeout=10)}
+    outcome: dict[int, BaseException | None] = {}
+
+    def rank(r: int) -> None:
+        engine = LockstepEngine(r, shared)
+        dist = Dist(rank=r, size=2, engine=engine)
+
+        def stage() -> None:
+            if r == 1:
+                raise OSError(28, "No space left on device")
+
+        def save_epoch() -> None:  # as CheckpointCallback._save_epoch: stage the history row, then save
+            in_step(dist, stage)
+            in_step(dist, engine.collective_save)
+
+        try:
+            on_writers(dist, save_epoch)
+            outcome[r] = None
+        except BaseException as err:  # noqa: BLE001 - the outcome is what the test checks
+            outcome[r] = err
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert isinstance(outcome[1], OSError), outcome  # its own error (the CLI's one error line)
+    assert isinstance(outcome[0], ChiefFailed), outcome  # stops too, told why

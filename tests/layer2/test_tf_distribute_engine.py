@@ -83,7 +83,18 @@ def test_one_process_has_no_engine() -> None:
     assert dist.engine is None and dist.size == 1
 
 
+def test_a_tf_config_of_one_worker_inside_a_two_task_step_is_refused() -> None:
+    """Regression: a TF_CONFIG inherited into an srun step of 2 tasks made each a lone worker training on all the
+    data (the world-size check came after the one-worker return)."""
+    one = json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}})
+    with pytest.raises(CamnetError, match=r"the launcher started 2 ranks \(SLURM_STEP_NUM_TASKS=2\) but "
+                                          r"tf.distribute \(TF_CONFIG\) reports a world of size 1"):
+        tf_distribute_engine.init(None, {"TF_CONFIG": one, "SLURM_STEP_NUM_TASKS": "2"})
+
+
 def test_horovod_asked_for_where_it_is_not_installed_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TF_CONFIG", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE"):
+        monkeypatch.delenv(var, raising=False)  # one plain process, whatever launched the tests
     monkeypatch.setattr(distributed, "horovod_importable", lambda: False)
     with pytest.raises(CamnetError, match=r"config key 'distributed.engine': horovod is not installed in this "
                                           r"environment .*set distributed.engine: tf_distribute"):
