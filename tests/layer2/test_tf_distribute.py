@@ -77,7 +77,8 @@ def distributed_config(tmp_path: Path, index: Path, name: str, epochs: int = 2, 
 
 
 def test_two_workers_train_disjoint_shards_to_identical_weights(tmp_path: Path, tiny_index: Path) -> None:
-    cfg, run = distributed_config(tmp_path, tiny_index, "two", **{"phases.head_epochs": 1})
+    # TensorBoard as by default: its callback runs on rank 0 only, which must not leave the others waiting
+    cfg, run = distributed_config(tmp_path, tiny_index, "two", **{"phases.head_epochs": 1, "output.tensorboard": True})
     finish(start_workers(cfg))
     check_two_rank_run(run, tiny_index, "tf_distribute")
     # one history row per epoch, validated each time; the optimiser carried over the head -> fine-tune phase change
@@ -87,7 +88,7 @@ def test_two_workers_train_disjoint_shards_to_identical_weights(tmp_path: Path, 
     assert all(r["val_loss"] and r["val_auc"] for r in history), history  # validated after every epoch
     sidecar = json.loads((run / "model.json").read_text())
     assert sidecar["framework"]["keras"].split()[0] in ("keras", "tf_keras"), sidecar
-    assert (run / "export" / "model.keras").is_file()
+    assert (run / "export" / "model.keras").is_file() and list((run / "tensorboard").rglob("events.out.*"))
     assert not list((cfg.parent / "tmp").iterdir()), "rank 1's scratch folder was left behind"
 
 
