@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,7 +114,11 @@ def sbatch(args: list[str], cwd: Path) -> str:
     """Submit; the job id. Arguments go to sbatch as a list: nothing is parsed by a shell."""
     if shutil.which("sbatch") is None:
         raise CamnetError("sbatch not found: run on a SLURM login node (or start slurm/local/start.sh)")
-    proc = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    # the jobs' Python is the submitter's (sbatch exports the environment): slurm/common.sh would otherwise take the
+    # checkout's .venv, so a pipeline submitted from .venv-modern (TF 2.21) would train and infer in TF 2.15
+    env = {**os.environ, "CAMNET_PYTHON": os.environ.get("CAMNET_PYTHON") or sys.executable}
+    proc = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
         raise CamnetError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]

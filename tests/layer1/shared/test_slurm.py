@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,23 @@ def test_array_arguments_pass_the_manifest_on_the_scripts_command_line(tmp_path:
     # after the script: its own arguments, never through --export (which splits on commas)
     assert args[-3:] == ["/repo/slurm/x.sbatch", "--manifest", str(tmp_path / "m,1.json")]
     assert not any("CAMNET_MANIFEST" in a for a in args)
+
+
+def test_jobs_run_the_submitters_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: submitted from .venv-modern (TF 2.21), the jobs ran the checkout's .venv (TF 2.15), which
+    slurm/common.sh takes when CAMNET_PYTHON is unset; a CAMNET_PYTHON that is set stays."""
+    import sys
+
+    from layer1_patches.shared.slurm import sbatch
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "seen"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$CAMNET_PYTHON" >> {seen}\necho 42\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("CAMNET_PYTHON", raising=False)
+    assert sbatch(["x.sbatch"], tmp_path) == "42"
+    monkeypatch.setenv("CAMNET_PYTHON", "/opt/other/python")
+    sbatch(["x.sbatch"], tmp_path)
+    assert seen.read_text().splitlines() == [sys.executable, "/opt/other/python"]
