@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
-from layer1_patches.shared.errors import CamnetError
+from layer1_patches.shared.errors import CamnetError, first_line
 
 # the types live in `ranks` (the engines import them without importing this module); callers know them from here
 from layer2_training.ranks import Dist as Dist
@@ -62,9 +62,8 @@ def init(cfg: DistributedConfig | None = None) -> Dist:
             dist = horovod_engine.init()
         except ImportError as err:  # installed, but built against another TensorFlow (or its MPI is missing)
             raise CamnetError(f"config key 'distributed.engine': horovod is installed but cannot be imported "
-                              f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
-                              "rebuild it against this TensorFlow (`make horovod`) or set distributed.engine: "
-                              "tf_distribute") from None
+                              f"({first_line(err)}); rebuild it against this TensorFlow (`make horovod`) or set "
+                              "distributed.engine: tf_distribute") from None
     else:
         from layer2_training import tf_distribute_engine
 
@@ -188,16 +187,10 @@ def on_writers(dist: Dist, action: Callable[[], object]) -> None:
     """Run a checkpoint save on rank 0, or on every rank when the engine's saves are collective (the others
     write into their scratch folders); if any rank fails, every rank stops (as `on_chief`). Under tf.distribute an
     action whose first failure could come before a collective save runs its steps through `in_step`."""
-    if not dist.saves_on_every_rank:
+    if dist.saves_on_every_rank:
+        in_step(dist, action)
+    else:
         on_chief(dist, action)
-        return
-    try:
-        action()
-    except BaseException:
-        any_rank(dist, True)
-        raise
-    if any_rank(dist, False):
-        raise ChiefFailed(f"rank {dist.rank}: stopped because another rank failed to save (its error line says why)")
 
 
 def in_step(dist: Dist, action: Callable[[], T]) -> T:

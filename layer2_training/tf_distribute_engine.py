@@ -114,6 +114,11 @@ class TfDistributeEngine:
         return np.asarray(self.strategy.experimental_local_results(variable)[0].numpy())
 
 
+def host_of(address: str) -> str:
+    """"n1" of "n1:20000"."""
+    return address.rsplit(":", 1)[0]
+
+
 def slurm_resolver(port: int | None, environ: Mapping[str, str]) -> tuple[Any, int, int]:
     """(cluster spec, rank, local rank) of this srun task."""
     from tensorflow.python.distribute.cluster_resolver import SlurmClusterResolver
@@ -125,7 +130,7 @@ def slurm_resolver(port: int | None, environ: Mapping[str, str]) -> tuple[Any, i
     spec = resolver.cluster_spec()
     rank = int(environ["SLURM_PROCID"])
     node = environ.get("SLURMD_NODENAME")
-    host = spec.as_dict()["worker"][rank].rsplit(":", 1)[0]
+    host = host_of(spec.as_dict()["worker"][rank])
     if node and host != node:
         raise CamnetError(f"tf_distribute: rank {rank} runs on {node} but SLURM's block order puts it on {host} "
                           f"(SLURM_DISTRIBUTION={environ.get('SLURM_DISTRIBUTION', 'unset')}); launch with "
@@ -144,8 +149,7 @@ def tf_config_resolver(text: str) -> tuple[Any, int, int]:
     if set(config["cluster"]) != {"worker"} or kind != "worker" or not 0 <= rank < len(workers):
         raise CamnetError("TF_CONFIG: tf_distribute takes a cluster of workers only, this task one of them "
                           f"(cluster jobs {sorted(config['cluster'])}, task {kind} {rank})")
-    host = workers[rank].rsplit(":", 1)[0]
-    local = sum(1 for w in workers[:rank] if w.rsplit(":", 1)[0] == host)
+    local = sum(1 for w in workers[:rank] if host_of(w) == host_of(workers[rank]))
     return tf.train.ClusterSpec({"worker": workers}), rank, local
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from layer1_patches.colour import ColourStats
 from layer1_patches.config import ResolutionConfig
-from layer1_patches.shared.errors import CamnetError, os_reason
+from layer1_patches.shared.errors import CamnetError, first_line, os_reason
 from layer1_patches.slide import Slide, WorkingResolution, resolve_resolution
 from layer2_training.sidecar import SIDECAR, FrameworkSidecar, ModelSidecar
 from layer3_inference.config import MatchConfig
@@ -109,9 +109,7 @@ def load_model(spec: ModelSpec) -> tf.keras.Model:
 def load_error(spec: ModelSpec, err: Exception) -> str:
     """The one line for a model Keras could not load: when another TensorFlow or Keras saved it (saved models do
     not cross Keras versions), which environment made it and which one this is; else Keras' own first line."""
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else type(err).__name__
-    first = first if len(first) <= 200 else first[:200] + "..."  # Keras may put the whole model config in it
+    first = first_line(err, limit=200)  # Keras may put the whole model config in it
     made = spec.framework
     if made is not None:
         from layer1_patches.shared.kerasflavour import flavour

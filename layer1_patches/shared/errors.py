@@ -20,5 +20,12 @@ def os_reason(err: OSError) -> str:
 
     if err.errno:
         return os.strerror(err.errno)
+    return first_line(err)
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when empty), cut to `limit` characters: libraries
+    put whole tracebacks, or (Keras) a model's whole config, in one message."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."

@@ -203,3 +203,21 @@ def check_two_rank_run(run: Path, index: Path, engine: str, epochs: int = 2) -> 
         assert not set(ids[0].tolist()) & set(ids[1].tolist()), f"epoch {epoch}: ranks overlap"
         assert len(ids[0]) + len(ids[1]) == len(split)
         assert set(np.concatenate(ids).tolist()) == set(split.sample_id.tolist()), f"epoch {epoch}"
+
+
+def submit_train_sbatch(cluster: Any, cfg: Path, log: Path, name: str, export: str) -> str:
+    """The real slurm/layer2_train.sbatch shrunk to 2 CPU ranks on one node by command-line options; the job id.
+    --time leaves the script's USR1 (300 s before the limit) and its requeue far beyond a test; the script sees no
+    GPU and applies its CPU-only settings (yielding MPI waits, ob1/vader, 1 TF thread). `log`'s folder must exist:
+    sbatch does not create the --output directory."""
+    return cluster.submit([f"--job-name={name}", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                           "--gres=none", "--time=30", f"--output={log}", f"--export={export}",
+                           str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)], cwd=log.parent)
+
+
+def finished_log(cluster: Any, job: str, log: Path, timeout: float) -> str:
+    """The job's log once it COMPLETED (else the test fails with the log's end)."""
+    state = cluster.wait(job, timeout=timeout)
+    text = log.read_text() if log.exists() else ""
+    assert state == "COMPLETED", text[-3000:]
+    return text

@@ -11,9 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.layer2.conftest import REPO, base_config, check_two_rank_run, cli_env, read_history, write_config
+from tests.layer2.conftest import (
+    REPO,
+    base_config,
+    check_two_rank_run,
+    cli_env,
+    finished_log,
+    read_history,
+    submit_train_sbatch,
+    write_config,
+)
 
 pytestmark = pytest.mark.horovod
+SBATCH_ENV = f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},TF_CPP_MIN_LOG_LEVEL=2"
 
 
 def horovodrun() -> str:
@@ -63,17 +73,9 @@ def test_srun_two_ranks(tmp_path: Path, tiny_index: Path, slurm_cluster) -> None
     """The real slurm/layer2_train.sbatch, shrunk to 2 CPU ranks by command-line options."""
     run = tmp_path / "run"
     cfg = tiny_distributed_config(tmp_path, tiny_index, run)
-    log = tmp_path / "job.out"  # an existing directory: sbatch does not create the --output directory
-    # --time leaves the script's USR1 (300 s before the limit) and its requeue far beyond this test; the
-    # script sees no GPU and applies its CPU-only settings (yielding MPI waits, ob1/vader, 1 TF thread)
-    env = f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},TF_CPP_MIN_LOG_LEVEL=2"
-    job = slurm_cluster.submit(["--job-name=camnet-l2-test", "--nodes=1", "--ntasks-per-node=2",
-                                "--cpus-per-task=1", "--gres=none", "--time=30", f"--output={log}",
-                                f"--export={env}", str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)],
-                               cwd=tmp_path)
-    state = slurm_cluster.wait(job, timeout=300)
-    text = log.read_text() if log.exists() else ""
-    assert state == "COMPLETED", text[-3000:]
+    log = tmp_path / "job.out"
+    job = submit_train_sbatch(slurm_cluster, cfg, log, "camnet-l2-test", SBATCH_ENV)
+    text = finished_log(slurm_cluster, job, log, timeout=300)
     assert "CPU-only allocation" in text and "training step exited with status 0" in text, text[-3000:]
     check_two_rank_run(run, tiny_index, "horovod")
 
@@ -85,11 +87,7 @@ def test_sbatch_usr1_reaches_the_ranks_which_save_before_the_requeue(tmp_path: P
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, run, epochs=200, batch_size=4))
     log = tmp_path / "job.out"
-    env = f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},TF_CPP_MIN_LOG_LEVEL=2"
-    job = slurm_cluster.submit(["--job-name=camnet-l2-usr1", "--nodes=1", "--ntasks-per-node=2",
-                                "--cpus-per-task=1", "--gres=none", "--time=30", f"--output={log}",
-                                f"--export={env}", str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)],
-                               cwd=tmp_path)
+    job = submit_train_sbatch(slurm_cluster, cfg, log, "camnet-l2-usr1", SBATCH_ENV)
     try:
         deadline = time.monotonic() + 240
         while not (run / "history.csv").exists() and time.monotonic() < deadline:  # an epoch has finished

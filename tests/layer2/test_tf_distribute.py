@@ -18,8 +18,10 @@ from tests.layer2.conftest import (
     base_config,
     check_two_rank_run,
     cli_env,
+    finished_log,
     make_cohort,
     read_history,
+    submit_train_sbatch,
     write_config,
 )
 
@@ -125,13 +127,8 @@ def test_srun_two_workers_through_the_sbatch_script(tmp_path: Path, tiny_index: 
     log = tmp_path / "job.out"
     env = (f"ALL,CAMNET_ROOT={REPO},PYTHONPATH={REPO},CAMNET_PYTHON={sys.executable},TF_CPP_MIN_LOG_LEVEL=2,"
            "TF_CONFIG=")  # TF_CONFIG empty: under srun, SLURM says where the workers are
-    job = slurm_cluster.submit(["--job-name=camnet-l2-tfd", "--nodes=1", "--ntasks-per-node=2",
-                                "--cpus-per-task=1", "--gres=none", "--time=30", f"--output={log}",
-                                f"--export={env}", str(REPO / "slurm" / "layer2_train.sbatch"), str(cfg)],
-                               cwd=tmp_path)
-    state = slurm_cluster.wait(job, timeout=400)
-    text = log.read_text() if log.exists() else ""
-    assert state == "COMPLETED", text[-3000:]
+    text = finished_log(slurm_cluster, submit_train_sbatch(slurm_cluster, cfg, log, "camnet-l2-tfd", env), log,
+                        timeout=400)
     assert "training step exited with status 0" in text, text[-3000:]
     check_two_rank_run(run, tiny_index, "tf_distribute")
     placement = json.loads((run / "environment.json").read_text())["placement"]

@@ -101,3 +101,18 @@ def test_horovod_asked_for_where_it_is_not_installed_is_one_error(monkeypatch: p
         distributed.init(DistributedConfig(engine="horovod"))
     # unset: the other engine, which trains one process alone
     assert distributed.init(DistributedConfig()).engine is None
+
+
+def test_horovod_installed_but_not_importable_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a Horovod built against another TensorFlow ended the run in an ImportError traceback."""
+    from layer2_training import horovod_engine
+
+    def broken() -> None:
+        raise ImportError("/venv/horovod/tensorflow/mpi_lib.so: undefined symbol: _ZN10tensorflow8OpKernel\nmore")
+
+    monkeypatch.setattr(distributed, "horovod_importable", lambda: True)
+    monkeypatch.setattr(horovod_engine, "init", broken)
+    with pytest.raises(CamnetError, match=r"^config key 'distributed.engine': horovod is installed but cannot be "
+                                          r"imported \(/venv/horovod/tensorflow/mpi_lib.so: undefined symbol: "
+                                          r"_ZN10tensorflow8OpKernel\); rebuild it .*tf_distribute$"):
+        distributed.init(DistributedConfig(engine="horovod"))
