@@ -29,6 +29,8 @@ def prepare(cfg: dict):
     ("model.bogus=1", "model.bogus"),
     ("batch_size=0", "batch_size"),
     ("schedule.kind=linear", "schedule.kind"),
+    ("distributed.engine=mpi", "distributed.engine"),
+    ("distributed.port=80", "distributed.port"),
 ])
 def test_cli_config_errors_are_one_line(tmp_path: Path, tiny_index: Path, override: str, needle: str) -> None:
     cfg = write_config(tmp_path / "c.yaml", base_config(tiny_index, tmp_path / "run"))
