@@ -292,7 +292,7 @@ def _run_stream(stream: CandidateStream, source: PatchSource, writer: PatchWrite
     if stream.quota is not None:
         result.requested[stream.name] = stream.quota
     batch = cfg.reader.batch_size
-    buf = np.empty((batch, cfg.patch_size, cfg.patch_size, 3), dtype=np.uint8)
+    buf = writer.buffer(batch)
     keep: list[int] = []
     accepted = 0
     last_log = time.monotonic()
@@ -307,11 +307,13 @@ def _run_stream(stream: CandidateStream, source: PatchSource, writer: PatchWrite
 
     result.counts.setdefault("tumour", 0)
     result.counts.setdefault("normal", 0)
-    for i, (patch, reason) in enumerate(source.patches(coords, cfg.reader.threads, 4 * batch)):
+    for i, (patch, reason) in enumerate(source.patches(coords, cfg.reader.threads, 4 * batch,
+                                                       lambda: buf[len(keep)])):
         if reason is not None:
             result.rejects[reason] = result.rejects.get(reason, 0) + 1
         else:
-            buf[len(keep)] = patch
+            if not np.may_share_memory(patch, buf[len(keep)]):  # not cut in place (`PatchSource.patches`)
+                buf[len(keep)] = patch
             keep.append(i)
             accepted += 1
             if len(keep) == batch:

@@ -17,6 +17,10 @@ class PatchFilter(Protocol):
 
     def rejects(self, patch: np.ndarray) -> bool: ...
 
+    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
+        """(lo, hi, n): the filter rejects no patch of `pixels` pixels that has at most n bytes outside lo..hi."""
+        ...
+
 
 @dataclass(frozen=True)
 class WhiteFilter:
@@ -29,6 +33,9 @@ class WhiteFilter:
     def rejects(self, patch: np.ndarray) -> bool:
         return _share_exceeds(patch, lambda a: a > self.level, channel_min, self.max_fraction)
 
+    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
+        return 0, self.level, 3 * self.max_fraction * pixels  # see `_share_exceeds`
+
 
 @dataclass(frozen=True)
 class BlackFilter:
@@ -40,6 +47,9 @@ class BlackFilter:
 
     def rejects(self, patch: np.ndarray) -> bool:
         return _share_exceeds(patch, lambda a: a < self.level, channel_max, self.max_fraction)
+
+    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
+        return self.level, 255, 3 * self.max_fraction * pixels
 
 
 def _share_exceeds(patch: np.ndarray, hit: Callable[[np.ndarray], np.ndarray],
@@ -76,6 +86,18 @@ def filters_from_config(cfg: FilterConfig) -> list[PatchFilter]:
 
 
 def first_reject(patch: np.ndarray, active: list[PatchFilter]) -> str | None:
+    """The name of the first filter of `active` that rejects `patch`, or None.
+
+    With several filters, one pass first counts the bytes outside every filter's quiet range; few enough settle
+    the usual tissue patch for all of them at once (two filters cost two passes over the patch otherwise: 8 us of
+    23 per 224 px patch saved, issue 17).
+    """
+    if len(active) > 1:
+        bounds = [f.quiet_bytes(patch.shape[0] * patch.shape[1]) for f in active]
+        lo, hi, n = max(b[0] for b in bounds), min(b[1] for b in bounds), min(b[2] for b in bounds)
+        # uint8 wraparound: bytes below lo become large, so one compare counts both sides of lo..hi
+        if lo <= hi and np.count_nonzero(patch.reshape(-1) - np.uint8(lo) > hi - lo) <= n:
+            return None
     for f in active:
         if f.rejects(patch):
             return f.name

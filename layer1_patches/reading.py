@@ -24,7 +24,7 @@ from PIL import Image
 from layer1_patches.filters import PatchFilter, first_reject
 from layer1_patches.slide import Slide, WorkingResolution
 from layer1_patches.tileplan import patch_tiles, plan_decodes
-from layer1_patches.tiles import OPENSLIDE_PIECE, TileLayout, level_pixels, read_region, tile_reader
+from layer1_patches.tiles import OPENSLIDE_PIECE, TileLayout, cut_into, level_pixels, tile_reader
 
 Patch = tuple[np.ndarray, str | None]  # RGB patch and the filter that rejects it (None: accepted)
 R = TypeVar("R")
@@ -45,8 +45,13 @@ class PatchSource(Protocol):
     @property
     def patch_size(self) -> int: ...
 
-    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
-        """The patch at each level-0 (x, y) of `coords`, in order, with its filter verdict."""
+    def patches(self, coords: np.ndarray, threads: int, ahead: int,
+                slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:
+        """The patch at each level-0 (x, y) of `coords`, in order, with its filter verdict.
+
+        `slot`: where the consumer will keep the next patch; a source that cuts on the consumer's thread may cut
+        there (the patch it yields is then that array) and save the consumer a copy.
+        """
         ...
 
 
@@ -111,8 +116,9 @@ class OpenSlideSource:
     def patch_size(self) -> int:
         return self.reader.patch_size
 
-    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
-        return ordered_map(self.reader, coords, threads, ahead)
+    def patches(self, coords: np.ndarray, threads: int, ahead: int,
+                slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:  # noqa: ARG002 - read ahead on
+        return ordered_map(self.reader, coords, threads, ahead)  # other threads, before the consumer has a slot
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,11 @@ class TileSource:
     def patch_size(self) -> int:
         return self.fallback.patch_size
 
-    def patches(self, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Patch]:
+    def patches(self, coords: np.ndarray, threads: int, ahead: int,
+                slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:
         res, lay, filters = self.fallback.res, self.layout, self.fallback.filters
         n = res.read_size(self.patch_size)
+        into = slot if slot is not None and n == self.patch_size else None  # resized patches are new arrays
         xy, exact = level_pixels(coords, res.level_downsample)
         if n > OPENSLIDE_PIECE and not float(res.level_downsample).is_integer():
             exact[:] = False  # OpenSlide paints such a patch in pieces at other subpixel positions
@@ -162,7 +170,7 @@ class TileSource:
                             if got != t:  # the plan and its consumer disagree: a bug, never wrong pixels
                                 raise RuntimeError(f"tile plan out of step: expected tile {t}, decoded {got}")
                             held[t] = tile
-                    patch = read_region(lay, held.__getitem__, x, y, n, n)
+                    patch = cut_into(lay, held.__getitem__, x, y, into() if into else np.empty((n, n, 3), np.uint8))
                     for t in plan.release[i]:
                         del held[t]
                     yield finish_patch(patch, self.patch_size, filters)

@@ -43,7 +43,8 @@ import h5py
 import numpy as np
 
 from layer1_patches import integrity
-from layer1_patches.chunks import write_chunks
+from layer1_patches.chunks import ChunkRows, write_chunks
+from layer1_patches.pagecache import PageCacheDropper
 from layer1_patches.shared import signals
 from layer1_patches.shared.errors import CamnetError, os_reason
 from layer1_patches.shared.locks import writer_partial
@@ -53,10 +54,9 @@ SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
 GROW = 256  # rows added when a dataset fills up
 WRITE_CACHE_BYTES = 64 * 1024
-# Written patches are read later by another job, usually on another node, so keeping them in this node's page
-# cache only makes the kernel reclaim memory for them. Every DROP_CACHE_BYTES the writer asks the kernel to
-# start writing them out and to drop what is already on disk. bench/page_cache.py: 4 dense slides 2 at a time
-# on 2 cores ran 9 % faster; 1 at a time, with the other core idle to do the kernel's work, 3 % slower.
+# Every DROP_CACHE_BYTES the writer asks the kernel to start writing the patches out and to drop what is already on
+# disk (pagecache.py says why). bench/page_cache.py: 4 dense slides 2 at a time on 2 cores ran 9 % faster; 1 at a
+# time, with the other core idle to do the kernel's work, 3 % slower.
 DROP_CACHE_BYTES = 64 * 1024 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 # Fletcher-32 per chunk, which a chunk zeroed with its checksum passes (zeros sum to 0): the small datasets are
@@ -151,6 +151,8 @@ class PatchWriter:
         self.jpeg_quality = jpeg_quality
         self.n = 0
         self._bytes_since_drop = 0
+        self._dropper = PageCacheDropper()
+        self._rows: ChunkRows | None = None
         self.tmp.unlink(missing_ok=True)
         try:
             # A chunk cache smaller than one patch: patch chunks, written once and whole, then bypass it (a copy
@@ -196,7 +198,16 @@ class PatchWriter:
         self._discard()  # after finish() the file was renamed already; otherwise it is half-written
 
     def _discard(self) -> None:
+        self._dropper.close()  # its advice uses the file's descriptor
         discard_h5(self._f, self.tmp)
+
+    def buffer(self, batch: int) -> np.ndarray:
+        """An empty (batch, size, size, 3) array for `append`, whose leading patches codec none writes in place."""
+        size = int(self._patches.attrs["patch_size"])
+        if self.codec != "none":  # compressed through h5py, which would copy a batch with gaps between its rows
+            return np.empty((batch, size, size, 3), np.uint8)
+        self._rows = ChunkRows(batch, size)
+        return self._rows.patches
 
     def _encode(self, patch: np.ndarray) -> np.ndarray:
         import io
@@ -220,7 +231,7 @@ class PatchWriter:
             for i, patch in enumerate(patches):  # row by row: h5py turns equal-length encodings into a 2-D array
                 self._patches[self.n + i] = self._encode(patch)
         elif self.codec == "none":
-            write_chunks(self._patches, self.n, patches, CHECKSUMS)
+            write_chunks(self._patches, self.n, patches, CHECKSUMS, self._rows)
         else:
             self._patches[self.n:end] = patches
         self._coords[self.n:end] = coords
@@ -235,11 +246,7 @@ class PatchWriter:
             self._drop_cache()
 
     def _drop_cache(self) -> None:
-        fd = self._f.id.get_vfd_handle()
-        # Advice only: a platform or file system without it loses nothing but the page cache saving.
-        if hasattr(os, "posix_fadvise") and isinstance(fd, int):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        self._dropper.drop(self._f.id.get_vfd_handle())
 
     def finish(self, meta: SlideMeta, coords_attrs: dict[str, Any], extra_attrs: dict[str, Any],
                masks: dict[str, np.ndarray]) -> Path:
@@ -260,6 +267,7 @@ class PatchWriter:
         attrs["complete"] = True  # last: a crash before here leaves an unmarked file
         self._f.flush()
         signals.check()  # interrupted: never rename into place
+        self._dropper.close()
         self._f.close()
         os.replace(self.tmp, self.final)
         return self.final

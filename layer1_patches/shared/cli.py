@@ -41,6 +41,14 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
                         help=f"override a config key{hint} (repeatable)")
 
 
+def single_threaded_blas() -> None:
+    """Before any command module loads numpy: numpy's and scipy's OpenBLAS each start a helper thread per core,
+    which spin (sched_yield) for about 0.1 CPU s each after loading: 0.2 of Layer 1's 3.5 CPU s on a 7,000-patch
+    slide (perf, issue 17). CamNet's numpy work is elementwise; TensorFlow has its own threads. A user's value wins.
+    """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def build_parser(package: str, description: str, commands: tuple[str, ...],
                  argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given `argv` naming a command, only that command's module is imported.
@@ -48,6 +56,7 @@ def build_parser(package: str, description: str, commands: tuple[str, ...],
     A SLURM array task is one command; importing every command's dependencies (scikit-image, scipy, TensorFlow
     in the later layers) cost each task about half a second before it did any work.
     """
+    single_threaded_blas()
     parser = CamnetParser(prog=f"python -m {package}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CamnetParser)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from layer1_patches.shared.cli import CamnetParser, _needed
+from layer1_patches.shared.cli import CamnetParser, _needed, single_threaded_blas
 
 LAYERS = ("layer1_patches", "layer2_training", "layer3_inference")
 SHELLS = ("bash", "zsh", "tcsh")
@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     # as in the layers' own `main`: set before any command module may load TensorFlow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    single_threaded_blas()
     packages = command_packages()
     # parsed here for camnet's usage lines, help and errors; then run by the layer's `main`, which keeps the one
     # `error:` line and exit statuses of `python -m <layer>` (the same argv parses the same there)

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from layer1_patches.chunks import write_chunks
+from layer1_patches.chunks import ChunkRows, write_chunks
 
 
 def _chunked(f: h5py.File, name: str, n: int, checksum: bool) -> h5py.Dataset:
@@ -62,3 +62,28 @@ def test_a_flipped_byte_in_a_directly_written_chunk_fails_hdf5s_checksum(tmp_pat
             return
         with pytest.raises(OSError, match="filter returned failure during read"):  # HDF5's Fletcher-32 filter
             f["patches"][2]
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["fletcher32", "plain"])
+def test_patches_in_a_chunk_rows_buffer_are_written_in_place_as_hdf5_writes_them(tmp_path: Path,
+                                                                                 checksum: bool) -> None:
+    """A `ChunkRows` buffer is filled twice (3 patches, then 2: a partly filled batch, with stale rows behind it),
+    written from where the patches lie; the chunks equal HDF5's own filtered write byte for byte. A slice that does
+    not start at the first row is not the buffer's and goes through the copying path, with the same result."""
+    patches, path = _patches(7), tmp_path / "rows.h5"
+    rows = ChunkRows(4, 24)
+    with h5py.File(path, "w") as f:
+        ours, theirs = _chunked(f, "ours", 7, checksum), _chunked(f, "theirs", 7, checksum)
+        rows.patches[:3] = patches[:3]
+        assert rows.holds(rows.patches[:3]) and rows.patches[0].flags.c_contiguous
+        write_chunks(ours, 0, rows.patches[:3], checksum, rows)
+        rows.patches[:2] = patches[3:5]
+        write_chunks(ours, 3, rows.patches[:2], checksum, rows)
+        rows.patches[1:3] = patches[5:7]
+        assert not rows.holds(rows.patches[1:3]) and not rows.holds(patches[5:7])
+        write_chunks(ours, 5, rows.patches[1:3], checksum, rows)
+        theirs[0:7] = patches
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["ours"][()], patches)
+        for i in range(7):
+            assert f["ours"].id.read_direct_chunk((i, 0, 0, 0)) == f["theirs"].id.read_direct_chunk((i, 0, 0, 0))

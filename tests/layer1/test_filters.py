@@ -53,3 +53,22 @@ def test_byte_count_shortcut_never_changes_a_decision(seed: int) -> None:
         assert black.rejects(patch) == per_pixel_black
         outcomes.add((per_pixel_white, per_pixel_black))
     assert {(True, False), (False, True), (False, False)} <= outcomes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_pass_over_both_filters_never_changes_a_decision(seed: int) -> None:
+    """`first_reject` settles most patches for both filters with one count of the bytes outside both quiet
+    ranges (uint8 wraparound); its verdicts must equal each filter's own, in order, on patches near the bounds."""
+    rng = np.random.default_rng(100 + seed)
+    active = [WhiteFilter(200, 0.3), BlackFilter(30, 0.2)]
+    outcomes: set[str | None] = set()
+    for _ in range(300):
+        kinds = rng.choice(4, size=(32, 32), p=rng.dirichlet(np.ones(4) / 2))
+        patch = rng.integers(30, 201, size=(32, 32, 3), dtype=np.uint8)  # quiet for both: 30..200
+        patch[kinds == 0] = rng.integers(201, 256, size=(int((kinds == 0).sum()), 3), dtype=np.uint8)
+        patch[kinds == 1] = rng.integers(0, 30, size=(int((kinds == 1).sum()), 3), dtype=np.uint8)
+        patch[kinds == 2, 0] = rng.choice([0, 29, 201, 255])  # loud bytes in pixels that are neither glass nor ink
+        expected = next((f.name for f in active if f.rejects(patch)), None)
+        assert first_reject(patch, active) == expected
+        outcomes.add(expected)
+    assert outcomes == {"white", "black", None}

@@ -107,8 +107,8 @@ def test_random_quota_stops_the_tile_stream_cleanly_and_equals_openslide(
     streams: list[weakref.ref[Generator[Any, None, None]]] = []
     real = TileSource.patches
 
-    def spy(self: TileSource, coords: np.ndarray, threads: int, ahead: int) -> Iterator[Any]:
-        gen = real(self, coords, threads, ahead)
+    def spy(self: TileSource, coords: np.ndarray, threads: int, ahead: int, slot: Any = None) -> Iterator[Any]:
+        gen = real(self, coords, threads, ahead, slot)
         assert isinstance(gen, Generator)
         streams.append(weakref.ref(gen))  # a strong reference would keep it open
         return gen

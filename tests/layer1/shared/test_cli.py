@@ -81,3 +81,30 @@ def test_status_piped_into_head_ended_with_a_broken_pipe_traceback(fake_package:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_commands_load_openblas_with_one_thread_unless_the_user_chose(tmp_path: Path) -> None:
+    """Issue 17 (perf): numpy's and scipy's OpenBLAS each started a helper thread per core that spun about 0.1 CPU s
+    after loading, in every Layer 1 task. Building a command's parser (which imports its module, numpy and scipy)
+    now loads OpenBLAS with one thread, as threadpoolctl reads it from the loaded libraries; a value the user set
+    stays."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, os, threadpoolctl; from layer1_patches.shared.cli import build_parser; "
+            "build_parser('layer1_patches', '', ('extract',), ['extract']); "
+            "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), [i['num_threads'] for i in "
+            "threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
+
+    def loaded(**extra: str) -> list:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True, cwd=tmp_path).stdout
+        return json.loads(out)
+
+    chosen, threads = loaded()
+    assert chosen == "1" and threads and set(threads) == {1}, threads  # numpy's and scipy's
+    assert loaded(OPENBLAS_NUM_THREADS="2")[0] == "2"
