@@ -95,7 +95,7 @@ class OtsuMasker:
 
 
 def otsu_tissue(rgb: np.ndarray, cfg: TissueConfig) -> np.ndarray:
-    saturation = ndimage.median_filter(hsv_saturation(rgb), size=3)
+    saturation = median3x3(hsv_saturation(rgb))
     if float(saturation.max() - saturation.min()) < 1e-3:
         return np.zeros(saturation.shape, dtype=bool)  # uniform image: nothing to separate
     threshold = otsu_threshold(saturation)
@@ -109,6 +109,26 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     high = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     low = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+
+
+def median3x3(image: np.ndarray) -> np.ndarray:
+    """`ndimage.median_filter(image, size=3)` (mode reflect, which for a 3 x 3 window repeats the edge pixel),
+    exactly and 5-10x faster (8 ms against 42-83 ms on a 937 px image, issue 17). Each column's vertical triple
+    is sorted once; the median of a window's 9 values is then the median of (the largest of its 3 column minima,
+    the median of its 3 column middles, the smallest of its 3 column maxima): Paeth's decomposition.
+    tests/layer1/test_masks.py compares with scipy."""
+    p = np.pad(image, 1, mode="edge")
+    a, b, c = p[:-2], p[1:-1], p[2:]  # each padded column's vertical triple, sorted into lo <= mid <= hi
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    lo, mid, hi = np.minimum(lo, c), median3(a, b, c), np.maximum(hi, c)
+    l0, l1, l2 = lo[:, :-2], lo[:, 1:-1], lo[:, 2:]  # left, centre and right column of each window
+    m0, m1, m2 = mid[:, :-2], mid[:, 1:-1], mid[:, 2:]
+    h0, h1, h2 = hi[:, :-2], hi[:, 1:-1], hi[:, 2:]
+    return median3(np.maximum(np.maximum(l0, l1), l2), median3(m0, m1, m2), np.minimum(np.minimum(h0, h1), h2))
+
+
+def median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
 
 
 # Otsu, disk and small-region removal as scikit-image 0.26 defines them (tests/layer1/test_masks.py compares):

@@ -130,3 +130,24 @@ def test_otsu_picks_scikit_images_bin_on_many_histograms() -> None:
         values = np.concatenate([rng.normal(0.1, 0.03, rng.integers(100, 5000)),
                                  rng.normal(rng.uniform(0.3, 0.8), 0.1, rng.integers(100, 5000))]).astype(np.float32)
         assert otsu_threshold(values) == filters.threshold_otsu(values), seed
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (5, 7), (1, 9), (9, 1), (1, 1), (2, 2)])
+@pytest.mark.parametrize("kind", ["float32", "ties", "uint8"])
+def test_median3x3_equals_scipys_median_filter(shape: tuple[int, int], kind: str) -> None:
+    """scipy is the truth: the column-sorting 3 x 3 median gives `ndimage.median_filter(size=3)`'s values and
+    dtype, at the edges too (scipy's default mode, reflect), on continuous values, many ties and uint8."""
+    from scipy import ndimage
+
+    from layer1_patches.masks import median3x3
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.random(shape, dtype=np.float32)
+    if kind == "ties":
+        image = np.round(image * 3) / 3
+    elif kind == "uint8":
+        image = (image * 255).astype(np.uint8)
+    expected = ndimage.median_filter(image, size=3)
+    got = median3x3(image)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
