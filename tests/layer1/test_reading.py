@@ -310,3 +310,22 @@ def test_the_tile_window_keeps_held_tiles_within_the_budget() -> None:
         window = tile_window(patch, tile, tile)
         assert 1 <= window < TILE_WINDOW
         assert 2 * window * max(patch, tile) * tile * 3 <= TILE_BUDGET_BYTES  # two tile rows across the window
+
+
+def test_reading_threads_lower_the_gil_switch_interval_only_while_they_run() -> None:
+    """Issue 17: at CPython's default 5 ms switch interval, reader threads waited for the consumer's GIL; the
+    interval is lowered while an `ordered_map` with threads runs and is back when it ends or stops early."""
+    import sys
+
+    from layer1_patches.reading import SWITCH_INTERVAL, ordered_map
+
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    seen: list[float] = []
+    assert list(ordered_map(lambda i: seen.append(sys.getswitchinterval()) or i, range(50), 2, 8)) == list(range(50))
+    assert set(seen) == {SWITCH_INTERVAL} and sys.getswitchinterval() == before
+    stream = ordered_map(lambda i: i, range(50), 2, 8)
+    assert next(stream) == 0 and sys.getswitchinterval() == SWITCH_INTERVAL
+    stream.close()  # a quota reached: the consumer stops early
+    assert sys.getswitchinterval() == before
+    assert list(ordered_map(lambda _: sys.getswitchinterval(), range(3), 1, 8)) == [before] * 3  # no threads
