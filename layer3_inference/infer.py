@@ -105,17 +105,25 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, batch: int, threads: int,
-             stop: threading.Event) -> None:
-    size = source.patch_size
-    patches = source.patches(coords, threads, 2 * batch + threads)
+def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, rc: ReaderConfig, stop: threading.Event,
+             colour: tuple[ColourAccumulator, dict[str, float]] | None) -> None:
+    size, batch = source.patch_size, rc.batch_size
+    # the tile source cuts each patch straight into its row of the batch being filled (`buf[k]` when asked)
+    patches = source.patches(coords, rc.threads, 2 * batch + rc.threads, lambda: buf[k])
     try:
         for start in range(0, len(coords), batch):
             n = min(batch, len(coords) - start)
             buf = np.empty((batch, size, size, 3), dtype=np.uint8)
             for k in range(n):
-                buf[k] = next(patches)[0]
+                patch = next(patches)[0]
+                if not np.may_share_memory(patch, buf[k]):
+                    buf[k] = patch
             buf[n:] = buf[n - 1]  # padding keeps one batch shape for every batch (see module docstring)
+            if colour is not None:  # here, beside the model: on its thread it held up every batch (issue 17)
+                t0 = time.perf_counter()
+                step = max(1, size // COLOUR_SIDE)
+                colour[0].add(buf[:n, ::step, ::step])
+                colour[1]["colour_s"] = colour[1].get("colour_s", 0.0) + time.perf_counter() - t0
             if not _put(q, (buf, n), stop):
                 return
         _put(q, _DONE, stop)
@@ -126,12 +134,14 @@ def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, batch
             patches.close()  # cancels reads still queued when the consumer stopped early
 
 
-def read_batches(source: PatchSource, coords: np.ndarray, rc: ReaderConfig,
-                 stats: dict[str, float]) -> Iterator[tuple[np.ndarray, int]]:
-    """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved."""
+def read_batches(source: PatchSource, coords: np.ndarray, rc: ReaderConfig, stats: dict[str, float],
+                 colour: ColourAccumulator | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved.
+    `colour` (if given) accumulates, on the reading thread, the colour of the valid rows of every batch."""
     q: queue.Queue[Any] = queue.Queue(maxsize=rc.prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(q, source, coords, rc.batch_size, rc.threads, stop),
+    worker = threading.Thread(target=_produce, args=(q, source, coords, rc, stop,
+                                                     None if colour is None else (colour, stats)),
                               daemon=True, name="camnet-reader")
     worker.start()
     try:
@@ -155,15 +165,10 @@ def predict(model_fn: ModelFn, source: PatchSource, coords: np.ndarray, rc: Read
     `colour` (if given) accumulates the colour of exactly the patches the model saw (not the padding)."""
     out = np.empty(len(coords), dtype=np.float32)
     done = 0
-    for buf, n in read_batches(source, coords, rc, stats):
+    for buf, n in read_batches(source, coords, rc, stats, colour):
         t0 = time.perf_counter()
         out[done:done + n] = model_fn(buf)[:n]
         stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
-        if colour is not None:
-            t0 = time.perf_counter()
-            step = max(1, source.patch_size // COLOUR_SIDE)
-            colour.add(buf[:n, ::step, ::step])
-            stats["colour_s"] = stats.get("colour_s", 0.0) + time.perf_counter() - t0
         done += n
     return out
 
