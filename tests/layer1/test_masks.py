@@ -132,14 +132,20 @@ def test_otsu_picks_scikit_images_bin_on_many_histograms() -> None:
         assert otsu_threshold(values) == filters.threshold_otsu(values), seed
 
 
+@pytest.mark.parametrize("strip", [256, 2, 3], ids=["one-strip", "strips-of-2", "strips-of-3"])
 @pytest.mark.parametrize("shape", [(64, 80), (5, 7), (1, 9), (9, 1), (1, 1), (2, 2)])
 @pytest.mark.parametrize("kind", ["float32", "ties", "uint8"])
-def test_median3x3_equals_scipys_median_filter(shape: tuple[int, int], kind: str) -> None:
+def test_median3x3_equals_scipys_median_filter(shape: tuple[int, int], kind: str, strip: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """scipy is the truth: the column-sorting 3 x 3 median gives `ndimage.median_filter(size=3)`'s values and
-    dtype, at the edges too (scipy's default mode, reflect), on continuous values, many ties and uint8."""
+    dtype, at the edges too (scipy's default mode, reflect), on continuous values, many ties and uint8, whole and
+    in strips of rows (the seams between strips)."""
     from scipy import ndimage
 
+    from layer1_patches import masks
     from layer1_patches.masks import median3x3
+
+    monkeypatch.setattr(masks, "MEDIAN_STRIP_ROWS", strip)
 
     rng = np.random.default_rng(sum(shape))
     image = rng.random(shape, dtype=np.float32)
