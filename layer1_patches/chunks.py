@@ -22,7 +22,8 @@ class ChunkRows:
 
     def holds(self, patches: np.ndarray) -> bool:
         """Whether `patches` is this buffer's leading rows (`self.patches[:k]`)."""
-        return (patches.ndim == 4 and patches.strides == self.patches.strides and len(patches) <= len(self.rows)
+        return (patches.dtype == np.uint8 and patches.shape[1:] == self.patches.shape[1:]
+                and patches.strides == self.patches.strides and len(patches) <= len(self.rows)
                 and patches.__array_interface__["data"][0] == self.rows.__array_interface__["data"][0])
 
 

@@ -17,8 +17,8 @@ class PatchFilter(Protocol):
 
     def rejects(self, patch: np.ndarray) -> bool: ...
 
-    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
-        """(lo, hi, n): the filter rejects no patch of `pixels` pixels that has at most n bytes outside lo..hi."""
+    def quiet_bytes(self, shape: tuple[int, ...]) -> tuple[int, int, float]:
+        """(lo, hi, n): the filter rejects no patch of `shape` that has at most n bytes outside lo..hi."""
         ...
 
 
@@ -33,8 +33,8 @@ class WhiteFilter:
     def rejects(self, patch: np.ndarray) -> bool:
         return _share_exceeds(patch, lambda a: a > self.level, channel_min, self.max_fraction)
 
-    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
-        return 0, self.level, 3 * self.max_fraction * pixels  # see `_share_exceeds`
+    def quiet_bytes(self, shape: tuple[int, ...]) -> tuple[int, int, float]:
+        return 0, self.level, 3 * hit_limit(shape, self.max_fraction)  # see `_share_exceeds`
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class BlackFilter:
     def rejects(self, patch: np.ndarray) -> bool:
         return _share_exceeds(patch, lambda a: a < self.level, channel_max, self.max_fraction)
 
-    def quiet_bytes(self, pixels: int) -> tuple[int, int, float]:
-        return self.level, 255, 3 * self.max_fraction * pixels
+    def quiet_bytes(self, shape: tuple[int, ...]) -> tuple[int, int, float]:
+        return self.level, 255, 3 * hit_limit(shape, self.max_fraction)
 
 
 def _share_exceeds(patch: np.ndarray, hit: Callable[[np.ndarray], np.ndarray],
@@ -60,10 +60,16 @@ def _share_exceeds(patch: np.ndarray, hit: Callable[[np.ndarray], np.ndarray],
     A hit pixel has three hit bytes, so few hit bytes in the contiguous buffer settle most patches exactly, at a
     third of the cost of the per-pixel reduction.
     """
-    limit = max_fraction * patch.shape[0] * patch.shape[1]
+    limit = hit_limit(patch.shape, max_fraction)
     if np.count_nonzero(hit(patch.reshape(-1))) <= 3 * limit:
         return False
     return bool(np.count_nonzero(hit(per_pixel(patch))) > limit)
+
+
+def hit_limit(shape: tuple[int, ...], max_fraction: float) -> float:
+    """The most hit pixels a patch of `shape` may have. One expression for every path that compares with it: the
+    same product rounded another way ((3 x fraction) x pixels) put the one-pass check a byte off the rule's."""
+    return max_fraction * shape[0] * shape[1]
 
 
 def channel_min(patch: np.ndarray) -> np.ndarray:
@@ -93,7 +99,7 @@ def first_reject(patch: np.ndarray, active: list[PatchFilter]) -> str | None:
     23 per 224 px patch saved, issue 17).
     """
     if len(active) > 1:
-        bounds = [f.quiet_bytes(patch.shape[0] * patch.shape[1]) for f in active]
+        bounds = [f.quiet_bytes(patch.shape) for f in active]
         lo, hi, n = max(b[0] for b in bounds), min(b[1] for b in bounds), min(b[2] for b in bounds)
         # uint8 wraparound: bytes below lo become large, so one compare counts both sides of lo..hi
         if lo <= hi and np.count_nonzero(patch.reshape(-1) - np.uint8(lo) > hi - lo) <= n:

@@ -2,9 +2,10 @@
 
 Written patches are read later by another job, usually on another node, so keeping them in this node's page cache
 only makes the kernel reclaim memory for them (bench/page_cache.py measured the drop: 4 dense slides 2 at a time
-on 2 cores ran 9 % faster). The advice also starts the writeback of the dirty pages inside the call (ext4 allocates
-blocks and submits the I/O): 0.17 CPU s per 1.1 GB of patches, which on the writer's own thread delayed the next
-patch (perf, issue 17). Here it runs beside the writer.
+on 2 cores ran 9 % faster; 1 at a time, with the other core idle to do the kernel's work, 3 % slower). The advice
+also starts the writeback of the dirty pages inside the call (ext4 allocates blocks and submits the I/O): 0.17 CPU s
+per 1.1 GB of patches, which on the writer's own thread delayed the next patch (perf, issue 17). Here it runs
+beside the writer.
 """
 
 from __future__ import annotations

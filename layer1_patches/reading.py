@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +43,33 @@ TILE_BUDGET_BYTES = 192 * 1024 * 1024
 # stretches that hold the GIL; at the default 5 ms the readers idled on 2 cores. 0.5 ms: about 5 % more patches per
 # wall-second for `extract`, the same CPU (issue 17; 0.1-1 ms were within noise of each other).
 SWITCH_INTERVAL = 0.0005
+
+
+@dataclass
+class _Streams:
+    running: int = 0
+    before: float = 0.0  # the interval before the first running stream lowered it
+
+
+_switch, _streams = threading.Lock(), _Streams()
+
+
+@contextmanager
+def lowered_switch_interval() -> Iterator[None]:
+    """SWITCH_INTERVAL while at least one stream runs; the last to end puts back what was there before the first
+    began (streams may overlap, on several threads)."""
+    with _switch:
+        if _streams.running == 0:
+            _streams.before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_streams.before, SWITCH_INTERVAL))
+        _streams.running += 1
+    try:
+        yield
+    finally:
+        with _switch:
+            _streams.running -= 1
+            if _streams.running == 0:
+                sys.setswitchinterval(_streams.before)
 
 
 class PatchSource(Protocol):
@@ -98,9 +127,7 @@ def ordered_map(fn: Callable[[Any], R], items: Sequence[Any] | np.ndarray, threa
         return [fn(item) for item in part]
 
     chunk = max(1, min(chunk, ahead // threads))  # keep the read-ahead (memory) near `ahead` items
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
-    with ThreadPoolExecutor(threads) as pool:
+    with lowered_switch_interval(), ThreadPoolExecutor(threads) as pool:
         pending: deque[Future[list[R]]] = deque()
         in_flight = max(threads, ahead // chunk)
         try:
@@ -113,7 +140,6 @@ def ordered_map(fn: Callable[[Any], R], items: Sequence[Any] | np.ndarray, threa
         finally:  # the consumer stopped early (quota reached) or failed: drop what is queued
             for fut in pending:
                 fut.cancel()
-            sys.setswitchinterval(previous)
 
 
 @dataclass(frozen=True)

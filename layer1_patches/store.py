@@ -54,9 +54,8 @@ SCHEMA_VERSION = 1
 CODECS = ("lz4", "gzip", "lzf", "none", "jpeg")
 GROW = 256  # rows added when a dataset fills up
 WRITE_CACHE_BYTES = 64 * 1024
-# Every DROP_CACHE_BYTES the writer asks the kernel to start writing the patches out and to drop what is already on
-# disk (pagecache.py says why). bench/page_cache.py: 4 dense slides 2 at a time on 2 cores ran 9 % faster; 1 at a
-# time, with the other core idle to do the kernel's work, 3 % slower.
+# Every DROP_CACHE_BYTES written the writer drops the file's pages from the page cache (pagecache.py says why and
+# what bench/page_cache.py measured).
 DROP_CACHE_BYTES = 64 * 1024 * 1024
 JSON_ATTRS = ("rejects", "counts", "requested", "config", "extra")  # dicts stored as JSON text
 # Fletcher-32 per chunk, which a chunk zeroed with its checksum passes (zeros sum to 0): the small datasets are
@@ -198,8 +197,10 @@ class PatchWriter:
         self._discard()  # after finish() the file was renamed already; otherwise it is half-written
 
     def _discard(self) -> None:
-        self._dropper.close()  # its advice uses the file's descriptor
-        discard_h5(self._f, self.tmp)
+        try:
+            self._dropper.close()  # its advice uses the file's descriptor
+        finally:  # a signal while waiting for it must still remove the partial file
+            discard_h5(self._f, self.tmp)
 
     def buffer(self, batch: int) -> np.ndarray:
         """An empty (batch, size, size, 3) array for `append`, whose leading patches codec none writes in place."""

@@ -123,8 +123,10 @@ def jpeg_damage(data: bytes, expected: int) -> str:
             break
     else:
         return "no scan found"
+    if pos > len(data) - 2:
+        return "its header runs past the end of the tile"
     # the scan without a copy; numpy's compare releases the GIL (bytes.count held it for 8 % of a decoding thread)
-    scan = np.frombuffer(data, np.uint8, max(len(data) - 2 - pos, 0), pos)
+    scan = np.frombuffer(data, np.uint8, len(data) - 2 - pos, pos)
     after = scan[np.flatnonzero(scan[:-1] == 0xFF) + 1]
     if not after.any():  # only stuffed bytes (0xFF 0x00): the usual tile
         return ""

@@ -108,7 +108,8 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
 def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, rc: ReaderConfig, stop: threading.Event,
              colour: tuple[ColourAccumulator, dict[str, float]] | None) -> None:
     size, batch = source.patch_size, rc.batch_size
-    # the tile source cuts each patch straight into its row of the batch being filled (`buf[k]` when asked)
+    # the tile source cuts each patch straight into its row of the batch being filled: it calls the slot while
+    # `next(patches)` runs below, when `buf` and `k` name that batch and row
     patches = source.patches(coords, rc.threads, 2 * batch + rc.threads, lambda: buf[k])
     try:
         for start in range(0, len(coords), batch):

@@ -42,10 +42,11 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
 
 
 def single_threaded_blas() -> None:
-    """Before any command module loads numpy: numpy's and scipy's OpenBLAS each start a helper thread per core,
-    which spin (sched_yield) for about 0.1 CPU s each after loading: 0.2 of Layer 1's 3.5 CPU s on a 7,000-patch
-    slide (perf, issue 17). CamNet's numpy work is elementwise; TensorFlow has its own threads. A user's value wins.
-    """
+    """For Layer 1's commands, before their modules load numpy: numpy's and scipy's OpenBLAS each start a helper
+    thread per core, which spin (sched_yield) for about 0.1 CPU s each after loading: 0.2 of Layer 1's 3.5 CPU s
+    on a 7,000-patch slide (perf, issue 17), in every array task. Layer 1's numpy work is elementwise. It is set in
+    the environment (OpenBLAS reads it when it loads), so Layer 1's own children (its array tasks) inherit it;
+    Layers 2 and 3 do not call this, and what they start is left alone. A value the user set wins."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -56,7 +57,6 @@ def build_parser(package: str, description: str, commands: tuple[str, ...],
     A SLURM array task is one command; importing every command's dependencies (scikit-image, scipy, TensorFlow
     in the later layers) cost each task about half a second before it did any work.
     """
-    single_threaded_blas()
     parser = CamnetParser(prog=f"python -m {package}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=CamnetParser)

@@ -67,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     # as in the layers' own `main`: set before any command module may load TensorFlow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    single_threaded_blas()
     packages = command_packages()
+    named = _needed(tuple(packages), args_in)
+    if len(named) == 1 and packages[named[0]] == "layer1_patches":
+        single_threaded_blas()  # as `python -m layer1_patches` does, before the command's module loads numpy
     # parsed here for camnet's usage lines, help and errors; then run by the layer's `main`, which keeps the one
     # `error:` line and exit statuses of `python -m <layer>` (the same argv parses the same there)
     args = build_parser(packages, args_in).parse_args(args_in)

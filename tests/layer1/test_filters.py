@@ -72,3 +72,14 @@ def test_one_pass_over_both_filters_never_changes_a_decision(seed: int) -> None:
         assert first_reject(patch, active) == expected
         outcomes.add(expected)
     assert outcomes == {"white", "black", None}
+
+
+def test_one_pass_limit_is_the_rules_limit_to_the_last_byte() -> None:
+    """Issue 17 review: the one-pass bound was computed as (3 x fraction) x pixels, the rule's as 3 x (fraction x
+    h x w); rounded apart, a 320 px patch with exactly 48,128 glass pixels was rejected by the white filter alone
+    and accepted by `first_reject`. Both now share one limit."""
+    white, black = WhiteFilter(200, 0.47), BlackFilter(30, 0.5)
+    patch = np.full((320, 320, 3), (200, 100, 160), np.uint8)
+    patch.reshape(-1, 3)[:48_128] = 250
+    assert white.rejects(patch)
+    assert first_reject(patch, [white, black]) == "white"

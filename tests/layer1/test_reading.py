@@ -329,3 +329,39 @@ def test_reading_threads_lower_the_gil_switch_interval_only_while_they_run() -> 
     stream.close()  # a quota reached: the consumer stops early
     assert sys.getswitchinterval() == before
     assert list(ordered_map(lambda _: sys.getswitchinterval(), range(3), 1, 8)) == [before] * 3  # no threads
+    # overlapping streams (review): A starts, B starts, A ends while B runs, then B ends
+    a, b = ordered_map(lambda i: i, range(50), 2, 8), ordered_map(lambda i: i, range(50), 2, 8)
+    next(a), next(b)
+    a.close()
+    assert sys.getswitchinterval() == SWITCH_INTERVAL  # B still runs
+    b.close()
+    assert sys.getswitchinterval() == before
+
+
+def test_an_uncompressed_tile_extraction_cuts_and_writes_every_patch_in_place(
+        tmp_path: Path, synth: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 review: the copies the in-place path saves must actually be saved. Every patch the tile source cuts
+    goes into a row of the writer's `ChunkRows` buffer, and every batch is written from those rows; the store still
+    equals OpenSlide's (`_extract_both` and the other tests here)."""
+    from layer1_patches import chunks, store
+
+    cuts: list[bool] = []
+    writes: list[bool] = []
+    real_cut, real_write = reading.cut_into, store.write_chunks
+
+    def cut(*args: Any) -> np.ndarray:
+        out = args[-1]
+        cuts.append(out.base is not None and out.base.shape[0] > 1)  # a row of a batch, not a patch of its own
+        return real_cut(*args)
+
+    def write(dataset: Any, first: int, patches: np.ndarray, checksum: bool,
+              rows: chunks.ChunkRows | None = None) -> None:
+        writes.append(rows is not None and rows.holds(patches))
+        real_write(dataset, first, patches, checksum, rows)
+
+    monkeypatch.setattr(reading, "cut_into", cut)
+    monkeypatch.setattr(store, "write_chunks", write)
+    cfg = make_config(patch_size=64, sampling={"mode": "dense"}, output={"codec": "none"}, reader={"batch_size": 16})
+    result = extract_slide(ExtractRequest(synth[0], tmp_path, cfg, None))
+    assert sum(result.counts.values()) > 16 and cuts and writes  # several batches
+    assert all(cuts) and all(writes)

@@ -395,3 +395,18 @@ def test_uncompressed_store_round_trips_with_and_without_checksums(tmp_path: Pat
         np.testing.assert_array_equal(f["patches"][()], patches)
     with PatchStore(path) as store:
         np.testing.assert_array_equal(store.read(np.arange(10)), patches)
+
+
+def test_a_signal_while_waiting_for_the_page_cache_thread_still_removes_the_partial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 review: the writer waits for its page-cache thread before closing the file; a SIGTERM or a second
+    Ctrl-C arriving during that wait skipped removing the half-written file."""
+    from layer1_patches.pagecache import PageCacheDropper
+
+    def interrupted(_self: PageCacheDropper) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PageCacheDropper, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "s.h5", "none", finish=False)
+    assert list(tmp_path.iterdir()) == []

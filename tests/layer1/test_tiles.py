@@ -219,3 +219,14 @@ def test_pages_whose_photometric_openslide_hands_to_libtiff_are_not_served(tmp_p
             fh.write(value.to_bytes(2, "little"))
         with tifffile.TiffFile(path) as tif:
             assert not servable(tif.pages[0]), value
+
+
+def test_a_scan_header_longer_than_the_tile_is_damage() -> None:
+    """Issue 17 review: a header whose length runs past the tile's end (a corrupted length field) made numpy
+    raise its own offset error inside the check; it is named as damage, like the other cases."""
+    from layer1_patches.tiles import jpeg_damage
+
+    tile = b"\xff\xd8" + b"\xff\xda" + (60000).to_bytes(2, "big") + bytes(10) + b"\xff\xd9"
+    assert jpeg_damage(tile, len(tile)) == "its header runs past the end of the tile"
+    whole = b"\xff\xd8" + b"\xff\xda" + (8).to_bytes(2, "big") + bytes(6) + b"\x12\xff\x00\x34" + b"\xff\xd9"
+    assert jpeg_damage(whole, len(whole)) == ""  # the control: the same tile with its real length

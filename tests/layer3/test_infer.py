@@ -45,12 +45,22 @@ def test_predict_matches_the_model_on_direct_reads(model_fn, synth_slides: list[
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_predict_from_tiles_cut_in_place_and_its_colour_are_those_of_direct_reads(  # type: ignore[no-untyped-def]
-        model_fn, synth_slides: list[Path], threads: int) -> None:
-    """Issue 17: the tile source cuts each patch into its row of the batch, and the colour statistics are taken on
-    the reading thread. OpenSlide's direct reads are the truth: the same probabilities, and the colour counts of
-    exactly the patches the model saw (batch 7: the last batch's padding rows are not counted)."""
+        model_fn, synth_slides: list[Path], threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: the tile source cuts each patch into its row of the batch (checked by a spy), and the colour
+    statistics are taken on the reading thread. OpenSlide's direct reads are the truth: the same probabilities, and
+    the colour counts of exactly the patches the model saw (batch 7: the last batch's padding rows not counted)."""
+    from layer1_patches import reading
     from layer1_patches.colour import ColourAccumulator
     from layer1_patches.reading import TileSource, open_source
+
+    in_batch: list[bool] = []
+    real_cut = reading.cut_into
+
+    def cut(*args: Any) -> np.ndarray:
+        in_batch.append(args[-1].base is not None and args[-1].base.shape[0] == 7)
+        return real_cut(*args)
+
+    monkeypatch.setattr(reading, "cut_into", cut)
 
     coords = np.array([[x, y] for y in range(512, 1536, 96) for x in range(512, 1536, 96)])[:-3]  # 118 patches
     res = WorkingResolution(0, 1.0, 1.0, 0.5, 20.0)
@@ -62,6 +72,7 @@ def test_predict_from_tiles_cut_in_place_and_its_colour_are_those_of_direct_read
         direct = np.stack([slide.read_rgb(int(x), int(y), 0, 32, 32) for x, y in coords])
     expected = ColourAccumulator()
     expected.add(direct)  # 32 px patches: every pixel is counted (COLOUR_SIDE)
+    assert len(in_batch) == len(coords) and all(in_batch)
     assert colour.patches == len(coords) and expected.pixels > 0
     np.testing.assert_array_equal(colour.counts, expected.counts)
     np.testing.assert_allclose(probs, darkness_probability(direct), atol=1e-5)
