@@ -307,13 +307,10 @@ def _run_stream(stream: CandidateStream, source: PatchSource, writer: PatchWrite
 
     result.counts.setdefault("tumour", 0)
     result.counts.setdefault("normal", 0)
-    for i, (patch, reason) in enumerate(source.patches(coords, cfg.reader.threads, 4 * batch,
-                                                       lambda: buf[len(keep)])):
+    for i, (_, reason) in enumerate(source.patches(coords, cfg.reader.threads, 4 * batch, lambda: buf[len(keep)])):
         if reason is not None:
             result.rejects[reason] = result.rejects.get(reason, 0) + 1
-        else:
-            if not np.may_share_memory(patch, buf[len(keep)]):  # not cut in place (`PatchSource.patches`)
-                buf[len(keep)] = patch
+        else:  # the patch is in buf[len(keep)] already (the slot)
             keep.append(i)
             accepted += 1
             if len(keep) == batch:

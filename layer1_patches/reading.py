@@ -84,8 +84,8 @@ class PatchSource(Protocol):
                 slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:
         """The patch at each level-0 (x, y) of `coords`, in order, with its filter verdict.
 
-        `slot`: where the consumer will keep the next patch; a source that cuts on the consumer's thread may cut
-        there (the patch it yields is then that array) and save the consumer a copy.
+        `slot`: where the consumer keeps the next patch; each patch yielded is then that array (`in_slots`), cut
+        there by a source that cuts on the consumer's thread (a copy saved), else copied there.
         """
         ...
 
@@ -110,6 +110,16 @@ def finish_patch(patch: np.ndarray, patch_size: int, filters: list[PatchFilter])
     if len(patch) != patch_size:
         patch = np.asarray(Image.fromarray(patch).resize((patch_size, patch_size), Image.Resampling.BOX))
     return patch, first_reject(patch, filters)
+
+
+def in_slots(patches: Iterator[Patch], slot: Callable[[], np.ndarray]) -> Generator[Patch, None, None]:
+    """`patches`, each in the array `slot()` gives when it is yielded: copied there unless cut there already.
+    (Closing this generator releases `patches`, which closes the source's as before.)"""
+    for patch, reason in patches:
+        row = slot()
+        if not np.may_share_memory(patch, row):
+            row[...] = patch
+        yield row, reason
 
 
 def ordered_map(fn: Callable[[Any], R], items: Sequence[Any] | np.ndarray, threads: int, ahead: int,
@@ -152,8 +162,9 @@ class OpenSlideSource:
         return self.reader.patch_size
 
     def patches(self, coords: np.ndarray, threads: int, ahead: int,
-                slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:  # noqa: ARG002 - read ahead on
-        return ordered_map(self.reader, coords, threads, ahead)  # other threads, before the consumer has a slot
+                slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:
+        read = ordered_map(self.reader, coords, threads, ahead)  # ahead on other threads: copied into the slots
+        return read if slot is None else in_slots(read, slot)
 
 
 @dataclass(frozen=True)
@@ -177,9 +188,16 @@ class TileSource:
 
     def patches(self, coords: np.ndarray, threads: int, ahead: int,
                 slot: Callable[[], np.ndarray] | None = None) -> Iterator[Patch]:
+        if slot is None:
+            return self._cut(coords, threads, ahead, None)
+        # cut straight into the slots; resized patches and OpenSlide's are new arrays, copied there
+        same_size = self.fallback.res.read_size(self.patch_size) == self.patch_size
+        return in_slots(self._cut(coords, threads, ahead, slot if same_size else None), slot)
+
+    def _cut(self, coords: np.ndarray, threads: int, ahead: int,
+             into: Callable[[], np.ndarray] | None) -> Generator[Patch, None, None]:
         res, lay, filters = self.fallback.res, self.layout, self.fallback.filters
         n = res.read_size(self.patch_size)
-        into = slot if slot is not None and n == self.patch_size else None  # resized patches are new arrays
         xy, exact = level_pixels(coords, res.level_downsample)
         if n > OPENSLIDE_PIECE and not float(res.level_downsample).is_integer():
             exact[:] = False  # OpenSlide paints such a patch in pieces at other subpixel positions

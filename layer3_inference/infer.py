@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,25 +107,20 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
 
 
 def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, rc: ReaderConfig, stop: threading.Event,
-             colour: tuple[ColourAccumulator, dict[str, float]] | None) -> None:
+             on_batch: Callable[[np.ndarray], None] | None) -> None:
     size, batch = source.patch_size, rc.batch_size
-    # the tile source cuts each patch straight into its row of the batch being filled: it calls the slot while
-    # `next(patches)` runs below, when `buf` and `k` name that batch and row
+    # each patch lands in its row of the batch being filled: the source calls the slot while `next(patches)` runs
+    # below, when `buf` and `k` name that batch and row
     patches = source.patches(coords, rc.threads, 2 * batch + rc.threads, lambda: buf[k])
     try:
         for start in range(0, len(coords), batch):
             n = min(batch, len(coords) - start)
             buf = np.empty((batch, size, size, 3), dtype=np.uint8)
-            for k in range(n):
-                patch = next(patches)[0]
-                if not np.may_share_memory(patch, buf[k]):
-                    buf[k] = patch
+            for k in range(n):  # noqa: B007 - the slot reads k
+                next(patches)  # into buf[k]
             buf[n:] = buf[n - 1]  # padding keeps one batch shape for every batch (see module docstring)
-            if colour is not None:  # here, beside the model: on its thread it held up every batch (issue 17)
-                t0 = time.perf_counter()
-                step = max(1, size // COLOUR_SIDE)
-                colour[0].add(buf[:n, ::step, ::step])
-                colour[1]["colour_s"] = colour[1].get("colour_s", 0.0) + time.perf_counter() - t0
+            if on_batch is not None:
+                on_batch(buf[:n])
             if not _put(q, (buf, n), stop):
                 return
         _put(q, _DONE, stop)
@@ -135,15 +131,21 @@ def _produce(q: queue.Queue[Any], source: PatchSource, coords: np.ndarray, rc: R
             patches.close()  # cancels reads still queued when the consumer stopped early
 
 
+def _add_colour(colour: ColourAccumulator, patch_size: int, stats: dict[str, float], valid: np.ndarray) -> None:
+    t0, step = time.perf_counter(), max(1, patch_size // COLOUR_SIDE)
+    colour.add(valid[:, ::step, ::step])
+    stats["colour_s"] = stats.get("colour_s", 0.0) + time.perf_counter() - t0
+
+
 def read_batches(source: PatchSource, coords: np.ndarray, rc: ReaderConfig, stats: dict[str, float],
                  colour: ColourAccumulator | None = None) -> Iterator[tuple[np.ndarray, int]]:
-    """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved.
-    `colour` (if given) accumulates, on the reading thread, the colour of the valid rows of every batch."""
+    """(full-size batch, valid rows) in order, read in the background; `stats['wait_s']` = time starved. `colour`
+    (if given) adds the valid rows of each batch on the reading thread (on the model's it held up each batch)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=rc.prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(q, source, coords, rc, stop,
-                                                     None if colour is None else (colour, stats)),
-                              daemon=True, name="camnet-reader")
+    on_batch = None if colour is None else partial(_add_colour, colour, source.patch_size, stats)
+    worker = threading.Thread(target=_produce, args=(q, source, coords, rc, stop, on_batch), name="camnet-reader",
+                              daemon=True)
     worker.start()
     try:
         while True:
